@@ -1,0 +1,32 @@
+"""``omnigpt <command>``: one entry point; each command is a thin module with ``add_arguments`` and ``run``.
+
+Commands are imported lazily so ``omnigpt --help`` stays fast and a command's heavy imports cost only its users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("omnigpt.demo", "the main job: build, train, evaluate and sample a GPT on CPU"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="omnigpt", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    argv = sys.argv[1:] if argv is None else argv
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if argv and argv[0] == name:  # only import the command being run
+            importlib.import_module(module).add_arguments(p)
+    args = parser.parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+        print(f"omnigpt {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,169 @@
+"""Model configurations: one frozen dataclass, GPT-1 → GPT-2 → GPT-3 as named presets.
+
+The three generations differ only in data, not in code (DESIGN.md principle 2):
+
+* GPT-1 (Radford et al. 2018): post-LN blocks, no final LayerNorm, exact GELU, 512 positions, 40,478 BPE tokens.
+* GPT-2 (Radford et al. 2019): pre-LN blocks + final ``ln_f``, tanh GELU, 1024 positions, 50,257 byte-level BPE
+  tokens, residual projections initialised with std 0.02/√(2·n_layer).
+* GPT-3 (Brown et al. 2020, Table 2.1): GPT-2 with 2048 positions and "alternating dense and locally banded
+  sparse attention patterns": here even layers are dense and odd layers see only the last ``local_window``
+  tokens (the same pattern as HF GPT-Neo's ``attention_types``/``window_size``).
+
+Presets are data with their parameter counts in a comment; ``GPTConfig.from_name("gpt2", dropout=0.1)`` makes a
+copy with overrides. Configs are never mutated (``dataclasses.replace`` makes a new one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Architecture of one GPT-family decoder. Field names follow the GPT-2 checkpoint (``n_layer``, ``n_embd``…)."""
+
+    name: str = "custom"
+    vocab_size: int = 50257
+    block_size: int = 1024  # maximum context length (HF: n_positions)
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_inner: int | None = None  # MLP hidden width; None means 4 * n_embd
+    norm_position: Literal["pre", "post"] = "pre"  # GPT-1 is post-LN, GPT-2/3 pre-LN
+    final_layer_norm: bool = True  # GPT-2/3 have ln_f; GPT-1 has none
+    activation: str = "gelu_new"  # GPT-2's tanh approximation; GPT-1 uses exact "gelu"
+    layer_norm_epsilon: float = 1e-5
+    bias: bool = True
+    tie_word_embeddings: bool = True  # lm_head.weight is wte.weight
+    dropout: float = 0.0  # applied to embeddings, attention probabilities and residual branches
+    # GPT-3 sparse pattern: 0 = every layer dense; W > 0 = odd layers attend only to the last W positions.
+    local_window: int = 0
+    # HF GPT-2 options that change the attention scale (kept for checkpoint parity).
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    # Initialisation (GPT-2 paper / OpenAI code): std for matrices and wte, wpe; residual c_proj gets the
+    # extra 1/sqrt(2 * n_layer) factor.
+    initializer_range: float = 0.02
+    wpe_initializer_range: float = 0.01
+    # Heads.
+    num_labels: int = 2  # sequence classification
+    pad_token_id: int | None = None
+    # "sdpa" = torch's fused scaled_dot_product_attention; "eager" = the formula written out (reference path).
+    attn_implementation: str = "sdpa"
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form metadata saved with the config
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"GPTConfig({self.name!r}): {msg}")
+
+        for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            need(isinstance(getattr(self, key), int) and getattr(self, key) > 0,
+                 f"{key} must be a positive integer, got {getattr(self, key)!r}")
+        need(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        need(self.norm_position in ("pre", "post"), f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
+        need(self.activation in ACTIVATIONS, f"activation {self.activation!r} is not one of {ACTIVATIONS}")
+        need(self.attn_implementation in ATTN_IMPLEMENTATIONS,
+             f"attn_implementation {self.attn_implementation!r} is not one of {ATTN_IMPLEMENTATIONS}")
+        need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        need(self.local_window >= 0, f"local_window must be >= 0, got {self.local_window}")
+        need(self.n_inner is None or self.n_inner > 0, f"n_inner must be positive, got {self.n_inner}")
+
+    # ----------------------------------------------------------------------------------------------------------
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        return self.n_inner if self.n_inner is not None else 4 * self.n_embd
+
+    def layer_window(self, layer_idx: int) -> int | None:
+        """How many past positions (itself included) layer ``layer_idx`` sees; None means all (dense)."""
+        if self.local_window and layer_idx % 2 == 1:
+            return self.local_window
+        return None
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        """Parameter count computed from the shapes alone (no tensors), tied head counted once."""
+        C, V, L, H = self.n_embd, self.vocab_size, self.n_layer, self.mlp_hidden
+        b = 1 if self.bias else 0
+        ln = 2 * C  # LayerNorm always has weight and bias here (GPT-1/2/3 all do)
+        attn = C * 3 * C + b * 3 * C + C * C + b * C
+        mlp = C * H + b * H + H * C + b * C
+        block = attn + mlp + 2 * ln
+        n = L * block + (ln if self.final_layer_norm else 0)
+        if include_embeddings:
+            n += V * C + self.block_size * C
+            if not self.tie_word_embeddings:
+                n += V * C
+        return n
+
+    # ----------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    def replace(self, **overrides: Any) -> GPTConfig:
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> GPTConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown GPTConfig keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _gpt2(name: str, n_layer: int, n_head: int, n_embd: int) -> GPTConfig:
+    return GPTConfig(name=name, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+
+
+def _gpt3(name: str, n_layer: int, n_head: int, n_embd: int) -> GPTConfig:
+    # 2048 context, alternating dense / banded layers. The paper does not give the band width; 256 is GPT-Neo's.
+    return GPTConfig(name=name, block_size=2048, n_layer=n_layer, n_head=n_head, n_embd=n_embd, local_window=256)
+
+
+PRESETS: dict[str, GPTConfig] = {
+    # GPT-1 "openai-gpt": 116,534,784 parameters (40,478 BPE tokens, 512 positions, post-LN, no ln_f).
+    "gpt1": GPTConfig(name="gpt1", vocab_size=40478, block_size=512, norm_position="post", final_layer_norm=False,
+                      activation="gelu"),
+    # GPT-2 family (HF checkpoint sizes, tied embeddings):
+    "gpt2": _gpt2("gpt2", 12, 12, 768),  # 124,439,808
+    "gpt2-medium": _gpt2("gpt2-medium", 24, 16, 1024),  # 354,823,168
+    "gpt2-large": _gpt2("gpt2-large", 36, 20, 1280),  # 774,030,080
+    "gpt2-xl": _gpt2("gpt2-xl", 48, 25, 1600),  # 1,557,611,200
+    # GPT-3 family, Table 2.1 of Brown et al. (2020); counts with tied embeddings and 2048 positions.
+    # Table errata corrected here: GPT-3 XL lists 24 heads of 128 (= 3072 ≠ d_model 2048), so we use 16 × 128;
+    # GPT-3 13B lists d_model 5140, which 40 heads of 128 contradict, so we use 5120.
+    "gpt3-small": _gpt3("gpt3-small", 12, 12, 768),  # 125.2M (paper: 125M)
+    "gpt3-medium": _gpt3("gpt3-medium", 24, 16, 1024),  # 355.9M (350M)
+    "gpt3-large": _gpt3("gpt3-large", 24, 16, 1536),  # 760.3M (760M)
+    "gpt3-xl": _gpt3("gpt3-xl", 24, 16, 2048),  # 1.316B (1.3B)
+    "gpt3-2.7b": _gpt3("gpt3-2.7b", 32, 32, 2560),  # 2.652B (2.7B)
+    "gpt3-6.7b": _gpt3("gpt3-6.7b", 32, 32, 4096),  # 6.658B (6.7B)
+    "gpt3-13b": _gpt3("gpt3-13b", 40, 40, 5120),  # 12.85B (13B)
+    "gpt3-175b": _gpt3("gpt3-175b", 96, 96, 12288),  # 174.6B (175B)
+    # Tiny models for tests and CPU demos.
+    "tiny-gpt1": GPTConfig(name="tiny-gpt1", vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=32,
+                           norm_position="post", final_layer_norm=False, activation="gelu"),
+    "tiny-gpt2": GPTConfig(name="tiny-gpt2", vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=32),
+    "tiny-gpt3": GPTConfig(name="tiny-gpt3", vocab_size=512, block_size=64, n_layer=4, n_head=2, n_embd=32,
+                           local_window=8),
+}

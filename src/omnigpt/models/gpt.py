@@ -1,0 +1,412 @@
+"""The GPT decoder: GPT-1, GPT-2 and GPT-3 as configurations of one model.
+
+Reading order, top to bottom: the attention mask, self-attention softmax(QKᵀ/√d_k)V (written out, and fused
+through ``scaled_dot_product_attention``), the MLP, the block (pre- or post-LN), the KV cache, the backbone
+(``GPTModel``) and its heads (causal LM ``GPT``, ``GPTForSequenceClassification``).
+
+References: nanoGPT ``model.py`` (layout, names), HF ``modeling_gpt2.py`` / ``modeling_openai.py`` (numerics we
+match to 1e-5), the GPT-1/2/3 papers. Module names follow the GPT-2 checkpoint (``wte, wpe, h.N.ln_1,
+attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, ln_f, lm_head``) so weight conversion is a key map plus the
+Conv1D transpose. Deliberate deviations: weights are ``nn.Linear`` (out, in), not HF's Conv1D (in, out); GPT-1
+uses the same names as GPT-2 (HF calls its embeddings ``tokens_embed``/``positions_embed``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from omnigpt.config import GPTConfig
+
+# ------------------------------------------------------------------------------------------------------------
+# Attention mask
+
+
+def build_attention_mask(q_pos: Tensor, k_pos: Tensor, window: int | None, key_padding: Tensor | None) -> Tensor:
+    """Boolean mask, True where query i may attend to key j; shape (B or 1, 1, T, S).
+
+    ``q_pos`` (T,) and ``k_pos`` (S,) are absolute positions in the sequence (-1 marks an empty cache slot);
+    a key is visible when it is not in the future (causal), within ``window`` positions of the query when the
+    layer is banded, and not padding. Every query always sees itself, so no softmax row is empty (padded
+    query rows then produce finite values that nobody reads, instead of NaN).
+    """
+    diff = q_pos[:, None] - k_pos[None, :]  # (T, S): how far back key j lies from query i
+    allowed = (diff >= 0) & (k_pos >= 0)[None, :]
+    if window is not None:
+        allowed = allowed & (diff < window)  # banded: only the last `window` positions, itself included
+    mask = allowed[None, None]  # (1, 1, T, S)
+    if key_padding is not None:  # (B, S) True = real token
+        mask = (mask & key_padding[:, None, None, :]) | (diff == 0)[None, None]
+    return mask
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Self-attention
+
+
+def attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, dropout_p: float = 0.0) -> Tensor:
+    """softmax(QKᵀ/√d_k)V, written out. q (B, nh, T, hs), k/v (B, nh, S, hs), mask (B|1, 1, T, S) bool."""
+    att = (q @ k.transpose(-2, -1)) * scale  # (B, nh, T, S): QKᵀ/√d_k, one score per query-key pair
+    att = att.masked_fill(~mask, float("-inf"))  # a masked key gets probability exactly 0
+    att = torch.softmax(att.float(), dim=-1).to(q.dtype)  # softmax in fp32 for stability under bf16
+    if dropout_p > 0.0:
+        att = F.dropout(att, p=dropout_p)
+    return att @ v  # (B, nh, T, hs): each query's weighted average of the values
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with a fused QKV projection (GPT-2's ``c_attn``)."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.n_head, self.head_size = config.n_head, config.head_size
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.window = config.layer_window(layer_idx)  # None for dense layers, W for GPT-3's banded layers
+        # 1/√d_k, optionally divided by (layer index + 1) as HF GPT-2's scale_attn_by_inverse_layer_idx does.
+        scale = 1.0 / math.sqrt(self.head_size) if config.scale_attn_weights else 1.0
+        if config.scale_attn_by_inverse_layer_idx:
+            scale /= layer_idx + 1
+        self.scale = scale
+        self.implementation = config.attn_implementation
+
+    def forward(self, x: Tensor, q_pos: Tensor, padding: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 × (B, T, C)
+        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        k_pos = q_pos
+        if cache is not None:
+            k, v, k_pos = cache.update(k, v)  # (B, nh, S, hs) with the past prepended; k_pos (S,)
+
+        key_padding = None if padding is None else padding[:, k_pos.clamp(min=0)]  # (B, S)
+        dropout_p = self.dropout if self.training else 0.0
+        mask: Tensor | None = None
+        is_causal = False
+        if self.window is None and key_padding is None and (cache is None or T == 1):
+            # Fast paths without a materialised mask: plain causal prefill, or one new token seeing every key.
+            is_causal = cache is None and T > 1
+        else:
+            mask = build_attention_mask(q_pos, k_pos, self.window, key_padding)
+
+        if self.implementation == "eager":
+            if mask is None:
+                mask = build_attention_mask(q_pos, k_pos, None, None)
+            y = attention_reference(q, k, v, mask, self.scale, dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
+                                               scale=self.scale)
+        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side: (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# MLP and block
+
+_ACT = {
+    "gelu": lambda x: F.gelu(x),  # exact erf GELU (GPT-1, nanoGPT)
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's tanh approximation
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: Linear(C → 4C), GELU, Linear(4C → C)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.act = _ACT[config.activation]
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """One Transformer layer. GPT-2/3 normalise before each sublayer (pre-LN); GPT-1 after the residual add."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.pre_ln = config.norm_position == "pre"
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, q_pos: Tensor, padding: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        if self.pre_ln:  # GPT-2: x + f(LN(x)); the residual stream itself is never normalised
+            x = x + self.attn(self.ln_1(x), q_pos, padding, cache)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, q_pos, padding, cache))  # GPT-1: LN(x + f(x))
+        return self.ln_2(x + self.mlp(x))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# KV cache
+
+
+class KVCache:
+    """Preallocated keys and values of one layer, so decoding a token costs O(1) new projections.
+
+    Dense layers keep ``max_len`` slots (B, nh, max_len, hs). Banded layers (GPT-3's local attention) keep only a
+    ring of ``window`` slots: a key older than the window can never be attended again. Storage is allocated on
+    the first update, in the dtype the projections produce (bf16 under autocast).
+    """
+
+    def __init__(self, max_len: int, window: int | None = None) -> None:
+        self.capacity = max_len if window is None else min(window, max_len)
+        self.window = window
+        self.pos = 0  # absolute positions written so far
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+        self.slot_pos: Tensor | None = None  # (capacity,) absolute position held by each slot, -1 if empty
+        self.max_len = max_len
+
+    def _allocate(self, k: Tensor) -> None:
+        B, nh, _, hs = k.shape
+        self.k = k.new_zeros(B, nh, self.capacity, hs)
+        self.v = k.new_zeros(B, nh, self.capacity, hs)
+        self.slot_pos = torch.full((self.capacity,), -1, dtype=torch.long, device=k.device)
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Append k, v (B, nh, T, hs); return all visible keys, values (B, nh, S, hs) and their positions (S,)."""
+        T = k.shape[2]
+        if self.pos + T > self.max_len:
+            raise ValueError(f"KV cache overflow: {self.pos} cached + {T} new positions > max_len {self.max_len}")
+        if self.k is None:
+            self._allocate(k)
+        assert self.k is not None and self.v is not None and self.slot_pos is not None
+        new_pos = torch.arange(self.pos, self.pos + T, device=k.device)
+        if self.window is None:
+            self.k[:, :, self.pos : self.pos + T] = k
+            self.v[:, :, self.pos : self.pos + T] = v
+            self.pos += T
+            return self.k[:, :, : self.pos], self.v[:, :, : self.pos], torch.arange(self.pos, device=k.device)
+        # Ring buffer: attend over (old ring ∪ new keys), then keep only the newest `capacity` in the ring.
+        k_all = torch.cat([self.k, k], dim=2)
+        v_all = torch.cat([self.v, v], dim=2)
+        pos_all = torch.cat([self.slot_pos, new_pos])
+        keep = min(T, self.capacity)
+        slots = new_pos[-keep:] % self.capacity
+        self.k[:, :, slots] = k[:, :, -keep:]
+        self.v[:, :, slots] = v[:, :, -keep:]
+        self.slot_pos[slots] = new_pos[-keep:]
+        self.pos += T
+        return k_all, v_all, pos_all
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (e.g. drop finished sequences)."""
+        if self.k is not None and self.v is not None:
+            self.k, self.v = self.k[index], self.v[index]
+
+
+def make_kv_cache(config: GPTConfig, max_len: int | None = None) -> list[KVCache]:
+    """One cache per layer, sized for ``max_len`` positions (default: the whole context)."""
+    max_len = max_len or config.block_size
+    return [KVCache(max_len, config.layer_window(i)) for i in range(config.n_layer)]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Backbone and heads
+
+
+@dataclass
+class GPTOutput:
+    """What the models return; field names follow ``transformers``' ModelOutput classes."""
+
+    last_hidden_state: Tensor  # (B, T, C) after ln_f when the model has one
+    logits: Tensor | None = None  # (B, T, V) for the LM, (B, num_labels) for classification
+    loss: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None  # embeddings + each block's output, when asked
+    past_key_values: list[KVCache] | None = None
+
+
+class GPTModel(nn.Module):
+    """Token + learned position embeddings, ``n_layer`` blocks, optional final LayerNorm."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon) if config.final_layer_norm else None
+
+    def _check_inputs(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, past: int,
+                      attention_mask: Tensor | None, position_ids: Tensor | None) -> tuple[int, int]:
+        """Reject bad input with a ValueError that names the limit, before torch fails somewhere deep inside."""
+        cfg = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            if not isinstance(input_ids, Tensor):
+                raise ValueError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+            if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+                raise ValueError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
+            B, T = input_ids.shape
+            if T > 0:
+                lo, hi = int(input_ids.min()), int(input_ids.max())
+                if lo < 0 or hi >= cfg.vocab_size:
+                    bad = lo if lo < 0 else hi
+                    raise ValueError(f"token id {bad} is out of range for vocab_size {cfg.vocab_size}")
+        else:
+            assert inputs_embeds is not None
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != cfg.n_embd:
+                raise ValueError(f"inputs_embeds must have shape (batch, seq_len, {cfg.n_embd}), "
+                                 f"got {tuple(inputs_embeds.shape)}")
+            B, T = inputs_embeds.shape[:2]
+        if T == 0:
+            raise ValueError("input has sequence length 0")
+        if past + T > cfg.block_size:
+            raise ValueError(f"sequence length {past + T} ({past} cached + {T} new) exceeds the model's context "
+                             f"block_size {cfg.block_size}")
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
+            raise ValueError(f"attention_mask must have shape (batch, cached + new) = {(B, past + T)}, "
+                             f"got {tuple(attention_mask.shape)}")
+        if position_ids is not None:
+            if position_ids.shape[-1] != T:
+                raise ValueError(f"position_ids must have {T} positions, got shape {tuple(position_ids.shape)}")
+            if int(position_ids.min()) < 0 or int(position_ids.max()) >= cfg.block_size:
+                raise ValueError(f"position_ids must be in [0, block_size {cfg.block_size})")
+        return B, T
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                position_ids: Tensor | None = None, inputs_embeds: Tensor | None = None,
+                past_key_values: list[KVCache] | None = None, output_hidden_states: bool = False) -> GPTOutput:
+        past = past_key_values[0].pos if past_key_values else 0
+        B, T = self._check_inputs(input_ids, inputs_embeds, past, attention_mask, position_ids)
+        device = self.wte.weight.device
+        q_pos = torch.arange(past, past + T, device=device)  # absolute slots in the sequence (for the mask)
+        if position_ids is None:
+            position_ids = q_pos[None]  # (1, T); left-padded batches pass their own, computed from the mask
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)  # (B, T, C)
+        x = self.drop(inputs_embeds + self.wpe(position_ids))  # (B, T, C)
+        padding = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            padding = attention_mask.bool()  # (B, past + T), True = real token
+
+        hidden: list[Tensor] = []
+        for i, block in enumerate(self.h):
+            if output_hidden_states:
+                hidden.append(x)
+            x = block(x, q_pos, padding, past_key_values[i] if past_key_values else None)
+        if self.ln_f is not None:
+            x = self.ln_f(x)
+        if output_hidden_states:
+            hidden.append(x)
+        return GPTOutput(last_hidden_state=x, hidden_states=tuple(hidden) if output_hidden_states else None,
+                         past_key_values=past_key_values)
+
+
+def init_weights(model: nn.Module, config: GPTConfig) -> None:
+    """GPT-2 initialisation: N(0, 0.02) matrices and wte, N(0, 0.01) wpe, zero biases, unit LayerNorms, and
+    residual projections scaled by 1/√(2·n_layer) so the residual stream's variance does not grow with depth."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            std = config.initializer_range
+            if name.endswith("c_proj"):
+                std /= math.sqrt(2 * config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            std = config.wpe_initializer_range if name.endswith("wpe") else config.initializer_range
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class GPT(nn.Module):
+    """GPT with a causal language-modelling head (HF: GPT2LMHeadModel / OpenAIGPTLMHeadModel)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = GPTModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # one matrix for input and output embeddings
+        init_weights(self, config)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # parameters() counts a tied matrix once
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                position_ids: Tensor | None = None, labels: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, past_key_values: list[KVCache] | None = None,
+                output_hidden_states: bool = False, logits_to_keep: int = 0) -> GPTOutput:
+        """Logits (B, T, V); with ``labels`` (B, T) also the mean next-token loss. Labels are shifted inside, as in
+        ``transformers``: position t predicts labels[t + 1]; -100 marks positions without a target.
+        ``logits_to_keep=k`` computes logits only for the last k positions (generation needs just one)."""
+        out = self.transformer(input_ids, attention_mask, position_ids, inputs_embeds, past_key_values,
+                               output_hidden_states)
+        h = out.last_hidden_state
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        out.logits = self.lm_head(h)  # (B, T, V)
+        if labels is not None:
+            out.loss = causal_lm_loss(out.logits, labels)
+        return out
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of logits[:, t] against labels[:, t + 1], ignoring -100 (HF's convention)."""
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(f"labels must have shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+    shift_logits = logits[:, :-1].reshape(-1, logits.size(-1)).float()  # (B·(T-1), V)
+    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)  # (B·(T-1),)
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+
+
+class GPTForSequenceClassification(nn.Module):
+    """GPT backbone + a linear ``score`` on the last real token (HF: GPT2ForSequenceClassification).
+
+    The pooled position is the last one the attention mask marks real, else the last non-``pad_token_id``
+    token, else the last position. One label → regression (MSE), more → single-label cross-entropy."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = GPTModel(config)
+        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        init_weights(self, config)
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                position_ids: Tensor | None = None, labels: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, output_hidden_states: bool = False) -> GPTOutput:
+        out = self.transformer(input_ids, attention_mask, position_ids, inputs_embeds,
+                               output_hidden_states=output_hidden_states)
+        h = out.last_hidden_state  # (B, T, C)
+        B, T = h.shape[:2]
+        idx = torch.arange(T, device=h.device)
+        if attention_mask is not None:
+            last = (idx * attention_mask.to(h.device).bool()).argmax(-1)  # rightmost real token
+        elif input_ids is not None and self.config.pad_token_id is not None:
+            last = (idx * (input_ids != self.config.pad_token_id)).argmax(-1)
+        else:
+            last = torch.full((B,), T - 1, device=h.device)
+        out.logits = self.score(h[torch.arange(B, device=h.device), last])  # (B, num_labels)
+        if labels is not None:
+            if self.config.num_labels == 1:
+                out.loss = F.mse_loss(out.logits.squeeze(-1).float(), labels.float())
+            else:
+                out.loss = F.cross_entropy(out.logits.float(), labels.view(-1))
+        return out
