@@ -68,7 +68,7 @@ class GPTConfig:
             need(isinstance(getattr(self, key), int) and getattr(self, key) > 0,
                  f"{key} must be a positive integer, got {getattr(self, key)!r}")
         need(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        need(self.norm_position in ("pre", "post"), f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
+        need(self.norm_position in ("pre", "post"), f"norm_position must be 'pre' or 'post': {self.norm_position!r}")
         need(self.activation in ACTIVATIONS, f"activation {self.activation!r} is not one of {ACTIVATIONS}")
         need(self.attn_implementation in ATTN_IMPLEMENTATIONS,
              f"attn_implementation {self.attn_implementation!r} is not one of {ATTN_IMPLEMENTATIONS}")

