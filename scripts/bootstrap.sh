@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 # Debian packages the project needs at run or test time (speech synthesis, reference audio, browser tests...).
-SYSTEM_PACKAGES="${SYSTEM_PACKAGES:-$(grep -v '^#' scripts/system-packages.txt | xargs)}"
+SYSTEM_PACKAGES="${SYSTEM_PACKAGES:-$(sed -e 's/#.*//' scripts/system-packages.txt | xargs)}"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
 
