@@ -1,5 +1,8 @@
-"""Model families: the GPT decoder (``gpt``); encoders and fusion for other modalities live beside it."""
+"""Model families: the GPT decoder (``gpt``); image and audio encoders (``vision``, ``audio``); the multimodal
+decoder with projectors and placeholder fusion (``multimodal``); contrastive alignment (``contrastive``)."""
 
+from omnigpt.models.audio import AUDIO_PRESETS, AudioConfig, AudioEncoder
+from omnigpt.models.contrastive import CONTRASTIVE_PRESETS, ContrastiveConfig, ContrastiveModel
 from omnigpt.models.gpt import (
     GPT,
     Block,
@@ -10,6 +13,16 @@ from omnigpt.models.gpt import (
     KVCache,
     make_kv_cache,
 )
+from omnigpt.models.multimodal import (
+    MULTIMODAL_PRESETS,
+    MultimodalConfig,
+    MultimodalGPT,
+    Projector,
+    ProjectorConfig,
+)
+from omnigpt.models.vision import VISION_PRESETS, EncoderBlock, VisionConfig, ViT
 
-__all__ = ["GPT", "Block", "CausalSelfAttention", "GPTForSequenceClassification", "GPTModel", "GPTOutput",
-           "KVCache", "make_kv_cache"]
+__all__ = ["AUDIO_PRESETS", "CONTRASTIVE_PRESETS", "GPT", "MULTIMODAL_PRESETS", "VISION_PRESETS", "AudioConfig",
+           "AudioEncoder", "Block", "CausalSelfAttention", "ContrastiveConfig", "ContrastiveModel", "EncoderBlock",
+           "GPTForSequenceClassification", "GPTModel", "GPTOutput", "KVCache", "MultimodalConfig", "MultimodalGPT",
+           "Projector", "ProjectorConfig", "ViT", "VisionConfig", "make_kv_cache"]

@@ -1,0 +1,335 @@
+"""Images and audio in the GPT decoder: projectors, placeholder fusion, ``MultimodalGPT``, save/load.
+
+The LLaVA-1.5 / nanoVLM recipe ("everything is a sequence", DESIGN.md principle 3): an encoder (``ViT``,
+``AudioEncoder``) turns each image / clip into a sequence of vectors, a projector (LLaVA's linear or
+``mlp2x_gelu``) maps them to the decoder's width, and they replace the ``<|image|>`` / ``<|audio|>`` placeholder
+tokens that the processor already expanded to one token per vector. The decoder is omnigpt's unchanged ``GPT``
+fed with ``inputs_embeds``; several images and clips per sample interleave freely with text.
+
+* The projector may first concatenate ``merge`` neighbouring vectors (nanoVLM's pixel shuffle in one dimension,
+  the token-merging step of Qwen2-Audio-like models): ``merge``-times fewer decoder tokens per image or clip.
+* Labels at placeholder positions are forced to -100; the processor puts -100 on the prompt, so the loss covers
+  only the answer tokens.
+* A placeholder count that does not match the media raises ``ValueError`` with both counts.
+* ``save_pretrained`` commits ``config.json`` + ``model.safetensors`` (+ ``processor_config.json``) atomically
+  (``checkpoint.atomic_directory``); ``from_pretrained`` verifies the SHA-256 manifest and loads strictly.
+
+Contrastive alignment (CLIP) lives in ``models/contrastive.py``: a separate model family with its own loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from omnigpt.config import GPTConfig
+from omnigpt.models.audio import AudioConfig, AudioEncoder
+from omnigpt.models.gpt import GPT, GPTOutput, KVCache
+from omnigpt.models.vision import VisionConfig, ViT
+
+MODEL_TYPE = "omnigpt-multimodal"
+
+# ------------------------------------------------------------------------------------------------------------
+# Projector
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    """``kind``: "linear" (LLaVA-1) or "mlp" (LLaVA-1.5's Linear-GELU-Linear); ``merge``: vectors per token."""
+
+    kind: Literal["linear", "mlp"] = "mlp"
+    merge: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("linear", "mlp"):
+            raise ValueError(f"projector kind must be 'linear' or 'mlp', got {self.kind!r}")
+        if self.merge < 1:
+            raise ValueError(f"projector merge must be >= 1, got {self.merge}")
+
+
+class Projector(nn.Module):
+    """(N, T, C_enc) encoder output → (N, T / merge, C_dec) decoder embeddings."""
+
+    def __init__(self, in_dim: int, out_dim: int, config: ProjectorConfig) -> None:
+        super().__init__()
+        self.merge = config.merge
+        d = in_dim * config.merge
+        if config.kind == "linear":
+            self.net = nn.Sequential(nn.Linear(d, out_dim))
+        else:
+            self.net = nn.Sequential(nn.Linear(d, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+    def num_tokens(self, n: int) -> int:
+        return n // self.merge
+
+    def forward(self, x: Tensor) -> Tensor:
+        N, T, C = x.shape
+        if T % self.merge:
+            raise ValueError(f"projector merge {self.merge} does not divide the {T} encoder tokens")
+        x = x.reshape(N, T // self.merge, C * self.merge)  # concatenate `merge` neighbours: (N, T/m, m·C)
+        return self.net(x)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(frozen=True)
+class MultimodalConfig:
+    """A GPT decoder + optional image and audio encoders with their projectors and placeholder token ids."""
+
+    name: str = "custom"
+    text: GPTConfig = field(default_factory=GPTConfig)
+    vision: VisionConfig | None = None
+    audio: AudioConfig | None = None
+    vision_projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    audio_projector: ProjectorConfig = field(default_factory=lambda: ProjectorConfig(merge=2))
+    image_token_id: int | None = None  # from the tokenizer: Processor(...).image_token_id
+    audio_token_id: int | None = None
+    audio_frames: int = 3000  # mel frames per (padded) clip: fixes the tokens per clip
+
+    def __post_init__(self) -> None:
+        for what, tid in (("image_token_id", self.image_token_id), ("audio_token_id", self.audio_token_id)):
+            if tid is not None and not 0 <= tid < self.text.vocab_size:
+                raise ValueError(f"MultimodalConfig({self.name!r}): {what} {tid} is outside the decoder's "
+                                 f"vocabulary of {self.text.vocab_size}")
+        if self.vision is not None and self.vision.num_patches % self.vision_projector.merge:
+            raise ValueError(f"vision projector merge {self.vision_projector.merge} does not divide "
+                             f"{self.vision.num_patches} patches")
+        if self.audio is not None:
+            n = self.audio.num_tokens(self.audio_frames)
+            if n > self.audio.n_ctx or n % self.audio_projector.merge:
+                raise ValueError(f"audio_frames {self.audio_frames} give {n} encoder tokens: must be <= n_ctx "
+                                 f"{self.audio.n_ctx} and divisible by merge {self.audio_projector.merge}")
+
+    @property
+    def image_tokens(self) -> int:
+        """Decoder positions per image."""
+        return 0 if self.vision is None else self.vision.num_patches // self.vision_projector.merge
+
+    @property
+    def audio_tokens(self) -> int:
+        """Decoder positions per clip."""
+        return 0 if self.audio is None else self.audio.num_tokens(self.audio_frames) // self.audio_projector.merge
+
+    def processor_kwargs(self) -> dict[str, Any]:
+        """The ``ProcessorConfig`` fields this model fixes (kept here so models/ need not import processors)."""
+        kw: dict[str, Any] = {"audio_seconds": self.audio_frames / 100.0}  # 100 frames/s at hop 160, 16 kHz
+        if self.audio is not None:
+            kw |= {"audio_tokens": self.audio_tokens, "n_mels": self.audio.n_mels}
+        if self.vision is not None:
+            c = self.vision.in_channels
+            kw |= {"image_tokens": self.image_tokens, "image_size": self.vision.image_size,
+                   "image_mode": "RGB" if c == 3 else "L", "image_mean": (0.5,) * c, "image_std": (0.5,) * c}
+        return kw
+
+    def replace(self, **overrides: Any) -> MultimodalConfig:
+        return dataclasses.replace(self, **overrides)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> MultimodalConfig:
+        if name not in MULTIMODAL_PRESETS:
+            raise ValueError(f"unknown multimodal preset {name!r}; known: {', '.join(MULTIMODAL_PRESETS)}")
+        return dataclasses.replace(MULTIMODAL_PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {"model_type": MODEL_TYPE, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MultimodalConfig:
+        d = dict(d)
+        if d.pop("model_type", MODEL_TYPE) != MODEL_TYPE:
+            raise ValueError(f"config is not an {MODEL_TYPE} config")
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(d) - known):
+            raise ValueError(f"unknown MultimodalConfig keys {unknown}")
+        d["text"] = GPTConfig.from_dict(d.get("text", {}), source="config.json 'text'")
+        d["vision"] = VisionConfig.from_dict(d["vision"]) if d.get("vision") else None
+        d["audio"] = AudioConfig.from_dict(d["audio"]) if d.get("audio") else None
+        for key in ("vision_projector", "audio_projector"):
+            if key in d:
+                d[key] = ProjectorConfig(**d[key])
+        return cls(**d)
+
+
+MULTIMODAL_PRESETS: dict[str, MultimodalConfig] = {
+    # Tests: tiny decoder + tiny encoders (16 px images → 16 tokens, 0.64 s clips → 32 → 16 tokens).
+    "tiny-omni": MultimodalConfig(
+        name="tiny-omni", text=GPTConfig.from_name("tiny-gpt2", block_size=128),
+        vision=VisionConfig.from_name("tiny-vit"), audio=AudioConfig.from_name("tiny-audio"),
+        vision_projector=ProjectorConfig("mlp", 1), audio_projector=ProjectorConfig("mlp", 2), audio_frames=64),
+}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Fusion
+
+
+def scatter_placeholders(inputs_embeds: Tensor, input_ids: Tensor, token_id: int, features: Tensor | None,
+                         what: str) -> Tensor:
+    """Write ``features`` (N, T_f, C) into the positions of ``input_ids`` equal to ``token_id``, in order.
+
+    Item n fills the n-th run of T_f placeholders, reading samples left to right, top to bottom; everything
+    else is left untouched. Raises ValueError when the counts disagree."""
+    is_ph = input_ids == token_id  # (B, T)
+    found = int(is_ph.sum())
+    if features is None:
+        if found:
+            raise ValueError(f"input_ids hold {found} {what} placeholder tokens (id {token_id}) but no {what} "
+                             f"inputs were given")
+        return inputs_embeds
+    N, T_f, C = features.shape
+    per_sample = is_ph.sum(dim=1)
+    if found != N * T_f or bool((per_sample % T_f).any()):
+        raise ValueError(f"input_ids hold {found} {what} placeholder tokens (id {token_id}; per sample "
+                         f"{per_sample.tolist()}) but {N} {what} inputs × {T_f} tokens each = {N * T_f}: every "
+                         f"{what} needs exactly {T_f} placeholder tokens")
+    # masked_scatter consumes the source row-major, C values per True position: item after item, token by token.
+    return inputs_embeds.masked_scatter(is_ph[..., None], features.to(inputs_embeds.dtype))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The model
+
+
+class MultimodalGPT(nn.Module):
+    """``GPT`` whose placeholder tokens are replaced by projected image / audio encodings."""
+
+    def __init__(self, config: MultimodalConfig) -> None:
+        super().__init__()
+        self.config = config
+        C = config.text.n_embd
+        self.language_model = GPT(config.text)
+        self.vision_encoder = ViT(config.vision) if config.vision else None
+        self.vision_projector = (Projector(config.vision.n_embd, C, config.vision_projector)
+                                 if config.vision else None)
+        self.audio_encoder = AudioEncoder(config.audio) if config.audio else None
+        self.audio_projector = Projector(config.audio.n_embd, C, config.audio_projector) if config.audio else None
+        for proj in (self.vision_projector, self.audio_projector):  # GPT-2 init: keeps the first loss near ln V
+            for m in proj.modules() if proj is not None else ():
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=config.text.initializer_range)
+                    nn.init.zeros_(m.bias)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by part, for per-module learning rates and staged schedules (LLaVA's stage 1 trains only
+        the projectors: ``requires_grad_(False)`` on the rest)."""
+        parts = ("language_model", "vision_encoder", "vision_projector", "audio_encoder", "audio_projector")
+        return {n: list(getattr(self, n).parameters()) for n in parts if getattr(self, n) is not None}
+
+    # -- encoders ------------------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: Tensor) -> Tensor:
+        """(N, C, H, W) → (N, image_tokens, n_embd)."""
+        if self.vision_encoder is None or self.vision_projector is None:
+            raise ValueError("pixel_values given, but this model has no vision encoder (config.vision is None)")
+        return self.vision_projector(self.vision_encoder(pixel_values).last_hidden_state)
+
+    def encode_audio(self, input_features: Tensor) -> Tensor:
+        """(N, n_mels, frames) → (N, audio_tokens, n_embd)."""
+        if self.audio_encoder is None or self.audio_projector is None:
+            raise ValueError("input_features given, but this model has no audio encoder (config.audio is None)")
+        return self.audio_projector(self.audio_encoder(input_features).last_hidden_state)
+
+    def placeholder_mask(self, input_ids: Tensor) -> Tensor:
+        """(B, T) True where a placeholder token stands."""
+        mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        for tid in (self.config.image_token_id, self.config.audio_token_id):
+            if tid is not None:
+                mask |= input_ids == tid
+        return mask
+
+    def embed(self, input_ids: Tensor, pixel_values: Tensor | None = None,
+              input_features: Tensor | None = None) -> Tensor:
+        """Token embeddings (B, T, C) with every placeholder position replaced by its media embedding."""
+        cfg = self.config
+        ids = input_ids.clamp(0, cfg.text.vocab_size - 1)  # range errors are reported by GPT's own check
+        x = self.language_model.transformer.wte(ids)  # (B, T, C)
+        for tid, values, encode, what in ((cfg.image_token_id, pixel_values, self.encode_images, "image"),
+                                          (cfg.audio_token_id, input_features, self.encode_audio, "audio")):
+            if tid is None:
+                if values is not None:
+                    raise ValueError(f"{what} inputs given, but config.{what}_token_id is not set")
+                continue
+            feats = encode(values) if values is not None else None
+            x = scatter_placeholders(x, input_ids, tid, feats, what)
+        return x
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, pixel_values: Tensor | None = None,
+                input_features: Tensor | None = None, labels: Tensor | None = None,
+                position_ids: Tensor | None = None, past_key_values: list[KVCache] | None = None,
+                logits_to_keep: int = 0, output_hidden_states: bool = False) -> GPTOutput:
+        """Like ``GPT.forward``; media only in the prefill (decode steps carry plain tokens and the KV cache)."""
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+            raise ValueError("input_ids must be a (batch, seq_len) tensor")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.text.vocab_size):
+            raise ValueError(f"token ids must be in [0, vocab_size {self.config.text.vocab_size})")
+        T = input_ids.shape[1]
+        if position_ids is None and attention_mask is not None and not bool(attention_mask.all()):
+            # Left padding shifts each row's start: positions count real tokens only (HF generate does the same).
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+        if labels is not None:
+            labels = labels.masked_fill(self.placeholder_mask(input_ids), -100)  # never predict a placeholder
+        embeds = self.embed(input_ids, pixel_values, input_features)
+        return self.language_model(attention_mask=attention_mask, position_ids=position_ids, labels=labels,
+                                   inputs_embeds=embeds, past_key_values=past_key_values,
+                                   output_hidden_states=output_hidden_states, logits_to_keep=logits_to_keep)
+
+    # -- persistence ---------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, processor: Any | None = None) -> None:
+        """Commit config.json + model.safetensors (+ the processor's files) as one atomic directory."""
+        save_model_dir(self, self.config.to_dict(), directory, processor)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> MultimodalGPT:
+        cfg = MultimodalConfig.from_dict(read_config(directory))
+        return load_model_dir(cls(cfg), directory, map_location)
+
+
+def save_model_dir(model: nn.Module, config: dict[str, Any], directory: str | Path, processor: Any = None) -> None:
+    """Shared by the multimodal families: JSON config + safetensors weights in one committed directory."""
+    from safetensors.torch import save_model
+
+    from omnigpt.checkpoint import atomic_directory
+
+    with atomic_directory(directory) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_model(model, str(tmp / "model.safetensors"))  # tied lm_head / wte stored once
+        if processor is not None:
+            processor.save_pretrained(tmp)
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    from omnigpt.checkpoint import verify_manifest
+
+    path = Path(directory)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: no config.json (not a saved omnigpt model directory)")
+    verify_manifest(path)  # flipped bytes or edits after saving are an error, not a silently different model
+    try:
+        return json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path / 'config.json'}: invalid JSON: {e}") from e
+
+
+def load_model_dir(model: nn.Module, directory: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    from safetensors.torch import load_model
+
+    path = Path(directory) / "model.safetensors"
+    model.to(map_location)
+    try:
+        load_model(model, str(path), strict=True, device=str(map_location))
+    except (OSError, RuntimeError) as e:
+        raise ValueError(f"{path}: cannot load weights: {e}") from e
+    model.eval()
+    return model
+
+
+__all__ = ["MULTIMODAL_PRESETS", "MultimodalConfig", "MultimodalGPT", "Projector", "ProjectorConfig",
+           "load_model_dir", "read_config", "save_model_dir", "scatter_placeholders"]

@@ -1,0 +1,191 @@
+"""Vision Transformer image encoder (ViT, Dosovitskiy et al. 2021), trained from scratch; and the bidirectional
+pre-LN encoder block that the audio encoder shares.
+
+Reading order: ``EncoderBlock`` (self-attention without a causal mask through
+``scaled_dot_product_attention``, MLP; pre-LN like GPT-2 and CLIP), ``VisionConfig`` + presets, ``ViT``.
+
+The ViT follows CLIP's visual tower (``ln_pre`` after the embeddings, pre-LN blocks, ``ln_post``) and the
+reference ViT's patch embedding (a conv with kernel = stride = patch size) and learned positions. A ``[CLS]``
+token is optional: contrastive models pool it; multimodal decoders (LLaVA-1.5, nanoVLM) take the patch tokens.
+Module names follow the GPT-2 checkpoint (``ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj``) so one
+reading of names covers every tower in omnigpt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# ------------------------------------------------------------------------------------------------------------
+# The shared bidirectional block
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN Transformer layer with full (bidirectional) attention: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, n_embd: int, n_head: int, mlp_hidden: int, dropout: float = 0.0, eps: float = 1e-5) -> None:
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        self.n_head = n_head
+        self.dropout = dropout
+        self.ln_1 = nn.LayerNorm(n_embd, eps=eps)
+        self.attn = nn.Module()
+        self.attn.c_attn = nn.Linear(n_embd, 3 * n_embd)
+        self.attn.c_proj = nn.Linear(n_embd, n_embd)
+        self.ln_2 = nn.LayerNorm(n_embd, eps=eps)
+        self.mlp = nn.Module()
+        self.mlp.c_fc = nn.Linear(n_embd, mlp_hidden)
+        self.mlp.c_proj = nn.Linear(mlp_hidden, n_embd)
+        self.drop = nn.Dropout(dropout)
+
+    def attention(self, x: Tensor, key_padding: Tensor | None = None) -> Tensor:
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.attn.c_attn(x).split(C, dim=2)  # 3 × (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        mask = None if key_padding is None else key_padding[:, None, None, :]  # (B, 1, 1, T), True = attend
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+    def forward(self, x: Tensor, key_padding: Tensor | None = None) -> Tensor:
+        x = x + self.drop(self.attention(self.ln_1(x), key_padding))
+        return x + self.drop(self.mlp.c_proj(F.gelu(self.mlp.c_fc(self.ln_2(x)))))
+
+
+def init_encoder_weights(module: nn.Module, n_layer: int, std: float = 0.02) -> None:
+    """GPT-2-style init (FACTS.md: N(0, 1) defaults stall small models): N(0, 0.02) linears/convs, residual
+    projections scaled by 1/√(2·n_layer), zero biases, unit LayerNorms."""
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d):
+            s = std / math.sqrt(2 * n_layer) if name.endswith("c_proj") else std
+            nn.init.normal_(m.weight, mean=0.0, std=s)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+@dataclass
+class EncoderOutput:
+    """Encoder result, named as in ``transformers``."""
+
+    last_hidden_state: Tensor  # (B, N, C): one vector per patch / audio frame pair (CLS excluded)
+    pooler_output: Tensor  # (B, C): CLS token when there is one, else the mean of last_hidden_state
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Config and presets
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """Architecture of a ViT image encoder."""
+
+    name: str = "custom"
+    image_size: int = 224
+    patch_size: int = 16
+    in_channels: int = 3  # 3 for RGB, 1 for grayscale (Fashion-MNIST)
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    mlp_ratio: float = 4.0
+    use_cls_token: bool = True
+    dropout: float = 0.0
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"VisionConfig({self.name!r}): image_size {self.image_size} is not a multiple of "
+                             f"patch_size {self.patch_size}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"VisionConfig({self.name!r}): n_embd {self.n_embd} not divisible by n_head "
+                             f"{self.n_head}")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> VisionConfig:
+        if name not in VISION_PRESETS:
+            raise ValueError(f"unknown vision preset {name!r}; known: {', '.join(VISION_PRESETS)}")
+        return dataclasses.replace(VISION_PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VisionConfig:
+        return cls(**d)
+
+
+VISION_PRESETS: dict[str, VisionConfig] = {
+    # The ViT paper's / DeiT's sizes at 224 px, patch 16 (196 patches + CLS); counts without a classifier head.
+    "vit-tiny": VisionConfig(name="vit-tiny", n_layer=12, n_head=3, n_embd=192),  # 5,524,800 (DeiT-Ti)
+    "vit-small": VisionConfig(name="vit-small", n_layer=12, n_head=6, n_embd=384),  # 21,666,432 (DeiT-S)
+    "vit-base": VisionConfig(name="vit-base", n_layer=12, n_head=12, n_embd=768),  # 85,800,192 (ViT-B/16)
+    # Fashion-MNIST / emoji on 2 CPU cores: 28 px grayscale, 7 px patches → 16 patches.
+    "vit-fmnist": VisionConfig(name="vit-fmnist", image_size=28, patch_size=7, in_channels=1, n_layer=4, n_head=4,
+                               n_embd=128),  # 802,304
+    "vit-emoji": VisionConfig(name="vit-emoji", image_size=32, patch_size=8, n_layer=4, n_head=4,
+                              n_embd=128),  # 820,608
+    "tiny-vit": VisionConfig(name="tiny-vit", image_size=16, patch_size=4, n_layer=2, n_head=2, n_embd=32),  # 27,680
+}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The model
+
+
+class ViT(nn.Module):
+    """Patchify → linear embedding (+ CLS) + learned positions → LN → pre-LN blocks → LN."""
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        C = config.n_embd
+        # A conv with kernel = stride = patch size is "split into patches, flatten, one Linear" in one op.
+        self.patch_embed = nn.Conv2d(config.in_channels, C, kernel_size=config.patch_size, stride=config.patch_size)
+        n_pos = config.num_patches + (1 if config.use_cls_token else 0)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, C)) if config.use_cls_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, C))
+        self.ln_pre = nn.LayerNorm(C, eps=config.layer_norm_epsilon)
+        hidden = int(config.mlp_ratio * C)
+        self.h = nn.ModuleList(EncoderBlock(C, config.n_head, hidden, config.dropout, config.layer_norm_epsilon)
+                               for _ in range(config.n_layer))
+        self.ln_post = nn.LayerNorm(C, eps=config.layer_norm_epsilon)
+        init_encoder_weights(self, config.n_layer)
+        nn.init.normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+
+    @property
+    def num_tokens(self) -> int:
+        """Patch tokens per image handed to a projector (CLS excluded)."""
+        return self.config.num_patches
+
+    def forward(self, pixel_values: Tensor) -> EncoderOutput:
+        cfg = self.config
+        expected = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(f"pixel_values must have shape (N, {', '.join(map(str, expected))}), "
+                             f"got {tuple(pixel_values.shape)}")
+        x = self.patch_embed(pixel_values.to(self.pos_embed.dtype))  # (B, C, H/p, W/p)
+        x = x.flatten(2).transpose(1, 2)  # (B, N, C), patches in raster order
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, C)
+        x = self.ln_pre(x + self.pos_embed)
+        for block in self.h:
+            x = block(x)
+        x = self.ln_post(x)
+        if self.cls_token is not None:
+            return EncoderOutput(last_hidden_state=x[:, 1:], pooler_output=x[:, 0])
+        return EncoderOutput(last_hidden_state=x, pooler_output=x.mean(dim=1))
