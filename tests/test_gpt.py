@@ -2,8 +2,6 @@
 KV cache == full forward, a tiny model overfits, determinism, bf16 autocast, and bad input."""
 
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -116,7 +114,8 @@ def test_gpt1_is_post_ln_without_final_ln():
     assert model.transformer.ln_f is None
     block, x = model.transformer.h[0], torch.randn(2, 5, 32)
     h = block.ln_1(x + block.attn(x, torch.arange(5)))
-    expected = block.ln_2(h + block.mlp.c_proj(F.gelu(block.mlp.c_fc(h))))  # exact GELU
+    # GELU's tanh approximation, as OpenAI's GPT-1 code and HF openai-gpt compute it
+    expected = block.ln_2(h + block.mlp.c_proj(F.gelu(block.mlp.c_fc(h), approximate="tanh")))
     assert torch.allclose(block(x, torch.arange(5)), expected, atol=1e-6)
 
 
@@ -273,9 +272,3 @@ def test_bad_mask_and_overflowing_cache_raise():
     with pytest.raises(ValueError, match="labels must have shape"):
         model(torch.zeros(1, 5, dtype=torch.long), labels=torch.zeros(1, 4, dtype=torch.long))
 
-
-def test_cli_demo_runs():
-    out = subprocess.run([sys.executable, "-m", "omnigpt", "demo", "--preset", "tiny-gpt2", "--seq-len", "16"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "parameters" in out.stdout

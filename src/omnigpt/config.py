@@ -2,7 +2,9 @@
 
 The three generations differ only in data, not in code (DESIGN.md principle 2):
 
-* GPT-1 (Radford et al. 2018): post-LN blocks, no final LayerNorm, exact GELU, 512 positions, 40,478 BPE tokens.
+* GPT-1 (Radford et al. 2018): post-LN blocks, no final LayerNorm, 512 positions, 40,478 BPE tokens. Its GELU is
+  the tanh approximation: OpenAI's released code (finetune-transformer-lm) and HF's openai-gpt ("afn": "gelu"
+  maps to gelu_new there) both compute it, so the real checkpoint only reproduces with it, not with exact erf.
 * GPT-2 (Radford et al. 2019): pre-LN blocks + final ``ln_f``, tanh GELU, 1024 positions, 50,257 byte-level BPE
   tokens, residual projections initialised with std 0.02/√(2·n_layer).
 * GPT-3 (Brown et al. 2020, Table 2.1): GPT-2 with 2048 positions and "alternating dense and locally banded
@@ -38,7 +40,7 @@ class GPTConfig:
     n_inner: int | None = None  # MLP hidden width; None means 4 * n_embd
     norm_position: Literal["pre", "post"] = "pre"  # GPT-1 is post-LN, GPT-2/3 pre-LN
     final_layer_norm: bool = True  # GPT-2/3 have ln_f; GPT-1 has none
-    activation: str = "gelu_new"  # GPT-2's tanh approximation; GPT-1 uses exact "gelu"
+    activation: str = "gelu_new"  # tanh-approximated GELU, as GPT-1's and GPT-2's released code compute it
     layer_norm_epsilon: float = 1e-5
     bias: bool = True
     tie_word_embeddings: bool = True  # lm_head.weight is wte.weight
@@ -142,8 +144,7 @@ def _gpt3(name: str, n_layer: int, n_head: int, n_embd: int) -> GPTConfig:
 
 PRESETS: dict[str, GPTConfig] = {
     # GPT-1 "openai-gpt": 116,534,784 parameters (40,478 BPE tokens, 512 positions, post-LN, no ln_f).
-    "gpt1": GPTConfig(name="gpt1", vocab_size=40478, block_size=512, norm_position="post", final_layer_norm=False,
-                      activation="gelu"),
+    "gpt1": GPTConfig(name="gpt1", vocab_size=40478, block_size=512, norm_position="post", final_layer_norm=False),
     # GPT-2 family (HF checkpoint sizes, tied embeddings):
     "gpt2": _gpt2("gpt2", 12, 12, 768),  # 124,439,808
     "gpt2-medium": _gpt2("gpt2-medium", 24, 16, 1024),  # 354,823,168
@@ -162,7 +163,7 @@ PRESETS: dict[str, GPTConfig] = {
     "gpt3-175b": _gpt3("gpt3-175b", 96, 96, 12288),  # 174.6B (175B)
     # Tiny models for tests and CPU demos.
     "tiny-gpt1": GPTConfig(name="tiny-gpt1", vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=32,
-                           norm_position="post", final_layer_norm=False, activation="gelu"),
+                           norm_position="post", final_layer_norm=False),
     "tiny-gpt2": GPTConfig(name="tiny-gpt2", vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=32),
     "tiny-gpt3": GPTConfig(name="tiny-gpt3", vocab_size=512, block_size=64, n_layer=4, n_head=2, n_embd=32,
                            local_window=8),
