@@ -8,19 +8,10 @@ ids and runs the Rust BPE only on new pieces: "cold" starts each run from an emp
 "warm" reuses it, as a long corpus does after its first megabytes. The median of ``--repeats`` runs is reported
 in MB/s of UTF-8 input, with the ratio omnigpt / tiktoken (> 1: omnigpt faster).
 
-Usage: ``python benchmarks/tokenize.py [--repeats 3]``
+Usage: ``python benchmarks/tokenize_speed.py [--repeats 3]``
 """
 
-# ruff: noqa: E402
 from __future__ import annotations
-
-import os
-import sys
-
-# This file is named tokenize.py, like a standard-library module that logging and linecache import: run as a script,
-# its folder comes first on sys.path and would shadow it. Drop the folder before anything else is imported.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
 
 import argparse
 import re

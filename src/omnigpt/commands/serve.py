@@ -1,0 +1,54 @@
+"""``omnigpt serve --model DIR``: the OpenAI-compatible API and the chat page on uvicorn (127.0.0.1 by default)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint directory (config.json, model.safetensors, tokenizer)")
+    p.add_argument("--name", default=None, help="model id clients send (default: the directory's name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("OMNIGPT_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $OMNIGPT_API_KEY, else none)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="sequences stepped together on the model")
+    p.add_argument("--max-queue", type=int, default=32, help="waiting requests before new ones get 429")
+    p.add_argument("--batch-window-ms", type=float, default=50.0,
+                   help="after a batch ends, wait up to this long for the next batch to fill (0: never wait)")
+    p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="larger request bodies get 413")
+    p.add_argument("--default-max-tokens", type=int, default=256, help="completion length when a request sets none")
+    p.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens accepted")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from omnigpt.serve import ServeSettings, create_app, load_served_model
+
+    for name in ("max_batch_size", "max_queue", "max_body_bytes", "default_max_tokens", "max_tokens_limit"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 <= args.batch_window_ms <= 1000:
+        raise ValueError("--batch-window-ms must be in [0, 1000]")
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise ValueError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    served = load_served_model(args.model, name=args.name, device=args.device, dtype=args.dtype)
+    settings = ServeSettings(api_key=args.api_key or None, max_batch_size=args.max_batch_size,
+                             max_queue=args.max_queue, batch_window_ms=args.batch_window_ms,
+                             max_body_bytes=args.max_body_bytes,
+                             default_max_tokens=args.default_max_tokens, max_tokens_limit=args.max_tokens_limit)
+    app = create_app(served, settings)
+    print(f"omnigpt serve: {served.name} on http://{args.host}:{args.port}/ (API at /v1, "
+          f"{'API key required' if settings.api_key else 'no API key'})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0

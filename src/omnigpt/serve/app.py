@@ -1,0 +1,292 @@
+"""The FastAPI app: OpenAI-compatible routes over the batching engine, plus the chat page at ``/``.
+
+Routes: ``GET /v1/models`` (and ``/v1/models/{id}``), ``POST /v1/completions``, ``POST /v1/chat/completions``
+(``stream: true`` answers with server-sent events ending in ``data: [DONE]``), ``GET /health`` and ``GET /``.
+The request path is thin: validate (schemas.py, then the semantic checks here), render the chat template,
+tokenize with caps applied *before* tokenizing, check the context, queue rows on the engine, and turn engine
+events into OpenAI responses or chunks. Errors leave in OpenAI's shape (errors.py); an error after a stream has
+started goes out as a ``data: {"error": ...}`` chunk followed by ``[DONE]``, which the official client raises.
+
+Reference: OpenAI's API reference; vLLM's ``entrypoints/openai`` for which fields a local server can honour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+
+from omnigpt.serve import schemas as S
+from omnigpt.serve.engine import Engine, Event, Failed, Finished, Overloaded, Row, TextDelta
+from omnigpt.serve.errors import APIError, BodyLimitMiddleware, install_error_handlers
+from omnigpt.serve.model import ServedModel, build_chat_prompt, build_completion_prompts, sampling_params
+
+
+@dataclass
+class ServeSettings:
+    """Server limits and options (the ``omnigpt serve`` flags)."""
+
+    api_key: str | None = None  # when set, /v1/* needs "Authorization: Bearer <key>"
+    max_batch_size: int = 8  # rows stepped together on the model
+    max_queue: int = 32  # requests waiting for the model before new ones get 429
+    batch_window_ms: float = 50.0  # after a batch, wait up to this long for the next one to fill (engine.py)
+    max_body_bytes: int = 8 * 1024 * 1024  # larger bodies get 413 before they are parsed
+    default_max_tokens: int = 256  # completion length when the request names none
+    max_tokens_limit: int = 4096  # the largest max_tokens accepted (besides the context limit)
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": S.ErrorResponse, "description": desc}
+    for code, desc in [(400, "Bad request"), (401, "Missing or wrong API key"), (404, "Unknown model"),
+                       (413, "Request body too large"), (429, "Queue full: retry after Retry-After seconds")]
+}
+_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+
+
+def create_app(served: ServedModel, settings: ServeSettings | None = None) -> FastAPI:
+    """An app serving ``served``; the engine's worker thread starts and stops with the app's lifespan."""
+    settings = settings or ServeSettings()
+    engine = Engine(served.model, served.tokenizer, max_batch_size=settings.max_batch_size,
+                    max_queue=settings.max_queue, stop_token_ids=served.stop_token_ids,
+                    batch_window=settings.batch_window_ms / 1000)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.shutdown()
+
+    app = FastAPI(title="omnigpt", version="1", summary="OpenAI-compatible API for omnigpt models",
+                  lifespan=lifespan)
+    app.state.engine, app.state.served, app.state.settings = engine, served, settings
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        html = resources.files("omnigpt.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+        return HTMLResponse(html, headers={"cache-control": "no-cache"})
+
+    @app.get("/health", response_model=S.Health)
+    async def health() -> S.Health:
+        return S.Health(model=served.name, queued=engine.queued, running=engine.running,
+                        requests_total=engine.requests_total, cancelled_total=engine.cancelled_total,
+                        rejected_total=engine.rejected_total, batches_total=engine.batches_total,
+                        batched_rows_total=engine.batched_rows_total)
+
+    @app.get("/v1/models", response_model=S.ModelList, responses=_ERRORS)
+    async def list_models() -> S.ModelList:
+        return S.ModelList(data=[served.card()])
+
+    @app.get("/v1/models/{model_id}", response_model=S.ModelCard, responses=_ERRORS)
+    async def get_model(model_id: str) -> S.ModelCard:
+        served.check_name(model_id)
+        return served.card()
+
+    @app.post("/v1/completions", response_model=S.Completion,
+              responses={**_ERRORS, 200: {"content": _SSE, "description": "A completion, or SSE chunks"}})
+    async def completions(body: S.CompletionRequest, request: Request) -> Any:
+        served.check_name(body.model)
+        prompts = build_completion_prompts(served, body, settings)
+        params, stop = sampling_params(body), body.stop_list()
+        n = body.n or 1
+        queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        rows = [Row(ids, max_new, params, queue, index=p * n + j, stop=stop)
+                for p, (ids, max_new) in enumerate(prompts) for j in range(n)]
+        prompt_tokens = sum(len(ids) for ids, _ in prompts)
+        return await _respond(request, engine, served, rows, queue, prompt_tokens, chat=False, stream=bool(body.stream),
+                              include_usage=bool(body.stream_options and body.stream_options.include_usage))
+
+    @app.post("/v1/chat/completions", response_model=S.ChatCompletion,
+              responses={**_ERRORS, 200: {"content": _SSE, "description": "A chat completion, or SSE chunks"}})
+    async def chat_completions(body: S.ChatCompletionRequest, request: Request) -> Any:
+        served.check_name(body.model)
+        ids, max_new = build_chat_prompt(served, body, settings)
+        params = sampling_params(body)
+        stop = list(dict.fromkeys(body.stop_list() + served.chat_template.stop))  # the template's stops always apply
+        queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        rows = [Row(ids, max_new, params, queue, index=j, stop=stop) for j in range(body.n or 1)]
+        return await _respond(request, engine, served, rows, queue, len(ids), chat=True, stream=bool(body.stream),
+                              include_usage=bool(body.stream_options and body.stream_options.include_usage))
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema without the 422 it adds everywhere: this server answers validation errors with 400."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            for path in schema.get("paths", {}).values():
+                for op in path.values():
+                    op.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Turning engine events into responses
+
+
+def _submit(engine: Engine, rows: list[Row]) -> None:
+    try:
+        engine.submit(rows)
+    except Overloaded as e:
+        raise APIError(429, f"The server is overloaded ({engine.max_queue} requests waiting). Please retry after "
+                            f"{e.retry_after} s.", code="queue_full",
+                       headers={"Retry-After": str(e.retry_after), "x-should-retry": "true"}) from None
+
+
+def _failure(event: Failed) -> APIError:
+    if event.client_error:
+        return APIError(400, event.message, code="invalid_request")
+    return APIError(500, "The server had an error while generating: " + event.message, code="internal_error")
+
+
+async def _respond(request: Request, engine: Engine, served: ServedModel, rows: list[Row],
+                   queue: asyncio.Queue[tuple[int, Event]], prompt_tokens: int, *, chat: bool, stream: bool,
+                   include_usage: bool) -> Any:
+    _submit(engine, rows)
+    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+    created = int(time.time())
+    if stream:
+        return StreamingResponse(_stream(rows, queue, rid, created, served.name, chat, prompt_tokens, include_usage),
+                                 media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+    texts, reasons, completion_tokens = await _collect(request, rows, queue)
+    usage = S.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                    total_tokens=prompt_tokens + completion_tokens)
+    order = sorted(texts)
+    if chat:
+        return S.ChatCompletion(id=rid, created=created, model=served.name, usage=usage, choices=[
+            S.ChatChoice(index=i, message=S.AssistantMessage(content=texts[i]), finish_reason=reasons[i])
+            for i in order])
+    return S.Completion(id=rid, created=created, model=served.name, usage=usage, choices=[
+        S.CompletionChoice(index=i, text=texts[i], finish_reason=reasons[i]) for i in order])
+
+
+def _finish(reason: str) -> S.FinishReason:
+    return "length" if reason == "length" else "stop"
+
+
+async def _collect(request: Request, rows: list[Row],
+                   queue: asyncio.Queue[tuple[int, Event]]) -> tuple[dict[int, str], dict[int, Any], int]:
+    """Wait for every row to finish; if the client disconnects first, cancel the rows and give up."""
+    texts: dict[int, list[str]] = {r.index: [] for r in rows}
+    reasons: dict[int, Any] = {}
+    tokens = 0
+
+    async def consume() -> None:
+        nonlocal tokens
+        while len(reasons) < len(rows):
+            index, event = await queue.get()
+            if isinstance(event, TextDelta):
+                texts[index].append(event.text)
+            elif isinstance(event, Finished):
+                reasons[index] = _finish(event.reason)
+                tokens += event.completion_tokens
+            elif isinstance(event, Failed):
+                raise _failure(event)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    work, watch = asyncio.ensure_future(consume()), asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if work not in done:
+            raise APIError(400, "client disconnected", code="client_disconnected")  # nobody reads this
+        work.result()  # re-raise a Failed event as its APIError
+    finally:
+        watch.cancel()
+        work.cancel()
+        for row in rows:
+            row.cancel()  # no-op for finished rows; stops the rest
+    return {i: "".join(t) for i, t in texts.items()}, reasons, tokens
+
+
+def _sse(obj: Any) -> str:
+    data = obj.model_dump_json(exclude_none=False) if hasattr(obj, "model_dump_json") else json.dumps(obj)
+    return f"data: {data}\n\n"
+
+
+async def _stream(rows: list[Row], queue: asyncio.Queue[tuple[int, Event]], rid: str, created: int, model: str,
+                  chat: bool, prompt_tokens: int, include_usage: bool) -> AsyncIterator[str]:
+    """SSE chunks as the engine produces text; closing this generator (client gone) cancels the rows."""
+    done, tokens = 0, 0
+
+    def chunk(index: int, text: str | None, reason: Any = None, role: bool = False) -> str:
+        if chat:
+            delta = S.ChatDelta(role="assistant" if role else None, content=text)
+            return _sse(S.ChatCompletionChunk(id=rid, created=created, model=model, choices=[
+                S.ChatChunkChoice(index=index, delta=delta, finish_reason=reason)]))
+        return _sse({"id": rid, "object": "text_completion", "created": created, "model": model,
+                     "choices": [{"index": index, "text": text or "", "finish_reason": reason, "logprobs": None}]})
+
+    try:
+        if chat:
+            for row in rows:
+                yield chunk(row.index, "", role=True)
+        while done < len(rows):
+            index, event = await queue.get()
+            if isinstance(event, TextDelta):
+                yield chunk(index, event.text)
+            elif isinstance(event, Finished):
+                done += 1
+                tokens += event.completion_tokens
+                yield chunk(index, None if chat else "", _finish(event.reason))
+            elif isinstance(event, Failed):
+                yield f"data: {json.dumps(_failure(event).body())}\n\n"
+                break
+        else:
+            if include_usage:
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
+                         "total_tokens": prompt_tokens + tokens}
+                obj = "chat.completion.chunk" if chat else "text_completion"
+                yield _sse({"id": rid, "object": obj, "created": created, "model": model, "choices": [],
+                            "usage": usage})
+        yield "data: [DONE]\n\n"
+    finally:
+        for row in rows:
+            row.cancel()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Optional API key
+
+
+class APIKeyMiddleware:
+    """401 in OpenAI's shape for /v1/* requests without ``Authorization: Bearer <api_key>``."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app, self.expected = app, api_key.encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/") and scope["method"] != "OPTIONS":
+            header = dict(scope.get("headers", [])).get(b"authorization", b"")
+            scheme, _, key = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(key.strip(), self.expected):
+                message = ("Incorrect API key provided." if header else
+                           "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.")
+                err = APIError(401, message, code="invalid_api_key")
+                await JSONResponse(err.body(), status_code=401,
+                                   headers={"www-authenticate": "Bearer"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

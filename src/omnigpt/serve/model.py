@@ -1,0 +1,259 @@
+"""The served model and the request → prompt path: semantic checks, chat template, capped tokenization, limits.
+
+Schemas (schemas.py) check types and ranges; this module checks what needs the model: the model name, features
+this server does not implement, content parts the model cannot take (image/audio parts sent to a text-only model
+get a 400 naming the part), prompt size (capped in characters *before* tokenizing, since tokenizing megabytes
+costs seconds), token ids against the vocabulary, and ``prompt + max_tokens`` against the context, with
+OpenAI's ``context_length_exceeded`` wording. Every failure is an ``APIError`` (a 400/404), never a 5xx.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from omnigpt.serve import schemas as S
+from omnigpt.serve.engine import SamplingParams
+from omnigpt.serve.errors import APIError, bad_request
+from omnigpt.serve.prompts import ChatTemplate, TemplateError, load_chat_template
+
+if TYPE_CHECKING:
+    from omnigpt.serve.app import ServeSettings
+
+MAX_CHARS_PER_TOKEN = 32  # character cap on a prompt before tokenizing: context length × this
+MAX_PROMPTS = 64  # prompts in one /v1/completions request (each becomes n rows)
+
+
+@dataclass
+class ServedModel:
+    """A model ready to serve: weights in eval mode, tokenizer, chat template and the limits they imply."""
+
+    name: str
+    model: nn.Module
+    tokenizer: Any  # encode(text) -> list[int], decode(ids) -> str, eos_token_id
+    chat_template: ChatTemplate = field(default_factory=ChatTemplate)
+    modalities: list[str] = field(default_factory=lambda: ["text"])
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def block_size(self) -> int:
+        return int(self.model.config.block_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.config.vocab_size)
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        return [] if eos is None else [int(eos)]
+
+    def card(self) -> S.ModelCard:
+        return S.ModelCard(id=self.name, created=self.created, context_length=self.block_size,
+                           modalities=list(self.modalities))
+
+    def check_name(self, name: str) -> None:
+        """404 unless ``name`` is this model (names are compared, never used as paths)."""
+        if name != self.name:
+            shown = name if len(name) <= 64 else name[:64] + "..."
+            raise APIError(404, f"The model '{shown}' does not exist. This server serves '{self.name}'.",
+                           param="model", code="model_not_found")
+
+
+def load_served_model(model_dir: str | Path, name: str | None = None, device: str = "cpu",
+                      dtype: str | None = None) -> ServedModel:
+    """Load a checkpoint directory saved by ``save_pretrained`` (config.json + model.safetensors + tokenizer)."""
+    import torch
+
+    from omnigpt.hf import load_pretrained
+    from omnigpt.tokenizer import load_tokenizer
+
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"model directory not found: {d}")
+    if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    model = load_pretrained(d, map_location=device, dtype=getattr(torch, dtype or "float32"), head="lm").eval()
+    tokenizer = load_tokenizer(d)
+    eos_id = getattr(tokenizer, "eos_token_id", None)
+    eos = tokenizer.decode([eos_id]) if eos_id is not None else ""
+    return ServedModel(name=name or d.resolve().name, model=model, tokenizer=tokenizer,
+                       chat_template=load_chat_template(d, eos_token=eos))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Request checks
+
+
+def _unsupported(param: str, what: str) -> APIError:
+    return bad_request(f"'{param}' is not supported by this server: {what}.", param=param, code="unsupported_parameter")
+
+
+def _check_common(body: S.CompletionRequest | S.ChatCompletionRequest, settings: ServeSettings, rows: int) -> None:
+    if body.logit_bias:
+        raise _unsupported("logit_bias", "remove it or send an empty object")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(body, name):
+            raise _unsupported(name, "use 'repetition_penalty' (e.g. 1.2) instead")
+    if len(body.stop_list()) > S.MAX_STOP:
+        raise bad_request(f"'stop' accepts at most {S.MAX_STOP} sequences.", param="stop", code="invalid_value")
+    if rows > settings.max_batch_size:
+        raise bad_request(f"This request asks for {rows} sequences (prompts × n); this server generates at most "
+                          f"{settings.max_batch_size} per request.", param="n", code="invalid_value")
+
+
+MIN_TEMPERATURE = 1e-5  # below this, logits / T overflows float32 for extreme values: treat as greedy (T = 0)
+MIN_TOP_P = 1e-6  # below float32's resolution p rounds to 0 and the nucleus would drop every token; keep the top one
+
+
+def sampling_params(body: S.CompletionRequest | S.ChatCompletionRequest) -> SamplingParams:
+    """The request's sampling controls as ``generate()`` takes them, with OpenAI's defaults (temperature 1, no
+    top-p/top-k cut). Values the API allows but float32 cannot compute with are mapped to what they mean."""
+    temperature = 1.0 if body.temperature is None else body.temperature
+    if temperature < MIN_TEMPERATURE:
+        temperature = 0.0
+    top_p = None if body.top_p is None else max(body.top_p, MIN_TOP_P)
+    return SamplingParams(temperature=temperature, top_k=body.top_k or None, top_p=top_p,
+                          repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+                          seed=body.seed, ignore_eos=bool(body.ignore_eos))
+
+
+def _check_chars(n_chars: int, served: ServedModel, param: str) -> None:
+    cap = served.block_size * MAX_CHARS_PER_TOKEN
+    if n_chars > cap:
+        raise bad_request(f"This model's maximum context length is {served.block_size} tokens, and your {param} has "
+                          f"{n_chars} characters (more than {cap}, the most that could fit). Please shorten it.",
+                          param=param, code="context_length_exceeded")
+
+
+def _encode(served: ServedModel, text: str, param: str) -> list[int]:
+    try:
+        ids = [int(t) for t in served.tokenizer.encode(text)]
+    except ValueError as e:  # e.g. a character a char-level vocabulary lacks: the tokenizer's message names it
+        raise bad_request(f"The {param} could not be tokenized: {str(e)[:200]}", param=param,
+                          code="invalid_value") from None
+    except Exception:  # any other tokenizer failure is still about this input: say so, do not 500
+        raise bad_request(f"The {param} could not be tokenized.", param=param, code="invalid_value") from None
+    if not ids:  # an empty prompt starts from end-of-text, as GPT-2 prompts unconditionally
+        if not served.stop_token_ids:
+            raise bad_request(f"The {param} is empty.", param=param, code="invalid_value")
+        ids = served.stop_token_ids[:1]
+    return ids
+
+
+def resolve_max_tokens(prompt_len: int, requested: int | None, served: ServedModel, settings: ServeSettings,
+                       param: str, max_param: str = "max_tokens") -> int:
+    """How many tokens to generate: the request's ``max_tokens`` if it fits, the default otherwise; else 400."""
+    ctx = served.block_size
+    if prompt_len >= ctx:
+        raise bad_request(f"This model's maximum context length is {ctx} tokens. However, your {param} is "
+                          f"{prompt_len} tokens, leaving no room for a completion. Please shorten it.",
+                          param=param, code="context_length_exceeded")
+    room = ctx - prompt_len
+    if requested is None:
+        return min(settings.default_max_tokens, room)
+    if requested > settings.max_tokens_limit:
+        raise bad_request(f"'{max_param}' is too large: {requested}. This server generates at most "
+                          f"{settings.max_tokens_limit} tokens per completion.", param=max_param, code="invalid_value")
+    if requested > room:
+        raise bad_request(f"This model's maximum context length is {ctx} tokens. However, you requested "
+                          f"{prompt_len + requested} tokens ({prompt_len} in the {param}, {requested} in the "
+                          f"completion). Please reduce the length of the {param} or completion.",
+                          param=param, code="context_length_exceeded")
+    return requested
+
+
+def build_completion_prompts(served: ServedModel, body: S.CompletionRequest,
+                             settings: ServeSettings) -> list[tuple[list[int], int]]:
+    """(token ids, max new tokens) for each prompt of a /v1/completions request."""
+    if body.echo:
+        raise _unsupported("echo", "the completion text never includes the prompt")
+    if body.logprobs is not None:
+        raise _unsupported("logprobs", "log probabilities are not returned")
+    if body.suffix:
+        raise _unsupported("suffix", "insertion is not available for decoder-only models")
+    if body.best_of is not None and body.best_of != (body.n or 1):
+        raise _unsupported("best_of", "send 'n' instead")
+    p = body.prompt
+    if isinstance(p, str):
+        prompts: list[str | list[int]] = [p]
+    elif p and all(isinstance(x, int) for x in p):
+        prompts = [list(p)]  # type: ignore[arg-type]  # one prompt as token ids
+    else:
+        prompts = list(p)  # type: ignore[arg-type]  # several texts, or several token-id lists
+    if not prompts:
+        raise bad_request("'prompt' must not be an empty list.", param="prompt", code="invalid_value")
+    if len(prompts) > MAX_PROMPTS:
+        raise bad_request(f"'prompt' holds {len(prompts)} prompts; at most {MAX_PROMPTS} are accepted.",
+                          param="prompt", code="invalid_value")
+    _check_common(body, settings, len(prompts) * (body.n or 1))
+    _check_chars(sum(len(x) for x in prompts if isinstance(x, str)), served, "prompt")
+    out = []
+    for x in prompts:
+        if isinstance(x, str):
+            ids = _encode(served, x, "prompt")
+        else:
+            if not x:
+                raise bad_request("A token-id prompt must not be empty.", param="prompt", code="invalid_value")
+            bad = next((t for t in x if t >= served.vocab_size), None)
+            if bad is not None:
+                raise bad_request(f"Token id {bad} in 'prompt' is out of range: the vocabulary has "
+                                  f"{served.vocab_size} tokens.", param="prompt", code="invalid_value")
+            ids = list(x)
+        out.append((ids, resolve_max_tokens(len(ids), body.max_tokens, served, settings, "prompt")))
+    return out
+
+
+def _message_text(i: int, message: S.ChatMessage, served: ServedModel) -> str:
+    content = message.content
+    if content is None:
+        if message.role == "assistant":
+            return ""
+        raise bad_request(f"messages[{i}].content is required for role '{message.role}'.",
+                          param=f"messages[{i}].content", code="missing_required_parameter")
+    if isinstance(content, str):
+        return content
+    texts = []
+    for j, part in enumerate(content):
+        param = f"messages[{i}].content[{j}]"
+        if isinstance(part, S.TextPart):
+            texts.append(part.text)
+            continue
+        kind = "image" if isinstance(part, S.ImagePart) else "audio"
+        if kind not in served.modalities:
+            raise bad_request(f"The model '{served.name}' takes text only; {param} is an {part.type} part. "
+                              f"Send text, or serve a multimodal model.", param=param, code="unsupported_content")
+        if isinstance(part, S.ImagePart) and not part.image_url.url.startswith("data:"):
+            raise bad_request(f"{param}: only data URLs (data:image/png;base64,...) are accepted; this server does "
+                              f"not fetch remote URLs.", param=param, code="invalid_image_url")
+        raise bad_request(f"{param}: {kind} input is not available in this version of the server.",
+                          param=param, code="unsupported_content")
+    return "\n".join(texts)
+
+
+def build_chat_prompt(served: ServedModel, body: S.ChatCompletionRequest,
+                      settings: ServeSettings) -> tuple[list[int], int]:
+    """Render the messages through the chat template and tokenize; (token ids, max new tokens)."""
+    if body.logprobs:
+        raise _unsupported("logprobs", "log probabilities are not returned")
+    if body.tools or body.functions:
+        raise _unsupported("tools" if body.tools else "functions", "this model has no tool calling")
+    if body.tool_choice not in (None, "none", "auto"):
+        raise _unsupported("tool_choice", "this model has no tool calling")
+    if body.response_format is not None and body.response_format.type != "text":
+        raise _unsupported("response_format", "only {'type': 'text'} is available")
+    _check_common(body, settings, body.n or 1)
+    messages = [{"role": m.role, "content": _message_text(i, m, served)} for i, m in enumerate(body.messages)]
+    _check_chars(sum(len(m["content"]) for m in messages), served, "messages")
+    try:
+        text = served.chat_template.render(messages)
+    except TemplateError as e:
+        raise bad_request(str(e), param="messages", code="invalid_value") from None
+    ids = _encode(served, text, "messages")
+    requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    max_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    return ids, resolve_max_tokens(len(ids), requested, served, settings, "messages", max_param)
