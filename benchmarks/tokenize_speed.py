@@ -14,6 +14,7 @@ Usage: ``python benchmarks/tokenize_speed.py [--repeats 3]``
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import time
