@@ -15,8 +15,7 @@ stalled each other 5x): bf16 omnigpt 171 tok/s vs transformers 128 (1.33x; an ea
 fp32 75 vs 63 (1.20x). Where omnigpt's bf16 step goes (profiler, one thread): matmuls 48%, SDPA backward 14%,
 autocast dtype casts 12%, GELU 7%, fused AdamW 4%, the fused LM-head loss' softmax pass ~3%.
 
-Usage: ``python -P benchmarks/train.py [--steps 6] [--warmup 2] [--seq 256] [--micro-batch 4] [--threads 1]``
-(``-P``: keep benchmarks/ off sys.path — benchmarks/tokenize.py would shadow the standard library's tokenize).
+Usage: ``python benchmarks/train.py [--steps 6] [--warmup 2] [--seq 256] [--micro-batch 4] [--threads 1]``
 """
 
 from __future__ import annotations

@@ -172,14 +172,18 @@ class KVCache:
         self.pos = 0  # absolute positions written so far
         self.k: Tensor | None = None
         self.v: Tensor | None = None
-        self.slot_pos: Tensor | None = None  # (capacity,) absolute position held by each slot, -1 if empty
+        # (capacity,) absolute position held by each slot: -1 while empty in a ring; slot i is position i when dense.
+        self.slot_pos: Tensor | None = None
         self.max_len = max_len
 
     def _allocate(self, k: Tensor) -> None:
         B, nh, _, hs = k.shape
         self.k = k.new_zeros(B, nh, self.capacity, hs)
         self.v = k.new_zeros(B, nh, self.capacity, hs)
-        self.slot_pos = torch.full((self.capacity,), -1, dtype=torch.long, device=k.device)
+        if self.window is None:  # dense: made once, so a decode step slices it instead of calling arange
+            self.slot_pos = torch.arange(self.capacity, device=k.device)
+        else:
+            self.slot_pos = torch.full((self.capacity,), -1, dtype=torch.long, device=k.device)
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Append k, v (B, nh, T, hs); return all visible keys, values (B, nh, S, hs) and their positions (S,)."""
@@ -189,13 +193,13 @@ class KVCache:
         if self.k is None:
             self._allocate(k)
         assert self.k is not None and self.v is not None and self.slot_pos is not None
-        new_pos = torch.arange(self.pos, self.pos + T, device=k.device)
         if self.window is None:
             self.k[:, :, self.pos : self.pos + T] = k
             self.v[:, :, self.pos : self.pos + T] = v
             self.pos += T
-            return self.k[:, :, : self.pos], self.v[:, :, : self.pos], torch.arange(self.pos, device=k.device)
+            return self.k[:, :, : self.pos], self.v[:, :, : self.pos], self.slot_pos[: self.pos]
         # Ring buffer: attend over (old ring ∪ new keys), then keep only the newest `capacity` in the ring.
+        new_pos = torch.arange(self.pos, self.pos + T, device=k.device)
         k_all = torch.cat([self.k, k], dim=2)
         v_all = torch.cat([self.v, v], dim=2)
         pos_all = torch.cat([self.slot_pos, new_pos])
@@ -247,9 +251,14 @@ class GPTModel(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon) if config.final_layer_norm else None
 
     def _check_inputs(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, past: int,
-                      attention_mask: Tensor | None, position_ids: Tensor | None) -> tuple[int, int]:
-        """Reject bad input with a ValueError that names the limit, before torch fails somewhere deep inside."""
+                      attention_mask: Tensor | None, position_ids: Tensor | None) -> tuple[int, int, bool]:
+        """Reject bad input with a ValueError that names the limit, before torch fails somewhere deep inside.
+        Returns B, T and whether ``attention_mask`` marks any padding.
+
+        The value checks (id and position ranges, padding) need numbers on the host: they travel together in one
+        transfer, so a decode step pays one device sync for validation rather than five."""
         cfg = self.config
+        host = _host_values(input_ids, position_ids, attention_mask)  # ids min/max, positions min/max, mask min
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
@@ -261,7 +270,7 @@ class GPTModel(nn.Module):
                 raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
             B, T = input_ids.shape
             if T > 0:
-                lo, hi = int(input_ids.min()), int(input_ids.max())
+                lo, hi = host["ids"]
                 if lo < 0 or hi >= cfg.vocab_size:
                     bad = lo if lo < 0 else hi
                     raise ValueError(f"token id {bad} is out of range for vocab_size {cfg.vocab_size}")
@@ -282,15 +291,17 @@ class GPTModel(nn.Module):
         if position_ids is not None:
             if position_ids.shape[-1] != T:
                 raise ValueError(f"position_ids must have {T} positions, got shape {tuple(position_ids.shape)}")
-            if int(position_ids.min()) < 0 or int(position_ids.max()) >= cfg.block_size:
+            lo, hi = host["positions"]
+            if lo < 0 or hi >= cfg.block_size:
                 raise ValueError(f"position_ids must be in [0, block_size {cfg.block_size})")
-        return B, T
+        padded = attention_mask is not None and host["mask"][0] == 0
+        return B, T, padded
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                 position_ids: Tensor | None = None, inputs_embeds: Tensor | None = None,
                 past_key_values: list[KVCache] | None = None, output_hidden_states: bool = False) -> GPTOutput:
         past = past_key_values[0].pos if past_key_values else 0
-        B, T = self._check_inputs(input_ids, inputs_embeds, past, attention_mask, position_ids)
+        B, T, padded = self._check_inputs(input_ids, inputs_embeds, past, attention_mask, position_ids)
         device = self.wte.weight.device
         q_pos = torch.arange(past, past + T, device=device)  # absolute slots in the sequence (for the mask)
         if position_ids is None:
@@ -298,9 +309,7 @@ class GPTModel(nn.Module):
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
         x = self.drop(inputs_embeds + self.wpe(position_ids))  # (B, T, C)
-        padding = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            padding = attention_mask.bool()  # (B, past + T), True = real token
+        padding = attention_mask.bool() if padded else None  # (B, past + T), True = real token
 
         hidden: list[Tensor] = []
         for i, block in enumerate(self.h):
@@ -313,6 +322,19 @@ class GPTModel(nn.Module):
             hidden.append(x)
         return GPTOutput(last_hidden_state=x, hidden_states=tuple(hidden) if output_hidden_states else None,
                          past_key_values=past_key_values)
+
+
+def _host_values(input_ids: Tensor | None, position_ids: Tensor | None,
+                 attention_mask: Tensor | None) -> dict[str, list[int]]:
+    """Min/max of the ids and positions and the mask's min, fetched in one transfer (empty tensors skipped)."""
+    parts = {name: t for name, t in (("ids", input_ids), ("positions", position_ids), ("mask", attention_mask))
+             if isinstance(t, Tensor) and t.numel() and not t.dtype.is_complex}
+    if not parts:
+        return {}
+    stats = [torch.stack(torch.aminmax(t.long() if t.dtype == torch.bool else t)).long()  # each (2,): min, max
+             for t in parts.values()]
+    values = torch.cat(stats).tolist()  # the one sync
+    return {name: values[2 * i : 2 * i + 2] for i, name in enumerate(parts)}
 
 
 def init_weights(model: nn.Module, config: GPTConfig) -> None:

@@ -1,0 +1,68 @@
+"""``omnigpt generate --model DIR --prompt TEXT``: stream a completion to stdout as it is produced.
+
+``--prompt -`` reads prompts from stdin, one per line, and completes each in turn (one completion per line of
+output). Sampling controls map one to one onto ``omnigpt.generate.stream_text``; ``--temperature 0`` is greedy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory (omnigpt or Hugging Face GPT-2 / GPT-1 format)")
+    p.add_argument("--prompt", required=True, help="prompt text, or - to read prompts from stdin, one per line")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
+    p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    p.add_argument("--ignore-eos", action="store_true", help="keep going past the end-of-text token")
+    p.add_argument("--context-overflow", choices=["error", "slide"], default="error",
+                   help="when prompt + new tokens exceed the context: fail (default) or slide the window")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--int8", action="store_true", help="weight-only int8 linears (faster decoding on CPU)")
+    p.add_argument("--stats", action="store_true", help="print tokens/s to stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from omnigpt.generate import stream_text
+    from omnigpt.hf import load_pretrained
+    from omnigpt.quantize import quantize_int8
+    from omnigpt.tokenizer import load_tokenizer
+
+    try:
+        model = load_pretrained(args.model, dtype=torch.bfloat16 if args.dtype == "bfloat16" else torch.float32)
+        tokenizer = load_tokenizer(args.model)
+    except OSError as e:  # not a directory, unreadable file: one line, no traceback
+        print(f"omnigpt generate: error: {e}", file=sys.stderr)
+        return 2
+    if args.int8:
+        quantize_int8(model)
+    prompts = [line.rstrip("\r\n") for line in sys.stdin] if args.prompt == "-" else [args.prompt]
+    controls = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                    context_overflow=args.context_overflow)
+    if args.ignore_eos:
+        controls["stop_token_ids"] = []
+    try:
+        for prompt in prompts:
+            t0, chars = time.perf_counter(), 0
+            if prompt:  # an empty line gets an empty completion (there is nothing to condition on)
+                for delta in stream_text(model, tokenizer, prompt, stop=args.stop, **controls):
+                    sys.stdout.write(delta)
+                    sys.stdout.flush()  # stream: show each piece as soon as it is decoded
+                    chars += len(delta)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            if args.stats:
+                print(f"[{chars} characters in {time.perf_counter() - t0:.2f} s]", file=sys.stderr)
+    except BrokenPipeError:  # e.g. piped into `head`: the reader is gone, which is not an error
+        sys.stderr.close()
+    return 0
