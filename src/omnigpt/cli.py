@@ -12,11 +12,17 @@ import sys
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("omnigpt.demo", "the main job: build, train, evaluate and sample a GPT on CPU"),
+    "generate": ("omnigpt.commands.generate", "stream a completion from a model directory (--prompt TEXT or -)"),
+    "prepare": ("omnigpt.commands.prepare", "tokenize corpora into memory-mapped token shards with a manifest"),
+    "train": ("omnigpt.commands.train", "train a GPT from a YAML recipe (torchrun for DDP/FSDP); --resume"),
+    "eval": ("omnigpt.commands.eval", "full-pass loss, perplexity and bits per byte of a checkpoint"),
+    "prepare-mm": ("omnigpt.commands.prepare_mm", "build an image/speech + text dataset from offline assets"),
+    "serve": ("omnigpt.commands.serve", "OpenAI-compatible HTTP API and chat page for a model directory"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="omnigpt", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="omnigpt", description="GPT-1/2/3 and multimodal transformers")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     argv = sys.argv[1:] if argv is None else argv
     for name, (module, help_text) in COMMANDS.items():

@@ -135,6 +135,20 @@ def latest_checkpoint(root: Path) -> Path | None:
     return None
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A model directory as given, or, for a run directory, its newest complete checkpoint (``runs/demo`` →
+    ``runs/demo/checkpoints/step_N``), so every command takes either."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if (path / "config.json").is_file():
+        return path
+    ckpt = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+    if ckpt is None:
+        raise FileNotFoundError(f"{path}: no config.json and no complete checkpoints/step_N inside")
+    return ckpt
+
+
 def prune_checkpoints(root: Path, keep: int) -> None:
     for _, p in step_dirs(root)[:-keep]:
         shutil.rmtree(p, ignore_errors=True)

@@ -23,27 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    from omnigpt.trainer_state import latest_checkpoint
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    if (path / "config.json").is_file():
-        return path
-    ckpt = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
-    if ckpt is None:
-        raise FileNotFoundError(f"{path}: no config.json and no complete checkpoints/step_N inside")
-    return ckpt
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from omnigpt.checkpoint import verify_manifest
     from omnigpt.data.shards import TokenData
     from omnigpt.evaluate import evaluate, evaluate_texts
-    from omnigpt.trainer_state import load_model
+    from omnigpt.trainer_state import load_model, resolve_checkpoint
 
     ckpt = resolve_checkpoint(args.checkpoint)
     verify_manifest(ckpt)

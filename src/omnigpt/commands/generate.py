@@ -36,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
     from omnigpt.hf import load_pretrained
     from omnigpt.quantize import quantize_int8
     from omnigpt.tokenizer import load_tokenizer
+    from omnigpt.trainer_state import resolve_checkpoint
 
     try:
+        args.model = resolve_checkpoint(args.model)  # a run directory means its newest checkpoint
         model = load_pretrained(args.model, dtype=torch.bfloat16 if args.dtype == "bfloat16" else torch.float32)
         tokenizer = load_tokenizer(args.model)
     except OSError as e:  # not a directory, unreadable file: one line, no traceback

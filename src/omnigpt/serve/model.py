@@ -66,22 +66,25 @@ class ServedModel:
 
 def load_served_model(model_dir: str | Path, name: str | None = None, device: str = "cpu",
                       dtype: str | None = None) -> ServedModel:
-    """Load a checkpoint directory saved by ``save_pretrained`` (config.json + model.safetensors + tokenizer)."""
+    """Load a checkpoint directory (config.json + model.safetensors + tokenizer) or a training run's newest one."""
     import torch
 
     from omnigpt.hf import load_pretrained
     from omnigpt.tokenizer import load_tokenizer
+    from omnigpt.trainer_state import resolve_checkpoint
 
     d = Path(model_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"model directory not found: {d}")
+    name = name or d.resolve().name
+    d = resolve_checkpoint(d)  # a run directory (runs/demo) serves its newest complete checkpoint
     if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
     model = load_pretrained(d, map_location=device, dtype=getattr(torch, dtype or "float32"), head="lm").eval()
     tokenizer = load_tokenizer(d)
     eos_id = getattr(tokenizer, "eos_token_id", None)
     eos = tokenizer.decode([eos_id]) if eos_id is not None else ""
-    return ServedModel(name=name or d.resolve().name, model=model, tokenizer=tokenizer,
+    return ServedModel(name=name, model=model, tokenizer=tokenizer,
                        chat_template=load_chat_template(d, eos_token=eos))
 
 
