@@ -1,10 +1,12 @@
 """omnigpt: GPT-1/2/3 and multimodal transformers in readable PyTorch.
 
-Public API: configs (``GPTConfig``), models (``GPT``, ``GPTModel``, ``GPTForSequenceClassification``) and, as
-later modules land, tokenizers, Hugging Face facades, generation, training and serving.
+Public API: configs (``GPTConfig``), models (``GPT``, ``GPTModel``, ``GPTForSequenceClassification``), tokenizers,
+the Hugging Face facades (``GPT2Tokenizer``, ``GPT2Model``…) and generation. Training (``omnigpt.train``),
+multimodal models (``omnigpt.models.multimodal``) and serving (``omnigpt.serve``) are imported from their modules.
 """
 
 from omnigpt.config import PRESETS, GPTConfig
+from omnigpt.generate import generate_text, stream_text  # (generate() stays in omnigpt.generate: same name)
 from omnigpt.hf import (
     GPT2ForSequenceClassification,
     GPT2LMHeadModel,
@@ -24,4 +26,5 @@ __all__ = ["GPT", "GPTConfig", "GPTForSequenceClassification", "GPTModel", "GPTO
            "make_kv_cache"]
 __all__ += ["BPETokenizer", "CharTokenizer", "Tokenizer", "gpt2_tokenizer", "load_tokenizer",  # tokenizer.py
             "GPT2ForSequenceClassification", "GPT2LMHeadModel", "GPT2Model", "GPT2Tokenizer", "GPT2TokenizerFast",
-            "OpenAIGPTLMHeadModel", "OpenAIGPTModel", "load_pretrained", "save_pretrained"]  # hf.py
+            "OpenAIGPTLMHeadModel", "OpenAIGPTModel", "load_pretrained", "save_pretrained",  # hf.py
+            "generate_text", "stream_text"]  # generate.py
