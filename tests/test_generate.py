@@ -10,28 +10,20 @@ import torch
 from omnigpt import GPT, GPTConfig, make_kv_cache
 from omnigpt.generate import (
     ContextOverflowError,
-    TextStream,
     apply_repetition_penalty,
     apply_temperature,
     generate,
-    generate_text,
     sample_next,
-    stream_text,
     top_k_filter,
     top_p_filter,
 )
+from omnigpt.textgen import TextStream, generate_text, stream_text
 
 TINY = ["tiny-gpt1", "tiny-gpt2", "tiny-gpt3"]
 PROMPTS = [[5, 17, 300, 42, 9, 1, 77], [12, 400], [8, 8, 100, 3]]  # different lengths → left padding
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine it makes them crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(name: str, std: float = 0.3, **kw) -> GPT:

@@ -32,15 +32,7 @@ from omnigpt.models.multimodal import (
 from omnigpt.models.vision import VisionConfig, ViT
 from omnigpt.processors import Processor, ProcessorConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning threads
-    made a training step 30× slower (1 s instead of 30 ms): run these tests single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model_and_processor(**overrides) -> tuple[MultimodalGPT, Processor]:

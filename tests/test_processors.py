@@ -54,13 +54,7 @@ def speech_files(n: int) -> list[Path]:
     return files[:: max(1, len(files) // n)][:n]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: intra-op threads only add OpenMP spin-waiting on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def whisper_log_mel(audio: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:

@@ -23,9 +23,9 @@ from serve_helpers import make_model_dir, running_server, slowed, wait_for
 
 openai = pytest.importorskip("openai", reason="needs the openai client (test dependency)")
 
-from omnigpt.generate import generate_text  # noqa: E402
 from omnigpt.serve import ServedModel, ServeSettings, create_app, load_served_model  # noqa: E402
 from omnigpt.serve.prompts import DEFAULT_STOP, ChatTemplate, TemplateError, load_chat_template  # noqa: E402
+from omnigpt.textgen import generate_text  # noqa: E402
 
 MODEL = "tiny-chat"
 

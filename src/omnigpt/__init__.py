@@ -6,7 +6,6 @@ multimodal models (``omnigpt.models.multimodal``) and serving (``omnigpt.serve``
 """
 
 from omnigpt.config import PRESETS, GPTConfig
-from omnigpt.generate import generate_text, stream_text  # (generate() stays in omnigpt.generate: same name)
 from omnigpt.hf import (
     GPT2ForSequenceClassification,
     GPT2LMHeadModel,
@@ -19,6 +18,7 @@ from omnigpt.hf import (
     save_pretrained,
 )
 from omnigpt.models.gpt import GPT, GPTForSequenceClassification, GPTModel, GPTOutput, KVCache, make_kv_cache
+from omnigpt.textgen import generate_text, stream_text
 from omnigpt.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, gpt2_tokenizer, load_tokenizer
 
 __version__ = "0.1.0"
@@ -27,4 +27,4 @@ __all__ = ["GPT", "GPTConfig", "GPTForSequenceClassification", "GPTModel", "GPTO
 __all__ += ["BPETokenizer", "CharTokenizer", "Tokenizer", "gpt2_tokenizer", "load_tokenizer",  # tokenizer.py
             "GPT2ForSequenceClassification", "GPT2LMHeadModel", "GPT2Model", "GPT2Tokenizer", "GPT2TokenizerFast",
             "OpenAIGPTLMHeadModel", "OpenAIGPTModel", "load_pretrained", "save_pretrained",  # hf.py
-            "generate_text", "stream_text"]  # generate.py
+            "generate_text", "stream_text"]  # textgen.py

@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from omnigpt.data.shards import TokenData
-    from omnigpt.generate import generate_text
     from omnigpt.recipe import load_recipe
+    from omnigpt.textgen import generate_text
     from omnigpt.train import ensure_data, train
     from omnigpt.trainer_state import load_model
 

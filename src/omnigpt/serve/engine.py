@@ -39,7 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from omnigpt.generate import TextStream, generate
+from omnigpt.generate import generate
+from omnigpt.textgen import TextStream
 
 log = logging.getLogger("omnigpt.serve")
 
