@@ -19,16 +19,40 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
+class PresetConfig:
+    """What every frozen config dataclass here shares: named presets, copies with overrides, a plain dict.
+
+    A subclass returns its preset table from ``_presets`` (a function: the table is built after the class)."""
+
+    @classmethod
+    def _presets(cls) -> Mapping[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> Self:
+        presets = cls._presets()
+        if name not in presets:
+            raise ValueError(f"unknown {cls.__name__} preset {name!r}; known presets: {', '.join(presets)}")
+        return dataclasses.replace(presets[name], **overrides)
+
+    def replace(self, **overrides: Any) -> Self:
+        return dataclasses.replace(self, **overrides)  # type: ignore[type-var]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True)
-class GPTConfig:
+class GPTConfig(PresetConfig):
     """Architecture of one GPT-family decoder. Field names follow the GPT-2 checkpoint (``n_layer``, ``n_embd``…)."""
 
     name: str = "custom"
@@ -110,16 +134,8 @@ class GPTConfig:
 
     # ----------------------------------------------------------------------------------------------------------
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
-        return dataclasses.replace(PRESETS[name], **overrides)
-
-    def replace(self, **overrides: Any) -> GPTConfig:
-        return dataclasses.replace(self, **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def _presets(cls) -> Mapping[str, GPTConfig]:
+        return PRESETS
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> GPTConfig:

@@ -11,8 +11,8 @@ initialised GPT-2 style since these encoders are trained from scratch here.
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from omnigpt.config import PresetConfig
 from omnigpt.models.vision import EncoderBlock, EncoderOutput, init_encoder_weights
 
 
@@ -34,7 +35,7 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Ten
 
 
 @dataclass(frozen=True)
-class AudioConfig:
+class AudioConfig(PresetConfig):
     """Architecture of a Whisper-style audio encoder. ``n_ctx`` = most output tokens (after the stride-2 conv)."""
 
     name: str = "custom"
@@ -57,13 +58,8 @@ class AudioConfig:
         return (n_frames - 1) // 2 + 1
 
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> AudioConfig:
-        if name not in AUDIO_PRESETS:
-            raise ValueError(f"unknown audio preset {name!r}; known: {', '.join(AUDIO_PRESETS)}")
-        return dataclasses.replace(AUDIO_PRESETS[name], **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def _presets(cls) -> Mapping[str, AudioConfig]:
+        return AUDIO_PRESETS
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AudioConfig:

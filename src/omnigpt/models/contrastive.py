@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from omnigpt.config import GPTConfig
+from omnigpt.config import GPTConfig, PresetConfig
 from omnigpt.models.audio import AudioConfig, AudioEncoder
 from omnigpt.models.gpt import GPTModel, init_weights
 from omnigpt.models.multimodal import load_model_dir, read_config, save_model_dir
@@ -88,7 +88,7 @@ def recall_at_k(queries: Tensor, gallery: Tensor, ks: Sequence[int] = (1, 5, 10)
 
 
 @dataclass(frozen=True)
-class ContrastiveConfig:
+class ContrastiveConfig(PresetConfig):
     """Two towers (``modalities``, each one of image/audio/text) projected into one ``embed_dim`` space."""
 
     name: str = "custom"
@@ -108,14 +108,9 @@ class ContrastiveConfig:
             if m in self.modalities and cfg is None:
                 raise ValueError(f"ContrastiveConfig({self.name!r}): modality {m!r} needs its tower config")
 
-    def replace(self, **overrides: Any) -> ContrastiveConfig:
-        return dataclasses.replace(self, **overrides)
-
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> ContrastiveConfig:
-        if name not in CONTRASTIVE_PRESETS:
-            raise ValueError(f"unknown contrastive preset {name!r}; known: {', '.join(CONTRASTIVE_PRESETS)}")
-        return dataclasses.replace(CONTRASTIVE_PRESETS[name], **overrides)
+    def _presets(cls) -> Mapping[str, ContrastiveConfig]:
+        return CONTRASTIVE_PRESETS
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": MODEL_TYPE, **dataclasses.asdict(self)}

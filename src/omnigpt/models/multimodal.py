@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from omnigpt.config import GPTConfig
+from omnigpt.config import GPTConfig, PresetConfig
 from omnigpt.models.audio import AudioConfig, AudioEncoder
 from omnigpt.models.gpt import GPT, GPTOutput, KVCache
 from omnigpt.models.vision import VisionConfig, ViT
@@ -81,7 +82,7 @@ class Projector(nn.Module):
 
 
 @dataclass(frozen=True)
-class MultimodalConfig:
+class MultimodalConfig(PresetConfig):
     """A GPT decoder + optional image and audio encoders with their projectors and placeholder token ids."""
 
     name: str = "custom"
@@ -129,14 +130,9 @@ class MultimodalConfig:
                    "image_mode": "RGB" if c == 3 else "L", "image_mean": (0.5,) * c, "image_std": (0.5,) * c}
         return kw
 
-    def replace(self, **overrides: Any) -> MultimodalConfig:
-        return dataclasses.replace(self, **overrides)
-
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> MultimodalConfig:
-        if name not in MULTIMODAL_PRESETS:
-            raise ValueError(f"unknown multimodal preset {name!r}; known: {', '.join(MULTIMODAL_PRESETS)}")
-        return dataclasses.replace(MULTIMODAL_PRESETS[name], **overrides)
+    def _presets(cls) -> Mapping[str, MultimodalConfig]:
+        return MULTIMODAL_PRESETS
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

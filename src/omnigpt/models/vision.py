@@ -13,14 +13,16 @@ reading of names covers every tower in omnigpt.
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from omnigpt.config import PresetConfig
 
 # ------------------------------------------------------------------------------------------------------------
 # The shared bidirectional block
@@ -86,7 +88,7 @@ class EncoderOutput:
 
 
 @dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(PresetConfig):
     """Architecture of a ViT image encoder."""
 
     name: str = "custom"
@@ -114,13 +116,8 @@ class VisionConfig:
         return (self.image_size // self.patch_size) ** 2
 
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> VisionConfig:
-        if name not in VISION_PRESETS:
-            raise ValueError(f"unknown vision preset {name!r}; known: {', '.join(VISION_PRESETS)}")
-        return dataclasses.replace(VISION_PRESETS[name], **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def _presets(cls) -> Mapping[str, VisionConfig]:
+        return VISION_PRESETS
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VisionConfig:
