@@ -72,6 +72,19 @@ def atomic_directory(dest: str | Path, overwrite: bool = True) -> Iterator[Path]
         raise
 
 
+def read_json_object(path: Path, error: type[Exception] = ValueError, missing_hint: str = "") -> dict:
+    """A JSON file whose top level is an object; anything else raises ``error`` naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: file not found{missing_hint}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object at the top level")
+    return data
+
+
 def verify_manifest(path: str | Path) -> None:
     """Raise ValueError naming the first file whose SHA-256 differs from the manifest (flipped bytes, edits)."""
     path = Path(path)

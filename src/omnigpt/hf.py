@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from omnigpt.checkpoint import atomic_directory, verify_manifest
+from omnigpt.checkpoint import atomic_directory, read_json_object, verify_manifest
 from omnigpt.config import GPTConfig
 from omnigpt.models.gpt import GPT, GPTForSequenceClassification, GPTModel
 from omnigpt.tokenizer import Tokenizer
@@ -215,16 +215,7 @@ def config_from_dict(d: dict[str, Any], path: str | Path = CONFIG) -> GPTConfig:
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
-    path = directory / CONFIG
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found (a checkpoint directory needs {CONFIG})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return d
+    return read_json_object(directory / CONFIG, CheckpointError, f" (a checkpoint directory needs {CONFIG})")
 
 
 def load_config(directory: str | Path) -> GPTConfig:

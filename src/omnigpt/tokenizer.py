@@ -32,6 +32,8 @@ import tokenizers.pre_tokenizers
 import tokenizers.processors
 import tokenizers.trainers
 
+from omnigpt.checkpoint import read_json_object
+
 EOT = "<|endoftext|>"
 CHAR_FILE = "char_tokenizer.json"  # CharTokenizer's own format
 HF_FILE = "tokenizer.json"  # HF tokenizers' format (the whole pipeline)
@@ -240,15 +242,7 @@ class CharTokenizer(Tokenizer):
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path}: expected a JSON object at the top level")
-    return data
+    return read_json_object(path, TokenizerError)
 
 
 # ------------------------------------------------------------------------------------------------------------
