@@ -225,9 +225,10 @@ def generate(model: GPT, input_ids: Sequence[Sequence[int]] | Tensor | None = No
     cfg = model.config
     device = model.lm_head.weight.device
     ids, embeds, mask = _as_batch(input_ids, inputs_embeds, attention_mask, device)
-    if ids is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab_size):
-        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
-        raise ValueError(f"token id {bad} is out of range for vocab_size {cfg.vocab_size}")
+    if ids is not None and ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= cfg.vocab_size:
+            raise ValueError(f"token id {lo if lo < 0 else hi} is out of range for vocab_size {cfg.vocab_size}")
     bad_stop = [t for t in stop_token_ids if not 0 <= t < cfg.vocab_size]
     if bad_stop:
         raise ValueError(f"stop token ids {bad_stop} are out of range for vocab_size {cfg.vocab_size}")
