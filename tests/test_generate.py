@@ -289,6 +289,46 @@ def test_int8_weights_stay_close_to_float():
     assert len(tokens(generate(quant, PROMPTS, max_new_tokens=5, temperature=0))[0]) == 5
 
 
+def test_int4_weights_group_quantized_and_kernel_consistent():
+    from omnigpt.quantize import Int4Linear, Int8Linear, quantize
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96)
+    q = Int4Linear(lin, group_size=32)
+    w = lin.weight.detach()
+    deq = q.dequantized()  # (96, 64): what the packed kernel multiplies by
+    # Each weight is within half a quantization step of its group's grid (step = group range / 15; bf16 scales).
+    groups = w.reshape(96, 2, 32)
+    step = (groups.amax(-1) - groups.amin(-1)) / 15  # (96, 2)
+    assert ((deq - w).abs().reshape(96, 2, 32) <= step[..., None] * 0.5 + 2e-3).all()
+    x = torch.randn(5, 3, 64)
+    expected = x.bfloat16().float() @ deq.t() + lin.bias.detach()
+    assert torch.allclose(q(x), expected, atol=2e-2, rtol=2e-2)
+    assert q(x.bfloat16()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="out_features % 16"):
+        Int4Linear(torch.nn.Linear(64, 50))
+    with pytest.raises(ValueError, match="bits must be 4 or 8"):
+        quantize(torch.nn.Sequential(lin), bits=3)
+    # A layer the int4 kernel cannot take (50 outputs) falls back to int8; the rest become int4.
+    mixed = quantize(torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.Linear(96, 50)), bits=4)
+    assert isinstance(mixed[0], Int4Linear) and isinstance(mixed[1], Int8Linear)
+    model = quantize(tiny("tiny-gpt2", std=0.05), bits=4)
+    assert len(tokens(generate(model, PROMPTS, max_new_tokens=5, temperature=0))[0]) == 5
+
+
+def test_quantize_transposed_checkpoint_weights():
+    """Checkpoints loaded from HF's Conv1D layout hold transposed (non-contiguous) weights: both kinds quantize."""
+    from omnigpt.quantize import Int4Linear, Int8Linear
+
+    lin = torch.nn.Linear(64, 96)
+    lin.weight = torch.nn.Parameter(torch.randn(64, 96).t())  # a (96, 64) view of (64, 96) storage
+    assert not lin.weight.is_contiguous()
+    x = torch.randn(4, 64)
+    ref = lin(x)
+    for q in (Int8Linear(lin), Int4Linear(lin)):
+        assert (q(x) - ref).norm() < 0.15 * ref.norm()
+
+
 # ---------------------------------------------------------------------------------------------- text
 
 

@@ -25,7 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-overflow", choices=["error", "slide"], default="error",
                    help="when prompt + new tokens exceed the context: fail (default) or slide the window")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    p.add_argument("--int8", action="store_true", help="weight-only int8 linears (faster decoding on CPU)")
+    quant = p.add_mutually_exclusive_group()
+    quant.add_argument("--int8", action="store_true", help="weight-only int8 linears (faster decoding on CPU)")
+    quant.add_argument("--int4", action="store_true",
+                       help="weight-only int4 linears, groups of 32 (fastest on CPU, less accurate than int8)")
     p.add_argument("--stats", action="store_true", help="print tokens/s to stderr")
 
 
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from omnigpt.hf import load_pretrained
-    from omnigpt.quantize import quantize_int8
+    from omnigpt.quantize import quantize
     from omnigpt.textgen import stream_text
     from omnigpt.tokenizer import load_tokenizer
     from omnigpt.trainer_state import resolve_checkpoint
@@ -45,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:  # not a directory, unreadable file: one line, no traceback
         print(f"omnigpt generate: error: {e}", file=sys.stderr)
         return 2
-    if args.int8:
-        quantize_int8(model)
+    if args.int8 or args.int4:
+        quantize(model, bits=4 if args.int4 else 8)
     prompts = [line.rstrip("\r\n") for line in sys.stdin] if args.prompt == "-" else [args.prompt]
     controls = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
