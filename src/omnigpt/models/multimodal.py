@@ -125,9 +125,7 @@ class MultimodalConfig(PresetConfig):
         if self.audio is not None:
             kw |= {"audio_tokens": self.audio_tokens, "n_mels": self.audio.n_mels}
         if self.vision is not None:
-            c = self.vision.in_channels
-            kw |= {"image_tokens": self.image_tokens, "image_size": self.vision.image_size,
-                   "image_mode": "RGB" if c == 3 else "L", "image_mean": (0.5,) * c, "image_std": (0.5,) * c}
+            kw |= {"image_tokens": self.image_tokens, **image_processor_kwargs(self.vision)}
         return kw
 
     @classmethod
@@ -153,6 +151,13 @@ class MultimodalConfig(PresetConfig):
             if key in d:
                 d[key] = ProjectorConfig(**d[key])
         return cls(**d)
+
+
+def image_processor_kwargs(vision: VisionConfig) -> dict[str, Any]:
+    """The ``ProcessorConfig`` image fields an encoder fixes: size, mode by channel count, mean/std 0.5."""
+    c = vision.in_channels
+    return {"image_size": vision.image_size, "image_mode": "RGB" if c == 3 else "L", "image_mean": (0.5,) * c,
+            "image_std": (0.5,) * c}
 
 
 MULTIMODAL_PRESETS: dict[str, MultimodalConfig] = {
@@ -288,8 +293,11 @@ class MultimodalGPT(nn.Module):
         return load_model_dir(cls(cfg), directory, map_location)
 
 
-def save_model_dir(model: nn.Module, config: dict[str, Any], directory: str | Path, processor: Any = None) -> None:
-    """Shared by the multimodal families: JSON config + safetensors weights in one committed directory."""
+def save_model_dir(model: nn.Module, config: dict[str, Any], directory: str | Path, processor: Any = None,
+                   extra_files: Mapping[str, str] | None = None) -> None:
+    """Shared by the multimodal families: JSON config + safetensors weights in one committed directory.
+
+    ``extra_files`` (relative path → text) are committed with them, e.g. the trainer's ``trainer_state/state.json``."""
     from safetensors.torch import save_model
 
     from omnigpt.checkpoint import atomic_directory
@@ -299,6 +307,9 @@ def save_model_dir(model: nn.Module, config: dict[str, Any], directory: str | Pa
         save_model(model, str(tmp / "model.safetensors"))  # tied lm_head / wte stored once
         if processor is not None:
             processor.save_pretrained(tmp)
+        for rel, text in (extra_files or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text(text)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -328,4 +339,4 @@ def load_model_dir(model: nn.Module, directory: str | Path, map_location: str | 
 
 
 __all__ = ["MULTIMODAL_PRESETS", "MultimodalConfig", "MultimodalGPT", "Projector", "ProjectorConfig",
-           "load_model_dir", "read_config", "save_model_dir", "scatter_placeholders"]
+           "image_processor_kwargs", "load_model_dir", "read_config", "save_model_dir", "scatter_placeholders"]
