@@ -84,7 +84,15 @@ from omnigpt.data import speech as sp
 from omnigpt.models.contrastive import ContrastiveConfig, ContrastiveModel, clip_loss
 from omnigpt.models.vision import VisionConfig
 from omnigpt.tokenizer import CharTokenizer
-from omnigpt.train_mm import Stage, class_balanced_batch, fit, retrieval_recall, tokenize_texts, zero_shot_accuracy
+from omnigpt.train_mm import (
+    AudioCTC,
+    Stage,
+    class_balanced_batch,
+    fit,
+    retrieval_recall,
+    tokenize_texts,
+    zero_shot_accuracy,
+)
 
 CACHE = Path(os.environ.get("OMNIGPT_CACHE", Path.home() / ".cache" / "omnigpt")) / "multimodal"
 FMNIST_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a {}.", "a grayscale photo of a {}.",
@@ -167,46 +175,6 @@ SPEECH_RECIPE = {
     "schedule": "staged", "lr": 2e-3, "ctc_weight": 0.5}
 
 
-class WithCTC(torch.nn.Module):
-    """``MultimodalGPT`` + an auxiliary CTC head on the audio encoder (Graves et al. 2006; the hybrid
-    CTC/attention recipe of ESPnet and Whisper-style models trained from scratch): the CTC loss gives the encoder
-    a direct, alignment-free signal from the first step, which FACTS.md found necessary at CPU budgets. The head is
-    dropped after training; transcripts come from the decoder alone."""
-
-    def __init__(self, model, vocab: int, weight: float = 0.5) -> None:
-        super().__init__()
-        self.model, self.weight = model, weight
-        self.ctc_head = torch.nn.Linear(model.config.audio.n_embd, vocab + 1)  # + blank (last id)
-
-    def parameter_groups(self) -> dict:
-        return {**self.model.parameter_groups(), "ctc_head": list(self.ctc_head.parameters())}
-
-    def forward(self, targets: torch.Tensor, target_lengths: torch.Tensor, **batch) -> torch.Tensor:
-        # Losses of frozen parts are skipped: the staged schedule's first stage trains only encoder + CTC head
-        # and so does not pay for the decoder's forward pass.
-        decoder_on = any(p.requires_grad for p in self.model.language_model.parameters())
-        h = self.model.audio_encoder(batch["input_features"]).last_hidden_state  # (N, T, C)
-        loss = self.model(**batch).loss if decoder_on else h.new_zeros(())
-        if self.ctc_head.weight.requires_grad:
-            logp = self.ctc_head(h).log_softmax(-1).transpose(0, 1)  # (T, N, V + 1)
-            lengths = torch.full((h.shape[0],), h.shape[1], dtype=torch.long)
-            loss = loss + self.weight * torch.nn.functional.ctc_loss(
-                logp, targets, lengths, target_lengths, blank=logp.shape[-1] - 1, zero_infinity=True)
-        return loss
-
-    @torch.no_grad()
-    def ctc_greedy(self, features: torch.Tensor, tokenizer) -> list[str]:
-        """Best-path CTC transcripts (collapse repeats, drop blanks): the encoder's own reading of each clip."""
-        self.eval()
-        blank = self.ctc_head.out_features - 1
-        best = self.ctc_head(self.model.audio_encoder(features).last_hidden_state).argmax(-1)  # (N, T)
-        out = []
-        for row in best.tolist():
-            ids = [t for i, t in enumerate(row) if t != blank and (i == 0 or t != row[i - 1])]
-            out.append(tokenizer.decode(ids))
-        return out
-
-
 def speech_data(exp: dict) -> tuple[list[dict], tuple, list[dict], tuple]:
     """Synthesised training clips (prepared once into the cache) and the real Asterisk test clips, as waveforms."""
     train, waves, lengths = [], [], []
@@ -274,8 +242,8 @@ def speech(seed: int, minutes: float, recipe: dict | None = None) -> dict:
         mask[:, : len(prefix)] = 1
         chars = [answers[i][:-1] for i in idx.tolist()]  # CTC targets: the characters, no eos
         return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-                "input_features": spec_augment(x, g), "targets": torch.tensor(sum(chars, [])),
-                "target_lengths": torch.tensor([len(c) for c in chars])}
+                "input_features": spec_augment(x, g), "ctc_targets": torch.tensor(sum(chars, [])),
+                "ctc_lengths": torch.tensor([len(c) for c in chars])}
 
     # Hold out 2 synthetic voices per text (in-domain check: does the model read synthetic speech it has not
     # heard?); the real recordings are the benchmark.
@@ -291,7 +259,7 @@ def speech(seed: int, minutes: float, recipe: dict | None = None) -> dict:
     # Staged (LLaVA-style, adapted to encoders trained from scratch): stage 1 trains the audio encoder with the CTC
     # head only — cheap, and it gives the encoder a reading of the words; stage 2 trains everything, the freshly
     # initialised projector and decoder at full rate, the aligned encoder at half rate.
-    net = WithCTC(model, len(tok), exp["ctc_weight"])
+    net = AudioCTC(model, exp["ctc_weight"])  # the CTC head on the audio encoder, for training only
     stages = [Stage("encoder-ctc", 1500, lr=2e-3, warmup=50, min_lr_ratio=0.2, train=("audio_encoder", "ctc_head")),
               Stage("full", 1500, lr=2e-3, warmup=20, min_lr_ratio=0.05,
                     lr_scale={"audio_encoder": 0.5, "ctc_head": 0.5})]

@@ -228,3 +228,11 @@ def test_audio_ctc_adds_the_ctc_loss_of_the_encoder_output_computed_once():
                      blank=logp.shape[-1] - 1)
     torch.testing.assert_close(loss, model(**b).loss + 0.5 * ref)
     assert "ctc_head" in net.parameter_groups() and "ctc_head" not in model.state_dict()
+    # A stage that trains only the audio encoder + CTC head skips the decoder: its loss is the CTC term alone.
+    decoder_calls = []
+    model.language_model.register_forward_hook(lambda m, i, o: decoder_calls.append(1))
+    for name, p in net.named_parameters():
+        p.requires_grad_(name.startswith(("model.audio_encoder.", "ctc_head.")))
+    loss = net(ctc_targets=torch.cat(targets), ctc_lengths=torch.tensor([3, 4]), **b)
+    assert not decoder_calls and loss.requires_grad
+    torch.testing.assert_close(loss, 0.5 * ref)

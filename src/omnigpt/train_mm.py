@@ -330,7 +330,13 @@ class AudioCTC(nn.Module):
     def forward(self, ctc_targets: Tensor | None = None, ctc_lengths: Tensor | None = None,
                 **batch: Tensor) -> Tensor:
         self._encoded.clear()
-        loss = self.model(**batch).loss
+        # Losses of frozen parts are skipped: a stage that trains only the audio encoder + CTC head (the staged
+        # speech schedule's first) runs the encoder alone and does not pay for the decoder's forward pass.
+        if any(p.requires_grad for n, p in self.model.named_parameters() if not n.startswith("audio_encoder.")):
+            loss = self.model(**batch).loss
+        else:
+            self.model.audio_encoder(batch["input_features"])
+            loss = self._encoded[-1].new_zeros(())
         if ctc_targets is None or not self._encoded or self.weight == 0:
             return loss
         h = self._encoded[-1]  # (N_clips, T_enc, C)
@@ -339,6 +345,18 @@ class AudioCTC(nn.Module):
         ctc = nn.functional.ctc_loss(logp, ctc_targets, lengths, ctc_lengths, blank=logp.shape[-1] - 1,
                                      zero_infinity=True)
         return loss + self.weight * ctc
+
+    @torch.no_grad()
+    def ctc_greedy(self, features: Tensor, tokenizer: Any) -> list[str]:
+        """Best-path CTC transcripts (collapse repeats, drop blanks): the encoder's own reading of each clip."""
+        self.eval()
+        blank = self.ctc_head.out_features - 1
+        best = self.ctc_head(self.model.audio_encoder(features).last_hidden_state).argmax(-1)  # (N, T)
+        out = []
+        for row in best.tolist():
+            ids = [t for i, t in enumerate(row) if t != blank and (i == 0 or t != row[i - 1])]
+            out.append(tokenizer.decode(ids))
+        return out
 
 
 def lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
