@@ -81,6 +81,7 @@ import torch
 from omnigpt.config import GPTConfig
 from omnigpt.data import multimodal as mm
 from omnigpt.data import speech as sp
+from omnigpt.data import speech_sources
 from omnigpt.models.contrastive import ContrastiveConfig, ContrastiveModel, clip_loss
 from omnigpt.models.vision import VisionConfig
 from omnigpt.tokenizer import CharTokenizer
@@ -193,7 +194,7 @@ def speech_data(exp: dict) -> tuple[list[dict], tuple, list[dict], tuple]:
         train += [{**r, "set": name} for r in recs]
         waves.append(w)
         lengths.append(n)
-    test = mm.asterisk_prompts(("digits", "letters"))
+    test = speech_sources.asterisk_prompts(("digits", "letters"))
     test_w = sp.load_windows([r["audio"] for r in test], SPEECH_SECONDS, SPEECH_RATE)
     return train, (torch.cat(waves).float(), torch.cat(lengths)), test, test_w
 

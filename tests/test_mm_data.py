@@ -17,6 +17,7 @@ import torch
 from multimodal_helpers import ByteTokenizer
 
 from omnigpt.data import multimodal as mm
+from omnigpt.data import speech_sources
 from omnigpt.processors import Processor, ProcessorConfig
 
 
@@ -30,8 +31,8 @@ def needs_tool(tool, package):
 
 fmnist = needs(mm.FASHION_MNIST_DIR, "dataset-fashion-mnist")
 noto = needs(mm.NOTO_EMOJI_FONT, "fonts-noto-color-emoji")
-asterisk = needs(mm.ASTERISK_TRANSCRIPTS, "asterisk-core-sounds-en")
-asterisk_wav = needs(mm.ASTERISK_SOUNDS, "asterisk-core-sounds-en-wav")
+asterisk = needs(speech_sources.ASTERISK_TRANSCRIPTS, "asterisk-core-sounds-en")
+asterisk_wav = needs(speech_sources.ASTERISK_SOUNDS, "asterisk-core-sounds-en-wav")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -82,10 +83,10 @@ def test_caption_and_conversation_formats_round_trip_and_reject_bad_records(tmp_
 
 
 def test_normalize_transcript_and_held_out_split():
-    assert mm.normalize_transcript("A.M.") == "am"
-    assert mm.normalize_transcript("dash [-]") == "dash"
-    assert mm.normalize_transcript("Call-Forward on Busy.") == "call forward on busy"
-    assert mm.normalize_transcript("o'clock") == "o'clock"
+    assert speech_sources.normalize_transcript("A.M.") == "am"
+    assert speech_sources.normalize_transcript("dash [-]") == "dash"
+    assert speech_sources.normalize_transcript("Call-Forward on Busy.") == "call forward on busy"
+    assert speech_sources.normalize_transcript("o'clock") == "o'clock"
     names = [f"name {i}" for i in range(2000)]
     held = [n for n in names if mm.held_out(n, 0.1)]
     assert 150 < len(held) < 250 and held == [n for n in names if mm.held_out(n, 0.1)]  # stable
@@ -142,7 +143,7 @@ def test_emoji_recipe_renders_named_emoji_and_holds_out_by_name(tmp_path):
 @asterisk
 @asterisk_wav
 def test_asterisk_prompts_are_real_recordings_with_transcripts(tmp_path):
-    recs = mm.asterisk_prompts(("digits", "letters"))
+    recs = speech_sources.asterisk_prompts(("digits", "letters"))
     texts = {r["id"]: r["text"] for r in recs}
     assert texts["asterisk/digits/7"] == "seven" and texts["asterisk/letters/z"] == "z"
     assert texts["asterisk/digits/a-m"] == "am" and texts["asterisk/letters/dash"] == "dash"
@@ -165,12 +166,13 @@ def test_synthesised_speech_from_both_engines(tmp_path):
         wave, sr = sf.read(r["audio"])
         assert sr == 8000 and 0.2 < len(wave) / sr < 3 and np.abs(wave).max() == pytest.approx(0.9, abs=0.01)
     for engine, voice in (("espeak-ng", "en-gb-scotland+f2"), ("flite", "slt")):
-        out = mm.synthesize("nine", tmp_path / f"{engine}.wav", engine=engine, voice=voice, speed=180, pitch=40)
+        out = speech_sources.synthesize("nine", tmp_path / f"{engine}.wav", engine=engine, voice=voice, speed=180,
+                                        pitch=40)
         assert sf.info(out).samplerate == 16000
-    draws = [mm.voice_grid(3)(k) for k in range(1)] + [mm.voice_grid(3)(k) for k in range(1)]
+    draws = [speech_sources.voice_grid(3)(k) for k in range(1)] + [speech_sources.voice_grid(3)(k) for k in range(1)]
     assert draws[0] == draws[1]  # the speaker stream is reproducible
     with pytest.raises(ValueError, match="unknown speech engine"):
-        mm.synthesize("x", tmp_path / "x.wav", engine="say")
+        speech_sources.synthesize("x", tmp_path / "x.wav", engine="say")
 
 
 @asterisk
@@ -201,7 +203,7 @@ def test_piper_speech_and_warp(tmp_path):
     quiet = {"noise_scale": 0.0, "noise_w": 0.0}  # VITS without sampling noise: deterministic
     out = {}
     for warp in (1.0, 1.25):
-        path = mm.synthesize("seven", tmp_path / f"{warp}.wav", engine="piper", voice="joe", speed=160,
+        path = speech_sources.synthesize("seven", tmp_path / f"{warp}.wav", engine="piper", voice="joe", speed=160,
                              sample_rate=8000, warp=warp, **quiet)
         info = sf.info(path)
         assert (info.samplerate, info.subtype, info.channels) == (8000, "PCM_16", 1)
@@ -210,7 +212,7 @@ def test_piper_speech_and_warp(tmp_path):
         out[warp] = (len(wave) / sr, centroid(wave, sr))
     assert out[1.25][0] == pytest.approx(out[1.0][0], rel=0.1)
     assert out[1.25][1] > 1.1 * out[1.0][1]
-    draws = [mm.voice_grid(3, piper=1.0, flite=0.0, warp={"piper": (1.1, 1.2)})(k) for k in range(4)]
+    draws = [speech_sources.voice_grid(3, piper=1.0, flite=0.0, warp={"piper": (1.1, 1.2)})(k) for k in range(4)]
     assert all(d["engine"] == "piper" and 1.1 <= d["warp"] <= 1.2 for d in draws)
     with pytest.raises(ValueError, match="unknown piper voice"):
-        mm.synthesize("x", tmp_path / "x.wav", engine="piper", voice="nobody")
+        speech_sources.synthesize("x", tmp_path / "x.wav", engine="piper", voice="nobody")

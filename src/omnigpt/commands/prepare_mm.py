@@ -18,9 +18,9 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from omnigpt.data.multimodal import RECIPES
+    from omnigpt.data.multimodal import recipes
 
-    p.add_argument("recipe", choices=sorted(RECIPES), help="which dataset to build")
+    p.add_argument("recipe", choices=sorted(recipes()), help="which dataset to build")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--limit", type=int, help="fashion-mnist / emoji: at most this many items (per split)")
     p.add_argument("--size", type=int, help="emoji: image side in pixels (default 64)")
@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omnigpt.data.multimodal import RECIPES, prepare_multimodal
+    from omnigpt.data.multimodal import prepare_multimodal, recipes
 
     out = Path(args.out)
     if (out / "manifest.json").is_file() and not args.force:
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         lines = Path(args.texts).read_text(encoding="utf-8").splitlines()
         options["texts"] = [ln.strip() for ln in lines if ln.strip()]
     options = {k: v for k, v in options.items() if v is not None}
-    accepted = inspect.signature(RECIPES[args.recipe]).parameters
+    accepted = inspect.signature(recipes()[args.recipe]).parameters
     if unknown := [k for k in options if k not in accepted]:
         raise ValueError(f"recipe {args.recipe} does not take {', '.join('--' + k.replace('_', '-') for k in unknown)}")
     manifest = prepare_multimodal(args.recipe, out, **options)

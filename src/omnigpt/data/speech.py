@@ -1,7 +1,7 @@
 """Speech training helpers for short telephone-band clips: fixed windows, log-mels with channel normalisation, and
 the augmentations that close part of the gap between synthesised and recorded speech.
 
-A model trained only on synthesised speech (``multimodal.prepare_synth_speech``) and tested on a human recording
+A model trained only on synthesised speech (``speech_sources.prepare_synth_speech``) and tested on a human recording
 meets three differences that these functions address, each applied per training step so every epoch differs:
 
 * **Silence.** espeak-ng and flite write digital zeros between words; a recording has a noise floor (the Asterisk
