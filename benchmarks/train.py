@@ -21,12 +21,14 @@ Usage: ``python benchmarks/train.py [--steps 6] [--warmup 2] [--seq 256] [--micr
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
 import torch
 
-from omnigpt import GPT, GPTConfig
+from omnigpt import GPT, GPTConfig, matmul
+from omnigpt.matmul import MatmulPlanner
 from omnigpt.train import LMLoss, param_groups
 
 
@@ -53,8 +55,9 @@ def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), fused=True)
 
 
-def omnigpt_step(model: LMLoss, opt: torch.optim.Optimizer, xy: torch.Tensor, bf16: bool) -> float:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+def omnigpt_step(model: LMLoss, opt: torch.optim.Optimizer, xy: torch.Tensor, bf16: bool,
+                 planner: MatmulPlanner | None = None) -> float:
+    with matmul.planned(planner), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         loss = model(xy[:, :-1], xy[:, 1:])
     loss.backward()
     opt.step()
@@ -79,6 +82,8 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--only", choices=["omnigpt", "transformers"], help="run one side only")
     ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
+    ap.add_argument("--matmul-plan", choices=["auto", "off"], default="auto",
+                    help="omnigpt's bf16 GEMM planning (the trainer's default: auto)")
     ap.add_argument("--threads", type=int, help="torch threads (default: all cores); with 1, CPU-time figures too")
     args = ap.parse_args()
     if args.threads:
@@ -94,7 +99,8 @@ def main() -> None:
     runners = {}
     if args.only != "transformers":
         ours = LMLoss(GPT(cfg)).train()
-        runners["omnigpt"] = (omnigpt_step, ours, make_optimizer(ours.model))
+        planner = MatmulPlanner() if args.matmul_plan == "auto" else None  # measures on the warm-up steps
+        runners["omnigpt"] = (functools.partial(omnigpt_step, planner=planner), ours, make_optimizer(ours.model))
     if args.only != "omnigpt":
         import transformers
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from omnigpt import GPT, GPTConfig, GPTForSequenceClassification, make_kv_cache
-from omnigpt.models.gpt import CausalSelfAttention, build_attention_mask
+from omnigpt.models.gpt import CausalSelfAttention, _CPUFlashAttentionFP32Backward, build_attention_mask
 
 TINY = ["tiny-gpt1", "tiny-gpt2", "tiny-gpt3"]
 
@@ -241,6 +241,45 @@ def test_bf16_autocast_close_to_fp32():
     assert low.dtype == torch.bfloat16
     assert (low.float() - ref).abs().max() < 0.05 * ref.abs().max()
     assert (low.float().argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+
+
+def test_bf16_training_attention_has_an_fp32_backward():
+    """CPU bf16 training runs the flash-attention forward in bf16 (the same kernel as SDPA) and its backward in
+    fp32: outputs equal SDPA's, gradients closer to an fp32 reference than SDPA's own bf16 backward."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 64, 32) for _ in range(3))
+    dout = torch.randn(2, 4, 64, 32)
+
+    def grads(dtype, fp32_backward):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+        if fp32_backward:
+            out = _CPUFlashAttentionFP32Backward.apply(*leaves, 32**-0.5)
+        else:
+            out = F.scaled_dot_product_attention(*leaves, is_causal=True)
+        out.backward(dout.to(dtype))
+        return out.detach(), [t.grad.float() for t in leaves]
+
+    ref_out, ref = grads(torch.float32, False)
+    sdpa_out, sdpa = grads(torch.bfloat16, False)
+    ours_out, ours = grads(torch.bfloat16, True)
+    assert torch.equal(ours_out, sdpa_out)
+    for r, s, o in zip(ref, sdpa, ours, strict=True):  # mean error: the max is set by the final bf16 rounding
+        assert (o - r).abs().mean() < (s - r).abs().mean()
+        assert (o - r).abs().max() < 0.02 * r.abs().max()
+    # The model takes this path exactly when training causally in bf16 on CPU.
+    attn = CausalSelfAttention(GPTConfig.from_name("tiny-gpt2"), 0)
+    x = torch.randn(2, 16, attn.c_attn.in_features, requires_grad=True)
+    calls = []
+    original = _CPUFlashAttentionFP32Backward.apply
+    try:
+        _CPUFlashAttentionFP32Backward.apply = lambda *a: calls.append(1) or original(*a)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            attn(x, torch.arange(16)).float().sum().backward()
+            with torch.no_grad():
+                attn(x, torch.arange(16))
+    finally:
+        _CPUFlashAttentionFP32Backward.apply = original
+    assert len(calls) == 1 and x.grad is not None
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from omnigpt import matmul
+
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
     """The dtype autocast would run the head's matmul in (bf16 under CPU/CUDA autocast), else the input's."""
@@ -30,13 +32,15 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 class _FusedLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk: int, dtype: torch.dtype) -> Tensor:
+    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk: int, dtype: torch.dtype,
+                planner: matmul.MatmulPlanner | None = None) -> Tensor:
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         valid = targets != -100
         count = valid.sum().clamp(min=1).to(torch.float32)
         safe_t = torch.where(valid, targets, 0)
         hc, w = h.to(dtype), weight.to(dtype)  # (N, C), (V, C) in the compute dtype (bf16 under autocast)
-        logits = hc @ w.t() if need_grad else None  # (N, V): one large matmul, the efficient shape
+        mm = planner.mm if planner is not None else torch.mm  # planned: the GEMM in measured-fastest blocks
+        logits = mm(hc, w.t()) if need_grad else None  # (N, V): one large matmul, the efficient shape
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         # The softmax work goes row chunk by row chunk in fp32, small enough to stay in cache; the gradient
         # (softmax − one-hot) / count overwrites the logits chunk, so no second (N, V) buffer is ever made.
@@ -56,17 +60,19 @@ class _FusedLinearCE(torch.autograd.Function):
                 logits[i : i + chunk] = x  # cast back into the compute dtype, in place
         if need_grad:
             ctx.save_for_backward(logits, hc, w)  # logits now hold dCE/dlogits (N, V)
-        ctx.dtypes = h.dtype, weight.dtype
+        ctx.dtypes, ctx.mm = (h.dtype, weight.dtype), mm
         return total / count
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        grad, hc, w = ctx.saved_tensors
+        grad, hc, w = ctx.saved_tensors  # grad: dCE/dlogits (N, V)
         h_dtype, w_dtype = ctx.dtypes
-        g = grad * grad_out.to(grad.dtype)  # (N, V); grad_out is 1 for a plain loss.backward()
-        gh = (g @ w).to(h_dtype) if ctx.needs_input_grad[0] else None  # (N, V) @ (V, C)
-        gw = (g.t() @ hc).to(w_dtype) if ctx.needs_input_grad[1] else None  # (V, N) @ (N, C)
-        return gh, gw, None, None, None
+        # grad_out (1 for a plain loss.backward()) scales the small (N, C) operands, not the (N, V) gradient:
+        # dL/dh = s·(G·W), dL/dW = Gᵀ·(s·h) — a 100 MB pass over G saved.
+        s = grad_out.to(grad.dtype)
+        gh = ctx.mm(grad, w).mul_(s).to(h_dtype) if ctx.needs_input_grad[0] else None  # (N, V) @ (V, C)
+        gw = ctx.mm(grad.t(), hc * s).to(w_dtype) if ctx.needs_input_grad[1] else None  # (V, N) @ (N, C)
+        return gh, gw, None, None, None, None
 
 
 def fused_linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk: int | None = None) -> Tensor:
@@ -81,13 +87,13 @@ def fused_linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk
     if not (torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)):
         # Evaluation: chunk the matmul as well (256+ rows keeps it efficient), so no (N, V) buffer exists at all.
         return _FusedLinearCE.forward(_NoGrad, h2, weight, t, max(chunk, 256), _compute_dtype(h))
-    return _FusedLinearCE.apply(h2, weight, t, chunk, _compute_dtype(h))
+    return _FusedLinearCE.apply(h2, weight, t, chunk, _compute_dtype(h), matmul.planner_for(h))
 
 
 class _NoGrad:
     """Stands in for autograd's ctx when the forward is called directly (no gradient wanted)."""
 
-    needs_input_grad = (False, False, False, False, False)
+    needs_input_grad = (False, False, False, False, False, False)
 
 
 def reference_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:

@@ -13,6 +13,8 @@ Exact resume. Everything a step reads is either in the checkpoint (weights, Adam
 state, counters) or a pure function of the step number: the data order (``WindowSampler``) and the learning
 rate. A run killed at any point and resumed from its last committed checkpoint therefore replays the same
 steps and ends bit-identical to an uninterrupted run (same thread count — FACTS.md; tested with SIGKILL).
+bf16 runs on CPU also plan their GEMMs (``omnigpt.matmul``: measured once per shape, the fastest blocking);
+the plan is written to ``out_dir`` before the first update, and a resumed run reads it back.
 
 Distributed. Micro-batch ``k`` of rank ``r`` at step ``s`` reads samples ``s·B + (k·world + r)·b …`` of the same
 global order, so N processes with accumulation A/N see exactly the batches one process with accumulation A sees;
@@ -38,6 +40,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from omnigpt import matmul
 from omnigpt import trainer_state as ts
 from omnigpt.data.shards import MANIFEST, TokenData, WindowSampler, prepare_data
 from omnigpt.evaluate import EvalResult, evaluate
@@ -194,6 +197,7 @@ class Trainer:
                 self.wrapped, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if r.compile:
             self.wrapped = torch.compile(self.wrapped)
+        self.planner = self._matmul_planner(resume)
         if loaded is not None:
             self._restore(loaded)
         else:
@@ -203,6 +207,27 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------------------------------
+    def _matmul_planner(self, resume: bool) -> matmul.MatmulPlanner | None:
+        """bf16 CPU runs plan their GEMMs (omnigpt.matmul). The plan this run measured lives in out_dir, so a
+        resumed run (killed before or after a checkpoint) computes exactly as the uninterrupted one would."""
+        r = self.r
+        if r.matmul_plan == "off" or r.compile or self.device.type != "cpu" or self.amp_dtype != torch.bfloat16:
+            return None
+        planner = matmul.MatmulPlanner()
+        self._plan_file = self.out / f"matmul_plan.rank{self.rank}.json"
+        if r.matmul_plan != "auto":
+            planner.load(r.matmul_plan)
+        elif resume and self._plan_file.is_file():
+            planner.load(self._plan_file)
+        self._plan_saved = None
+        return planner
+
+    def _save_plan(self) -> None:
+        if self.planner is not None and self._plan_saved != self.planner.plans:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.planner.save(self._plan_file)
+            self._plan_saved = dict(self.planner.plans)
+
     def _barrier(self) -> None:
         if dist.is_initialized():
             dist.barrier()
@@ -283,11 +308,12 @@ class Trainer:
             sync = k == self.accumulation - 1
             no_sync = getattr(self.wrapped, "no_sync", None)
             ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
-            with ctx, torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                     enabled=self.amp_dtype is not None):
+            with ctx, matmul.planned(self.planner), torch.autocast(
+                    self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
                 loss = self.wrapped(xy[:, :-1], xy[:, 1:])
             (loss / self.accumulation).backward()
             loss_sum += loss.detach()
+        self._save_plan()  # before the update: a kill from here on resumes with the plan these gradients used
         # One small all-reduce carries the mean loss and whether any rank got a stop signal.
         out_of_time = r.max_minutes is not None and time.perf_counter() - self._t_start > 60 * r.max_minutes
         flags = torch.tensor([float(self._stop_signal is not None), float(out_of_time)], device=self.device)

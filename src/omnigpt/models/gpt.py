@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from omnigpt import matmul
 from omnigpt.config import GPTConfig
 
 # ------------------------------------------------------------------------------------------------------------
@@ -58,14 +59,49 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: fl
     return att @ v  # (B, nh, T, hs): each query's weighted average of the values
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state dict) whose bf16 CPU training GEMMs follow the active matmul plan
+    (``omnigpt.matmul``: the trainer measures, per shape, whether oneDNN runs the GEMM faster in blocks)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        planner = matmul.planner_for(x)
+        if planner is None:
+            return F.linear(x, self.weight, self.bias)
+        return matmul.planned_linear(x, self.weight, self.bias, planner)
+
+
+class _CPUFlashAttentionFP32Backward(torch.autograd.Function):
+    """Causal flash attention on CPU in bf16 whose backward pass runs in fp32.
+
+    PyTorch's CPU flash-attention backward is slower in bf16 than in fp32 (GPT-2 small, 4 × 12 heads × 256
+    tokens on 2 cores: about 35 ms against 25 ms per layer), so the forward keeps the bf16 kernel (half the time
+    of fp32) and the backward upcasts q, k, v, out and dout (tiny next to the scores it recomputes) and casts the
+    gradients back. The forward is the very kernel ``scaled_dot_product_attention`` runs; the gradients are
+    closer to an fp32 reference than the bf16 backward's."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse)  # lse (B, nh, T) is fp32 already
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        q, k, v, out, lse = ctx.saved_tensors
+        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dout.float(), q.float(), k.float(), v.float(), out.float(), lse, 0.0, True, scale=ctx.scale)
+        return *(g.to(q.dtype) for g in grads), None
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with a fused QKV projection (GPT-2's ``c_attn``)."""
 
     def __init__(self, config: GPTConfig, layer_idx: int) -> None:
         super().__init__()
         self.n_head, self.head_size = config.n_head, config.head_size
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         self.window = config.layer_window(layer_idx)  # None for dense layers, W for GPT-3's banded layers
@@ -100,6 +136,9 @@ class CausalSelfAttention(nn.Module):
             if mask is None:
                 mask = build_attention_mask(q_pos, k_pos, None, None)
             y = attention_reference(q, k, v, mask, self.scale, dropout_p)
+        elif is_causal and dropout_p == 0.0 and q.dtype == torch.bfloat16 and q.device.type == "cpu" \
+                and torch.is_grad_enabled() and q.requires_grad:
+            y = _CPUFlashAttentionFP32Backward.apply(q, k, v, self.scale)  # training under CPU bf16 autocast
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
                                                scale=self.scale)
@@ -126,8 +165,8 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
-        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.c_proj = Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.act = _ACT[config.activation]
         self.dropout = nn.Dropout(config.dropout)
 
