@@ -133,6 +133,28 @@ def test_fused_loss_matches_full_logits(autocast):
         torch.testing.assert_close(a, b, **tol)
 
 
+def test_fused_loss_reuses_its_logits_buffer_but_never_shares_it():
+    from omnigpt.losses import _WORKSPACE
+
+    torch.manual_seed(0)
+    w = torch.randn(300, 32, requires_grad=True)
+    hs = [torch.randn(40, 32, requires_grad=True) for _ in range(2)]
+    ys = [torch.randint(0, 300, (40,)) for _ in range(2)]
+    want = [torch.autograd.grad(reference_cross_entropy(h, w, y), [h, w]) for h, y in zip(hs, ys, strict=True)]
+    losses = [fused_linear_cross_entropy(h, w, y) for h, y in zip(hs, ys, strict=True)]  # two live graphs
+    got = [torch.autograd.grad(loss, [h, w]) for loss, h in zip(losses, hs, strict=True)]
+    for g, r in zip(got, want, strict=True):  # each graph kept its own gradient buffer
+        for a, b in zip(g, r, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    del losses, got
+    (key, buf), = _WORKSPACE.free.items()  # both graphs freed: one buffer kept for the next step…
+    loss = fused_linear_cross_entropy(hs[0], w, ys[0])
+    assert key not in _WORKSPACE.free  # …lent to this graph…
+    loss.backward()
+    del loss
+    assert _WORKSPACE.free[key] is buf  # …and back, not reallocated
+
+
 # ------------------------------------------------------------------------------------------------------------
 # In-process runs
 

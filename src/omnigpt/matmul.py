@@ -71,28 +71,31 @@ class MatmulPlanner:
     def applies(t: Tensor) -> bool:
         return t.device.type == "cpu" and t.dtype == torch.bfloat16
 
-    def mm(self, a: Tensor, b: Tensor) -> Tensor:
-        """a (m, k) @ b (k, n) → (m, n) contiguous, with this shape's fastest cut (measured now if new)."""
+    def mm(self, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+        """a (m, k) @ b (k, n) → (m, n) contiguous (``out`` if given), with this shape's fastest cut (measured
+        now if the shape is new)."""
         m, k = a.shape
         n = b.shape[1]
-        out = torch.empty(m, n, dtype=a.dtype, device=a.device)
+        fresh = out is None  # measure as it will run: into a new buffer each time, or into the caller's
+        if out is None:
+            out = torch.empty(m, n, dtype=a.dtype, device=a.device)
         if 2 * m * k * n < self.min_flops or not self.applies(a):
             return torch.mm(a, b, out=out)
         key = f"{m}x{k}x{n}/{_layout(a)}{_layout(b)}/{str(a.dtype).removeprefix('torch.')}"
         cut = self.plans.get(key)
         if cut is None:
-            cut = self.plans[key] = self._measure(a, b, out)
+            cut = self.plans[key] = self._measure(a, b, out, fresh)
             self.tuned += 1
         return run_cut(cut, a, b, out)
 
-    def _measure(self, a: Tensor, b: Tensor, out: Tensor) -> Cut:
+    def _measure(self, a: Tensor, b: Tensor, out: Tensor, fresh: bool) -> Cut:
         m, n = a.shape[0], b.shape[1]
         cuts = [c for c in CUTS if c[1] == 1 or (m if c[0] == "M" else n) // c[1] >= 64]  # blocks ≥ 64 wide
         times: dict[Cut, list[float]] = {c: [] for c in cuts}
         for _ in range(self.repeats):  # interleaved, so a burst of load on a shared machine hits every cut alike
             for c in cuts:
                 t0 = time.perf_counter()
-                run_cut(c, a, b, torch.empty_like(out))  # a fresh output, as in training (first-touch included)
+                run_cut(c, a, b, torch.empty_like(out) if fresh else out)  # first-touch page faults included
                 times[c].append(time.perf_counter() - t0)
         return min(cuts, key=lambda c: statistics.median(times[c]))
 
@@ -168,7 +171,7 @@ class _PlannedLinear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             dw = ctx.planner.mm(dy2.t(), x2).to(w_dtype)  # (out, N) @ (N, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = dy2.sum(0, dtype=torch.float32).to(w_dtype)
+            db = dy2.sum(0).to(w_dtype)  # bf16 in, fp32 accumulation inside the reduction (as autocast's addmm)
         return dx, dw, db, None, None
 
 
