@@ -146,13 +146,18 @@ def test_fused_loss_reuses_its_logits_buffer_but_never_shares_it():
     for g, r in zip(got, want, strict=True):  # each graph kept its own gradient buffer
         for a, b in zip(g, r, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    _WORKSPACE.free.clear()
     del losses, got
-    (key, buf), = _WORKSPACE.free.items()  # both graphs freed: one buffer kept for the next step…
+    (key, bufs), = _WORKSPACE.free.items()  # both graphs freed: their logits buffers wait for the next step…
+    bufs = list(bufs)
+    assert len(bufs) == 2 and bufs[0].data_ptr() != bufs[1].data_ptr()
     loss = fused_linear_cross_entropy(hs[0], w, ys[0])
-    assert key not in _WORKSPACE.free  # …lent to this graph…
+    assert len(_WORKSPACE.free[key]) == 1  # …one is lent to this graph…
+    lent = {b.data_ptr() for b in bufs} - {b.data_ptr() for b in _WORKSPACE.free[key]}
+    assert len(lent) == 1
     loss.backward()
     del loss
-    assert _WORKSPACE.free[key] is buf  # …and back, not reallocated
+    assert lent <= {b.data_ptr() for b in _WORKSPACE.free[key]}  # …and back, not reallocated
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -32,28 +32,34 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
-class _LogitsWorkspace:
-    """The (N, V) logits buffer, reused across steps instead of allocated each time.
+class _Workspace:
+    """Large buffers of the LM head, reused across steps instead of allocated each time.
 
-    Training asks for the same ~100 MB every micro-step (GPT-2: 1024 × 50,257 bf16). An allocation that size is
-    handed back to the OS when freed, so each step used to pay ~25k page faults to touch it again — about 80 ms
-    of a 3 s CPU step. One buffer is lent to one forward at a time and returns when that autograd graph is freed
-    (after backward, or when the graph is dropped unused), so two live graphs never share it."""
+    Each training micro-step needs the same few ~100 MB tensors (GPT-2: the 1024 × 50,257 bf16 logits, the
+    bf16 copy of the 50,257 × 768 head weight, its bf16 gradient). Allocations that size are handed back to the
+    OS when freed, so every step used to pay tens of thousands of page faults to touch them again (~0.1 s of a
+    3 s CPU step). A buffer is lent either to one autograd graph (returned when the graph is freed: after
+    backward, or when it is dropped unused — two live graphs never share one) or for one call (``give_back``)."""
 
-    def __init__(self) -> None:
-        self.free: dict[tuple, Tensor] = {}
+    def __init__(self, keep: int = 2) -> None:
+        self.free: dict[tuple, list[Tensor]] = {}
+        self.keep = keep  # free buffers kept per shape
 
-    def take(self, ctx, shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
-        key = (shape, dtype, device)
-        buf = self.free.pop(key, None)
-        if buf is None:
-            self.free.clear()  # a new shape: drop buffers of other shapes rather than hoard them
-            buf = torch.empty(shape, dtype=dtype, device=device)
-        weakref.finalize(ctx, self.free.__setitem__, key, buf)  # back in the pool when the graph is gone
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, ctx=None) -> Tensor:
+        key = (tuple(shape), dtype, device)
+        pool = self.free.get(key)
+        buf = pool.pop() if pool else torch.empty(shape, dtype=dtype, device=device)
+        if ctx is not None:
+            weakref.finalize(ctx, self.give_back, buf)  # back in the pool when the graph is gone
         return buf
 
+    def give_back(self, buf: Tensor) -> None:
+        pool = self.free.setdefault((tuple(buf.shape), buf.dtype, buf.device), [])
+        if len(pool) < self.keep:
+            pool.append(buf)
 
-_WORKSPACE = _LogitsWorkspace()
+
+_WORKSPACE = _Workspace()
 
 
 class _FusedLinearCE(torch.autograd.Function):
@@ -64,11 +70,13 @@ class _FusedLinearCE(torch.autograd.Function):
         valid = targets != -100
         count = valid.sum().clamp(min=1).to(torch.float32)
         safe_t = torch.where(valid, targets, 0)
-        hc, w = h.to(dtype), weight.to(dtype)  # (N, C), (V, C) in the compute dtype (bf16 under autocast)
+        hc = h.to(dtype)  # (N, C) in the compute dtype (bf16 under autocast)
+        w = weight.to(dtype) if weight.dtype == dtype or not need_grad else \
+            _WORKSPACE.take(weight.shape, dtype, weight.device, ctx).copy_(weight)  # (V, C), cast into a reused buffer
         mm = planner.mm if planner is not None else torch.mm  # planned: the GEMM in measured-fastest blocks
         logits = None
         if need_grad:  # (N, V): one large matmul (the efficient shape) into the reused buffer
-            logits = mm(hc, w.t(), out=_WORKSPACE.take(ctx, (h.shape[0], w.shape[0]), dtype, h.device))
+            logits = mm(hc, w.t(), out=_WORKSPACE.take((h.shape[0], w.shape[0]), dtype, h.device, ctx))
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         # The softmax work goes row chunk by row chunk in fp32, small enough to stay in cache; the gradient
         # (softmax − one-hot) / count overwrites the logits chunk, so no second (N, V) buffer is ever made.
@@ -99,7 +107,14 @@ class _FusedLinearCE(torch.autograd.Function):
         # dL/dh = s·(G·W), dL/dW = Gᵀ·(s·h) — a 100 MB pass over G saved.
         s = grad_out.to(grad.dtype)
         gh = ctx.mm(grad, w).mul_(s).to(h_dtype) if ctx.needs_input_grad[0] else None  # (N, V) @ (V, C)
-        gw = ctx.mm(grad.t(), hc * s).to(w_dtype) if ctx.needs_input_grad[1] else None  # (V, N) @ (N, C)
+        gw = None
+        if ctx.needs_input_grad[1]:  # (V, N) @ (N, C); the compute-dtype product lives only until its cast
+            if w.dtype == w_dtype:
+                gw = ctx.mm(grad.t(), hc * s)
+            else:
+                tmp = ctx.mm(grad.t(), hc * s, out=_WORKSPACE.take(w.shape, w.dtype, w.device))
+                gw = tmp.to(w_dtype)
+                _WORKSPACE.give_back(tmp)
         return gh, gw, None, None, None, None
 
 
