@@ -89,15 +89,24 @@ class MatmulPlanner:
         return run_cut(cut, a, b, out)
 
     def _measure(self, a: Tensor, b: Tensor, out: Tensor, fresh: bool) -> Cut:
+        """The cut with the lowest median *relative* time over ``repeats`` rounds. Each round runs every cut once
+        and divides by the round's total, which cancels the 2×-wide swings of a shared machine's speed between
+        rounds; a cut must beat the single call by 10% to be chosen (ties go to the plain GEMM)."""
         m, n = a.shape[0], b.shape[1]
         cuts = [c for c in CUTS if c[1] == 1 or (m if c[0] == "M" else n) // c[1] >= 64]  # blocks ≥ 64 wide
-        times: dict[Cut, list[float]] = {c: [] for c in cuts}
-        for _ in range(self.repeats):  # interleaved, so a burst of load on a shared machine hits every cut alike
+        rel: dict[Cut, list[float]] = {c: [] for c in cuts}
+        for _ in range(self.repeats):
+            took = {}
             for c in cuts:
                 t0 = time.perf_counter()
                 run_cut(c, a, b, torch.empty_like(out) if fresh else out)  # first-touch page faults included
-                times[c].append(time.perf_counter() - t0)
-        return min(cuts, key=lambda c: statistics.median(times[c]))
+                took[c] = time.perf_counter() - t0
+            total = sum(took.values())
+            for c in cuts:
+                rel[c].append(took[c] / total)
+        score = {c: statistics.median(v) for c, v in rel.items()}
+        best = min(cuts, key=score.__getitem__)
+        return best if score[best] < 0.9 * score[CUTS[0]] else CUTS[0]
 
     def state_dict(self) -> dict[str, list]:
         return {k: list(v) for k, v in sorted(self.plans.items())}
