@@ -47,7 +47,7 @@ class TrainRecipe:
     compile: bool = False  # torch.compile the model
     # bf16 on CPU: "auto" measures each GEMM shape's fastest blocking once (omnigpt.matmul) and keeps the plan in
     # out_dir for exact resumes; "off"; or the path of a plan file to pin (bit-identical separate runs)
-    matmul_plan: str = "auto"
+    matmul_plan: str | bool = "auto"  # YAML reads a bare off/on as false/true: those mean "off"/"auto"
     parallelism: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2)
     # batch and schedule
     batch_size: int = 12  # global sequences per optimizer step (all ranks, all micro-steps)
@@ -199,6 +199,8 @@ def validate(r: TrainRecipe, world_size: int = 1) -> None:
         raise RecipeError(f"min_lr ({r.min_lr}) must not exceed lr ({r.lr})")
     if r.threads is not None and r.threads <= 0:
         raise RecipeError(f"threads: must be positive, got {r.threads}")
+    if isinstance(r.matmul_plan, bool):
+        r.matmul_plan = "auto" if r.matmul_plan else "off"
     if r.matmul_plan not in ("auto", "off") and not Path(r.matmul_plan).is_file():
         raise RecipeError(f"matmul_plan: expected auto, off or an existing plan file, got {r.matmul_plan!r}")
     per_step = r.micro_batch * world_size
