@@ -10,10 +10,14 @@ and medians are reported because the machine is shared and its speed drifts.
 MFU = achieved FLOP/s / the machine's matmul peak measured in this run (fp32 and bf16 separately), with the
 PaLM count of training FLOPs per token: 6 × (parameters in matmuls) + 12 × n_layer × seq × n_embd (attention).
 
-Measured on the shared 2-core machine (load average ~7 from other processes, so ``--threads 1``: two threads
-stalled each other 5x): bf16 omnigpt 171 tok/s vs transformers 128 (1.33x; an earlier run 151 vs 125, 1.20x),
-fp32 75 vs 63 (1.20x). Where omnigpt's bf16 step goes (profiler, one thread): matmuls 48%, SDPA backward 14%,
-autocast dtype casts 12%, GELU 7%, fused AdamW 4%, the fused LM-head loss' softmax pass ~3%.
+omnigpt's bf16 step plans its GEMMs (``omnigpt.matmul``, as the trainer does; ``--matmul-plan off`` to compare):
+the first warm-up step measures each shape's blocking (~25 s for GPT-2 small), later steps reuse the plan.
+
+Measured here 2026-11-28 (2 threads; the machine shares its cores, so absolute figures swing up to 2× between
+runs and only the side-by-side ratios are comparable): bf16 1.35–1.59× over five runs (omnigpt 360–416 tok/s,
+transformers 226–297), 1.18× with ``--matmul-plan off`` in the same conditions (1.15× before this session's
+changes). Where omnigpt's bf16 step goes (profiler): GEMMs 54%, dtype casts 11%, flash attention 9% (its
+backward in fp32: faster than PyTorch's bf16 backward on CPU), fused AdamW 4%, GELU 6%.
 
 Usage: ``python benchmarks/train.py [--steps 6] [--warmup 2] [--seq 256] [--micro-batch 4] [--threads 1]``
 """

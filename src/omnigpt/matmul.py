@@ -61,7 +61,7 @@ class MatmulPlanner:
     """Per-shape choice of GEMM cut, measured on first use. ``plans`` maps a key ("m×k×n/layouts/dtype") to a cut
     and is what gets saved (``state_dict``) and pinned (``load``)."""
 
-    def __init__(self, min_flops: float | None = None, repeats: int = 5, plans: dict[str, Cut] | None = None) -> None:
+    def __init__(self, min_flops: float | None = None, repeats: int = 9, plans: dict[str, Cut] | None = None) -> None:
         self.min_flops = MIN_FLOPS if min_flops is None else min_flops
         self.repeats = repeats
         self.plans: dict[str, Cut] = dict(plans or {})
