@@ -14,9 +14,10 @@ omnigpt's bf16 step plans its GEMMs (``omnigpt.matmul``, as the trainer does; ``
 the first warm-up step measures each shape's blocking (~25 s for GPT-2 small), later steps reuse the plan.
 
 Measured here 2026-11-28 (2 threads; the machine shares its cores, so absolute figures swing up to 2× between
-runs and only the side-by-side ratios are comparable): bf16 1.50×, 1.65×, 1.50× in three runs (omnigpt
-346–371 tok/s, transformers 211–248; MFU 42–52% against 33%), 1.35–1.59× over five runs of the version that
-measured 5 rounds per shape, 1.18× with ``--matmul-plan off`` (1.15× before these changes); fp32 197 vs 164 (1.20×).
+runs and only the side-by-side ratios are comparable): bf16 1.50×, 1.65×, 1.50×, 1.38×, 1.48× in five runs
+(median 1.50×; omnigpt 346–421 tok/s, transformers 211–286; MFU 42–52% against 28–33%), 1.35–1.59× over five runs
+of the version that measured 5 rounds per shape, 1.18× with ``--matmul-plan off`` (1.15× before these changes);
+fp32 197 vs 164 (1.20×).
 Where omnigpt's bf16 step goes (profiler): GEMMs 54%, dtype casts 11%, flash attention 9% (its backward in fp32:
 faster than PyTorch's bf16 backward on CPU), fused AdamW 4%, GELU 6%.
 
