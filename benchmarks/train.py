@@ -11,7 +11,7 @@ MFU = achieved FLOP/s / the machine's matmul peak measured in this run (fp32 and
 PaLM count of training FLOPs per token: 6 × (parameters in matmuls) + 12 × n_layer × seq × n_embd (attention).
 
 omnigpt's bf16 step plans its GEMMs (``omnigpt.matmul``, as the trainer does; ``--matmul-plan off`` to compare):
-the first warm-up step measures each shape's blocking (~25 s for GPT-2 small), later steps reuse the plan.
+the first warm-up step measures each shape's blocking (~45 s for GPT-2 small), later steps reuse the plan.
 
 Measured here 2026-11-28 (2 threads; the machine shares its cores, so absolute figures swing up to 2× between
 runs and only the side-by-side ratios are comparable): bf16 1.50×, 1.65×, 1.50×, 1.38×, 1.48× in five runs
