@@ -149,21 +149,16 @@ def planned(planner: MatmulPlanner | None) -> Iterator[None]:
         _ACTIVE = previous
 
 
-def active() -> MatmulPlanner | None:
-    return _ACTIVE
-
-
 class _PlannedLinear(torch.autograd.Function):
-    """y = x Wᵀ + b in the compute dtype, with the forward GEMM and both backward GEMMs planned."""
+    """y = x Wᵀ + b in bf16, with the forward GEMM and both backward GEMMs planned."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, planner: MatmulPlanner,
-                dtype: torch.dtype) -> Tensor:
-        x2 = x.reshape(-1, x.shape[-1]).to(dtype)  # (N, in)
-        w = weight.to(dtype)  # (out, in): the cast autocast would make
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, planner: MatmulPlanner) -> Tensor:
+        x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)  # (N, in)
+        w = weight.to(torch.bfloat16)  # (out, in): the cast autocast would make
         y = planner.mm(x2, w.t())  # (N, out)
         if bias is not None:
-            y += bias.to(dtype)
+            y += bias.to(torch.bfloat16)
         ctx.save_for_backward(x2, w)
         ctx.planner, ctx.has_bias = planner, bias is not None
         ctx.dtypes = x.dtype, weight.dtype
@@ -181,13 +176,13 @@ class _PlannedLinear(torch.autograd.Function):
             dw = ctx.planner.mm(dy2.t(), x2).to(w_dtype)  # (out, N) @ (N, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy2.sum(0).to(w_dtype)  # bf16 in, fp32 accumulation inside the reduction (as autocast's addmm)
-        return dx, dw, db, None, None
+        return dx, dw, db, None
 
 
 def planned_linear(x: Tensor, weight: Tensor, bias: Tensor | None, planner: MatmulPlanner) -> Tensor:
     """``F.linear`` under CPU bf16 autocast, its GEMMs planned. Callers check ``planner_for(x)`` first."""
     with torch.autocast("cpu", enabled=False):
-        return _PlannedLinear.apply(x, weight, bias, planner, torch.bfloat16)
+        return _PlannedLinear.apply(x, weight, bias, planner)
 
 
 def planner_for(x: Tensor) -> MatmulPlanner | None:
