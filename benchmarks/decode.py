@@ -2,7 +2,7 @@
 
 GPT-2-small architecture with random weights (the same weights in both: converted omnigpt → HF, so their greedy
 tokens agree in fp32), a 16-token prompt, 128 new tokens, fp32 and bf16 weights, plus omnigpt's weight-only int8
-and int4 (``omnigpt.quantize``; the last line compares each side's fastest batch-1 configuration).
+and int4 (``omnigpt.kernels.quantize``; the last line compares each side's fastest batch-1 configuration).
 Runs are interleaved (omnigpt, transformers, omnigpt, …) and the median is reported, because the machine is
 shared and noisy. The memory-bandwidth bound is the measured copy bandwidth (bytes read + written per second)
 divided by the weight bytes one decoding step reads (every matrix once: blocks + LM head).
@@ -21,8 +21,8 @@ import time
 import torch
 
 from omnigpt import GPT, GPTConfig
-from omnigpt.generate import generate
-from omnigpt.quantize import quantize
+from omnigpt.generate.decode import generate
+from omnigpt.kernels.quantize import quantize
 
 
 def copy_bandwidth(mb: int = 256, repeats: int = 10) -> float:

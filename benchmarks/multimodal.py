@@ -84,8 +84,8 @@ from omnigpt.data import speech as sp
 from omnigpt.data import speech_sources
 from omnigpt.models.contrastive import ContrastiveConfig, ContrastiveModel, clip_loss
 from omnigpt.models.vision import VisionConfig
-from omnigpt.tokenizer import CharTokenizer
-from omnigpt.train_mm import (
+from omnigpt.text.tokenizer import CharTokenizer
+from omnigpt.train.multimodal_lib import (
     AudioCTC,
     Stage,
     class_balanced_batch,
@@ -202,8 +202,8 @@ def speech_data(exp: dict) -> tuple[list[dict], tuple, list[dict], tuple]:
 def speech(seed: int, minutes: float, recipe: dict | None = None) -> dict:
     from omnigpt.models.audio import AudioConfig
     from omnigpt.models.multimodal import MultimodalConfig, MultimodalGPT, ProjectorConfig
-    from omnigpt.processors import Processor, ProcessorConfig
-    from omnigpt.train_mm import generate_answers, spec_augment, text_scores
+    from omnigpt.text.processors import Processor, ProcessorConfig
+    from omnigpt.train.multimodal_lib import generate_answers, spec_augment, text_scores
 
     torch.manual_seed(seed)
     tok = CharTokenizer(sorted(set(string.ascii_lowercase + string.digits + " '")), ["<|endoftext|>"])
@@ -290,7 +290,7 @@ def speech(seed: int, minutes: float, recipe: dict | None = None) -> dict:
 
 
 def emoji(seed: int, minutes: float) -> dict:
-    from omnigpt.processors import Processor, ProcessorConfig
+    from omnigpt.text.processors import Processor, ProcessorConfig
 
     torch.manual_seed(seed)
     root = CACHE / "emoji-32"

@@ -34,8 +34,8 @@ import torch
 def build_small_model(root: Path) -> Path:
     """A random 6-layer, 384-wide GPT-2 with a byte-level BPE trained on a little text, saved like a checkpoint."""
     from omnigpt import GPT, GPTConfig
-    from omnigpt.hf import save_pretrained
-    from omnigpt.tokenizer import BPETokenizer
+    from omnigpt.checkpoints.hf import save_pretrained
+    from omnigpt.text.tokenizer import BPETokenizer
 
     corpus = root / "corpus.txt"
     words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "server", "streams",

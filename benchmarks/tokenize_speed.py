@@ -24,9 +24,9 @@ from pathlib import Path
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
-from omnigpt.assets import asset_path
-from omnigpt.gpt2_vocab import GPT2_TIKTOKEN
-from omnigpt.tokenizer import EOT, gpt2_tokenizer
+from omnigpt.checkpoints.assets import asset_path
+from omnigpt.text.gpt2_vocab import GPT2_TIKTOKEN, gpt2_tokenizer
+from omnigpt.text.tokenizer import EOT
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 

@@ -3,14 +3,14 @@
 Both models have GPT-2 small's architecture (124M parameters, 50,257 tokens, random weights), train on the same
 random batches of ``--micro-batch`` × ``--seq`` tokens with the same optimizer (AdamW, fused, weight decay 0.1),
 once in fp32 and once under bf16 autocast with fp32 master weights. The omnigpt step is exactly the trainer's
-(``omnigpt.train.LMLoss``: hidden states → fused LM head + cross-entropy, no (N, V) logits kept);
+(``omnigpt.train.trainer.LMLoss``: hidden states → fused LM head + cross-entropy, no (N, V) logits kept);
 ``transformers`` gets ``labels=`` and computes its own loss. Steps are interleaved (omnigpt, transformers, …)
 and medians are reported because the machine is shared and its speed drifts.
 
 MFU = achieved FLOP/s / the machine's matmul peak measured in this run (fp32 and bf16 separately), with the
 PaLM count of training FLOPs per token: 6 × (parameters in matmuls) + 12 × n_layer × seq × n_embd (attention).
 
-omnigpt's bf16 step plans its GEMMs (``omnigpt.matmul``, as the trainer does; ``--matmul-plan off`` to compare):
+omnigpt's bf16 step plans its GEMMs (``omnigpt.kernels.matmul``, as the trainer does; ``--matmul-plan off`` to compare):
 the first warm-up step measures each shape's blocking (~45 s for GPT-2 small), later steps reuse the plan.
 
 Measured here 2026-11-28 (2 threads; the machine shares its cores, so absolute figures swing up to 2× between
@@ -33,9 +33,10 @@ import time
 
 import torch
 
-from omnigpt import GPT, GPTConfig, matmul
-from omnigpt.matmul import MatmulPlanner
-from omnigpt.train import LMLoss, param_groups
+from omnigpt import GPT, GPTConfig
+from omnigpt.kernels import matmul
+from omnigpt.kernels.matmul import MatmulPlanner
+from omnigpt.train.trainer import LMLoss, param_groups
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 9) -> float:

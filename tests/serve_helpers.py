@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 SENTENCES = [
@@ -33,9 +32,9 @@ def make_model_dir(root: Path) -> Path:
     """Train tokenizer + tiny model (about 2 s on one core) and save them with ``save_pretrained`` (cached)."""
     if "model" in _CACHE:
         return _CACHE["model"]
-    hf = pytest.importorskip("omnigpt.hf", reason="needs omnigpt.hf (save_pretrained / load_pretrained)")
     from omnigpt import GPT, GPTConfig
-    from omnigpt.tokenizer import EOT, BPETokenizer
+    from omnigpt.checkpoints import hf
+    from omnigpt.text.tokenizer import EOT, BPETokenizer
 
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(SENTENCES * 20), encoding="utf-8")

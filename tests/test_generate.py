@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from omnigpt import GPT, GPTConfig, make_kv_cache
-from omnigpt.generate import (
+from omnigpt.generate.decode import (
     ContextOverflowError,
     apply_repetition_penalty,
     apply_temperature,
@@ -17,7 +17,7 @@ from omnigpt.generate import (
     top_k_filter,
     top_p_filter,
 )
-from omnigpt.textgen import TextStream, generate_text, stream_text
+from omnigpt.generate.text import TextStream, generate_text, stream_text
 
 TINY = ["tiny-gpt1", "tiny-gpt2", "tiny-gpt3"]
 PROMPTS = [[5, 17, 300, 42, 9, 1, 77], [12, 400], [8, 8, 100, 3]]  # different lengths → left padding
@@ -272,7 +272,7 @@ def test_bad_controls_raise_before_any_work(bad, message):
 
 
 def test_int8_weights_stay_close_to_float():
-    from omnigpt.quantize import Int8Linear, quantize_int8
+    from omnigpt.kernels.quantize import Int8Linear, quantize_int8
 
     lin = torch.nn.Linear(64, 96)
     x = torch.randn(5, 3, 64)
@@ -290,7 +290,7 @@ def test_int8_weights_stay_close_to_float():
 
 
 def test_int4_weights_group_quantized_and_kernel_consistent():
-    from omnigpt.quantize import Int4Linear, Int8Linear, quantize
+    from omnigpt.kernels.quantize import Int4Linear, Int8Linear, quantize
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 96)
@@ -318,7 +318,7 @@ def test_int4_weights_group_quantized_and_kernel_consistent():
 
 def test_quantize_transposed_checkpoint_weights():
     """Checkpoints loaded from HF's Conv1D layout hold transposed (non-contiguous) weights: both kinds quantize."""
-    from omnigpt.quantize import Int4Linear, Int8Linear
+    from omnigpt.kernels.quantize import Int4Linear, Int8Linear
 
     lin = torch.nn.Linear(64, 96)
     lin.weight = torch.nn.Parameter(torch.randn(64, 96).t())  # a (96, 64) view of (64, 96) storage
@@ -388,8 +388,8 @@ def test_stream_text_ends_at_stop_string_and_eos():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from omnigpt.hf import save_pretrained
-    from omnigpt.tokenizer import CharTokenizer
+    from omnigpt.checkpoints.hf import save_pretrained
+    from omnigpt.text.tokenizer import CharTokenizer
 
     tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz .,")
     torch.manual_seed(0)
@@ -400,7 +400,7 @@ def model_dir(tmp_path_factory):
 
 
 def test_cli_streams_text_as_it_is_produced(model_dir, monkeypatch):
-    from omnigpt.cli import main
+    from omnigpt.cli.main import main
 
     d, model, tok = model_dir
     writes = []
@@ -436,7 +436,7 @@ def test_cli_reads_prompts_from_stdin(model_dir):
 
 
 def test_cli_missing_model_is_one_line_error(model_dir, capsys):
-    from omnigpt.cli import main
+    from omnigpt.cli.main import main
 
     assert main(["generate", "--model", str(model_dir[0] / "missing"), "--prompt", "x"]) == 2
     err = capsys.readouterr().err

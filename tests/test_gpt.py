@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from omnigpt import GPT, GPTConfig, GPTForSequenceClassification, make_kv_cache
-from omnigpt.models.gpt import CausalSelfAttention, _CPUFlashAttentionFP32Backward, build_attention_mask
+from omnigpt.kernels.attention import flash_attention_fp32_backward
+from omnigpt.models import gpt as gpt_module
+from omnigpt.models.gpt import CausalSelfAttention, build_attention_mask
 
 TINY = ["tiny-gpt1", "tiny-gpt2", "tiny-gpt3"]
 
@@ -253,7 +255,7 @@ def test_bf16_training_attention_has_an_fp32_backward():
     def grads(dtype, fp32_backward):
         leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
         if fp32_backward:
-            out = _CPUFlashAttentionFP32Backward.apply(*leaves, 32**-0.5)
+            out = flash_attention_fp32_backward(*leaves, 32**-0.5)
         else:
             out = F.scaled_dot_product_attention(*leaves, is_causal=True)
         out.backward(dout.to(dtype))
@@ -270,15 +272,15 @@ def test_bf16_training_attention_has_an_fp32_backward():
     attn = CausalSelfAttention(GPTConfig.from_name("tiny-gpt2"), 0)
     x = torch.randn(2, 16, attn.c_attn.in_features, requires_grad=True)
     calls = []
-    original = _CPUFlashAttentionFP32Backward.apply
+    original = gpt_module.flash_attention_fp32_backward
     try:
-        _CPUFlashAttentionFP32Backward.apply = lambda *a: calls.append(1) or original(*a)
+        gpt_module.flash_attention_fp32_backward = lambda *a: calls.append(1) or original(*a)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             attn(x, torch.arange(16)).float().sum().backward()
             with torch.no_grad():
                 attn(x, torch.arange(16))
     finally:
-        _CPUFlashAttentionFP32Backward.apply = original
+        gpt_module.flash_attention_fp32_backward = original
     assert len(calls) == 1 and x.grad is not None
 
 

@@ -8,8 +8,7 @@ import time
 import pytest
 import torch
 
-from omnigpt.config import GPTConfig
-from omnigpt.hf import (
+from omnigpt.checkpoints.hf import (
     CheckpointError,
     GPT2ForSequenceClassification,
     GPT2LMHeadModel,
@@ -20,6 +19,7 @@ from omnigpt.hf import (
     load_pretrained,
     save_pretrained,
 )
+from omnigpt.config import GPTConfig
 from omnigpt.models.gpt import GPT, GPTForSequenceClassification, GPTModel
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (test dependency)")
@@ -289,7 +289,7 @@ def test_hub_name_without_local_directory_fails_fast_with_instructions():
 
 
 def test_article_snippet_matches_transformers(tmp_path):
-    from omnigpt.tokenizer import gpt2_tokenizer
+    from omnigpt.text.gpt2_vocab import gpt2_tokenizer
 
     ref = random_hf(transformers.GPT2Model, transformers.GPT2Config, vocab_size=50257)
     ref.save_pretrained(tmp_path)
@@ -332,7 +332,7 @@ def test_lm_facade_cache_labels_and_batched_tokenizer(tmp_path):
         logits, = model(ids, return_dict=False)
         assert torch.equal(logits, full.logits)
 
-    from omnigpt.tokenizer import gpt2_tokenizer
+    from omnigpt.text.gpt2_vocab import gpt2_tokenizer
 
     tok = GPT2Tokenizer(gpt2_tokenizer())
     with pytest.raises(ValueError, match="pad_token"):

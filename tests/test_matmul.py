@@ -1,4 +1,4 @@
-"""Planned matmuls (omnigpt.matmul): every cut computes the same product, plans are measured once, saved, pinned
+"""Planned matmuls (omnigpt.kernels.matmul): every cut computes the same product, plans are measured once, saved, pinned
 and reused by a resumed run, and planned layers / the planned fused loss match their autocast counterparts."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from test_train import tiny_recipe
 
-from omnigpt import matmul
-from omnigpt.losses import fused_linear_cross_entropy
-from omnigpt.matmul import CUTS, MatmulPlanner, run_cut
+from omnigpt.kernels import matmul
+from omnigpt.kernels.losses import fused_linear_cross_entropy
+from omnigpt.kernels.matmul import CUTS, MatmulPlanner, run_cut
 from omnigpt.models.gpt import Linear
-from omnigpt.recipe import RecipeError, load_recipe
-from omnigpt.train import Trainer
+from omnigpt.train.recipe import RecipeError, load_recipe
+from omnigpt.train.trainer import Trainer
 
 bf16 = torch.bfloat16
 

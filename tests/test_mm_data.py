@@ -18,7 +18,7 @@ from multimodal_helpers import ByteTokenizer
 
 from omnigpt.data import multimodal as mm
 from omnigpt.data import speech_sources
-from omnigpt.processors import Processor, ProcessorConfig
+from omnigpt.text.processors import Processor, ProcessorConfig
 
 
 def needs(path, package):
@@ -178,7 +178,7 @@ def test_synthesised_speech_from_both_engines(tmp_path):
 @asterisk
 @asterisk_wav
 def test_prepare_mm_command(tmp_path, capsys):
-    from omnigpt.cli import main
+    from omnigpt.cli.main import main
 
     assert main(["prepare-mm", "asterisk", "--out", str(tmp_path / "a")]) == 0
     assert "asterisk →" in capsys.readouterr().out

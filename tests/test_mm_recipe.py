@@ -14,11 +14,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from omnigpt.cli import main
+from omnigpt.cli.main import main
 from omnigpt.data import multimodal as mm
 from omnigpt.models.multimodal import MultimodalGPT
-from omnigpt.processors import Processor, ProcessorConfig
-from omnigpt.recipe import MultimodalRecipe, RecipeError, load_any_recipe, load_recipe
+from omnigpt.text.processors import Processor, ProcessorConfig
+from omnigpt.train.recipe import MultimodalRecipe, RecipeError, load_any_recipe, load_recipe
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -113,8 +113,8 @@ def test_shipped_multimodal_configs_are_valid():
 
 
 def test_mixed_batches_hold_both_modalities_with_loss_on_answers_only(data, tmp_path):
-    from omnigpt.mm_pipeline import char_tokenizer, conversation_batches, read_source
-    from omnigpt.recipe import multimodal_config
+    from omnigpt.train.mm_pipeline import char_tokenizer, conversation_batches, read_source
+    from omnigpt.train.recipe import multimodal_config
 
     r = load_any_recipe(None, tiny_recipe(data, tmp_path / "run"))
     raw = [read_source(s, captions=False, training=True) for s in r.data.train]
@@ -206,7 +206,7 @@ def test_audio_ctc_adds_the_ctc_loss_of_the_encoder_output_computed_once():
     from multimodal_helpers import ByteTokenizer
 
     from omnigpt.models.multimodal import MultimodalConfig
-    from omnigpt.train_mm import AudioCTC
+    from omnigpt.train.multimodal_lib import AudioCTC
 
     tok = ByteTokenizer()
     probe = Processor(tok)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from multimodal_helpers import ByteTokenizer
 from PIL import Image
 
+from omnigpt.checkpoints.pretrained import load_pretrained, save_pretrained
 from omnigpt.models.audio import AudioConfig, AudioEncoder, sinusoids
 from omnigpt.models.contrastive import (
     ContrastiveConfig,
@@ -30,7 +31,7 @@ from omnigpt.models.multimodal import (
     scatter_placeholders,
 )
 from omnigpt.models.vision import VisionConfig, ViT
-from omnigpt.processors import Processor, ProcessorConfig
+from omnigpt.text.processors import Processor, ProcessorConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -222,10 +223,10 @@ def test_save_load_gives_identical_outputs(tmp_path):
     model.eval()
     images, clips = sample_media(1, 1)
     batch = proc("<|image|> and <|audio|>", images=images, audio=clips, answers="ok")
-    model.save_pretrained(tmp_path / "ckpt", processor=proc)
+    save_pretrained(model, tmp_path / "ckpt", proc)
     for name in ("config.json", "model.safetensors", "processor_config.json", "COMPLETE"):
         assert (tmp_path / "ckpt" / name).is_file()
-    again = MultimodalGPT.from_pretrained(tmp_path / "ckpt")
+    again = load_pretrained(tmp_path / "ckpt")
     assert again.config == model.config
     assert again.language_model.lm_head.weight is again.language_model.transformer.wte.weight  # still tied
     with torch.no_grad():
@@ -239,7 +240,7 @@ def test_save_load_gives_identical_outputs(tmp_path):
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="model.safetensors"):
-        MultimodalGPT.from_pretrained(tmp_path / "ckpt")
+        load_pretrained(tmp_path / "ckpt")
 
 
 def test_parameter_groups_partition_the_model():
@@ -353,6 +354,6 @@ def test_contrastive_model_aligns_pairs_and_round_trips(tmp_path, preset):
     out = model(**batch)
     assert out.loss.item() < 0.1
     assert recall_at_k(out.embeds_a, out.embeds_b, ks=(1,))[1] == 1.0
-    model.save_pretrained(tmp_path / preset)
-    again = ContrastiveModel.from_pretrained(tmp_path / preset)
+    save_pretrained(model, tmp_path / preset)
+    again = load_pretrained(tmp_path / preset)
     assert torch.equal(again(**batch).logits, out.logits)

@@ -15,8 +15,8 @@ import torch
 from multimodal_helpers import ByteTokenizer
 from PIL import Image
 
-from omnigpt.assets import AssetError, asset_path
-from omnigpt.processors import (
+from omnigpt.checkpoints.assets import AssetError, asset_path
+from omnigpt.text.processors import (
     AUDIO_END,
     AUDIO_START,
     AUDIO_TOKEN,
@@ -314,7 +314,7 @@ def test_processor_config_round_trip(tmp_path):
 
 
 def test_processor_with_omnigpt_tokenizer_saves_and_reloads_it(tmp_path):
-    from omnigpt.tokenizer import CharTokenizer
+    from omnigpt.text.tokenizer import CharTokenizer
 
     tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz ?:_<|>")
     proc = Processor(tok, ProcessorConfig(image_size=8, image_tokens=2))

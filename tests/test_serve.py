@@ -23,9 +23,9 @@ from serve_helpers import make_model_dir, running_server, slowed, wait_for
 
 openai = pytest.importorskip("openai", reason="needs the openai client (test dependency)")
 
+from omnigpt.generate.text import generate_text  # noqa: E402
 from omnigpt.serve import ServedModel, ServeSettings, create_app, load_served_model  # noqa: E402
 from omnigpt.serve.prompts import DEFAULT_STOP, ChatTemplate, TemplateError, load_chat_template  # noqa: E402
-from omnigpt.textgen import generate_text  # noqa: E402
 
 MODEL = "tiny-chat"
 
@@ -403,7 +403,7 @@ def test_cli_serve_runs_the_model_directory(model_dir: Path, monkeypatch: pytest
     a subprocess would spend most of its time importing torch)."""
     import uvicorn
 
-    from omnigpt.cli import main
+    from omnigpt.cli.main import main
 
     captured: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: captured.update(app=app, **kw))

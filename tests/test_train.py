@@ -17,11 +17,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from omnigpt.checkpoints.state import latest_checkpoint, load_model
 from omnigpt.data import prepare_data
-from omnigpt.losses import fused_linear_cross_entropy, reference_cross_entropy
-from omnigpt.recipe import RecipeError, load_recipe
-from omnigpt.train import LMLoss, NonFiniteLossError, Trainer, lr_multiplier, param_groups, train
-from omnigpt.trainer_state import latest_checkpoint, load_model
+from omnigpt.kernels.losses import fused_linear_cross_entropy, reference_cross_entropy
+from omnigpt.train.recipe import RecipeError, load_recipe
+from omnigpt.train.trainer import LMLoss, NonFiniteLossError, Trainer, lr_multiplier, param_groups, train
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["the", "king", "queen", "sword", "crown", "night", "day", "love", "death", "speak", "hear", "lord", "lady",
@@ -134,7 +134,7 @@ def test_fused_loss_matches_full_logits(autocast):
 
 
 def test_fused_loss_reuses_its_logits_buffer_but_never_shares_it():
-    from omnigpt.losses import _WORKSPACE
+    from omnigpt.kernels.losses import _WORKSPACE
 
     torch.manual_seed(0)
     w = torch.randn(300, 32, requires_grad=True)

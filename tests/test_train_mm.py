@@ -10,8 +10,8 @@ from multimodal_helpers import ByteTokenizer
 
 from omnigpt.models.contrastive import ContrastiveConfig, ContrastiveModel
 from omnigpt.models.multimodal import MultimodalConfig, MultimodalGPT
-from omnigpt.processors import Processor, ProcessorConfig
-from omnigpt.train_mm import (
+from omnigpt.text.processors import Processor, ProcessorConfig
+from omnigpt.train.multimodal_lib import (
     Stage,
     build_optimizer,
     class_balanced_batch,

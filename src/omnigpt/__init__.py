@@ -1,30 +1,55 @@
 """omnigpt: GPT-1/2/3 and multimodal transformers in readable PyTorch.
 
-Public API: configs (``GPTConfig``), models (``GPT``, ``GPTModel``, ``GPTForSequenceClassification``), tokenizers,
-the Hugging Face facades (``GPT2Tokenizer``, ``GPT2Model``…) and generation. Training (``omnigpt.train``),
-multimodal models (``omnigpt.models.multimodal``) and serving (``omnigpt.serve``) are imported from their modules.
+The public API, re-exported lazily (``import omnigpt`` costs nothing until a name is used). The package is layered;
+each folder imports only from the folders listed before it (``tests/test_layers.py`` enforces the order):
+
+    config.py     frozen configs and named presets
+    kernels/      CPU speed only: planned bf16 GEMMs, flash-attention backward, fused LM-head loss, int4/int8
+    models/       GPT-1/2/3 decoder, vision and audio encoders, multimodal fusion, contrastive — no file I/O
+    checkpoints/  atomic directories, the pretrained layer (every model_type), HF key tables, trainer state, assets
+    text/         tokenizers (char, byte-level BPE, exact GPT-2) and the image/audio processors
+    data/         corpora, token shards, multimodal data recipes
+    generate/     sampling filters, KV-cache decoding as an iterator, text streaming
+    hf/           transformers-shaped classes (``GPT2Tokenizer``, ``GPT2Model`` ...)
+    train/        one Trainer, the task protocol and its tasks (lm, multimodal, contrastive), recipes, evaluation
+    serve/        OpenAI-compatible API and chat page
+    cli/          ``omnigpt <command>``
 """
 
-from omnigpt.config import PRESETS, GPTConfig
-from omnigpt.hf import (
-    GPT2ForSequenceClassification,
-    GPT2LMHeadModel,
-    GPT2Model,
-    GPT2Tokenizer,
-    GPT2TokenizerFast,
-    OpenAIGPTLMHeadModel,
-    OpenAIGPTModel,
-    load_pretrained,
-    save_pretrained,
-)
-from omnigpt.models.gpt import GPT, GPTForSequenceClassification, GPTModel, GPTOutput, KVCache, make_kv_cache
-from omnigpt.textgen import generate_text, stream_text
-from omnigpt.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, gpt2_tokenizer, load_tokenizer
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["GPT", "GPTConfig", "GPTForSequenceClassification", "GPTModel", "GPTOutput", "KVCache", "PRESETS",
-           "make_kv_cache"]
-__all__ += ["BPETokenizer", "CharTokenizer", "Tokenizer", "gpt2_tokenizer", "load_tokenizer",  # tokenizer.py
-            "GPT2ForSequenceClassification", "GPT2LMHeadModel", "GPT2Model", "GPT2Tokenizer", "GPT2TokenizerFast",
-            "OpenAIGPTLMHeadModel", "OpenAIGPTModel", "load_pretrained", "save_pretrained",  # hf.py
-            "generate_text", "stream_text"]  # textgen.py
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "PRESETS": "omnigpt.config", "GPTConfig": "omnigpt.config",
+    "GPT": "omnigpt.models.gpt", "GPTModel": "omnigpt.models.gpt", "GPTOutput": "omnigpt.models.gpt",
+    "GPTForSequenceClassification": "omnigpt.models.gpt", "KVCache": "omnigpt.models.gpt",
+    "make_kv_cache": "omnigpt.models.gpt",
+    "load_pretrained": "omnigpt.checkpoints.pretrained", "save_pretrained": "omnigpt.checkpoints.pretrained",
+    "BPETokenizer": "omnigpt.text.tokenizer", "CharTokenizer": "omnigpt.text.tokenizer",
+    "Tokenizer": "omnigpt.text.tokenizer", "load_tokenizer": "omnigpt.text.tokenizer",
+    "gpt2_tokenizer": "omnigpt.text.gpt2_vocab",
+    "generate_text": "omnigpt.generate.text", "stream_text": "omnigpt.generate.text",
+    **{name: "omnigpt.hf.gpt2" for name in (
+        "GPT2ForSequenceClassification", "GPT2LMHeadModel", "GPT2Model", "GPT2Tokenizer", "GPT2TokenizerFast",
+        "OpenAIGPTLMHeadModel", "OpenAIGPTModel")},
+    "Trainer": "omnigpt.train.trainer", "train": "omnigpt.train.trainer", "load_recipe": "omnigpt.train.recipe",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'omnigpt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,3 +1,3 @@
-from omnigpt.cli import main
+from omnigpt.cli.main import main
 
 raise SystemExit(main())

@@ -69,6 +69,8 @@ class GPTConfig(PresetConfig):
     bias: bool = True
     tie_word_embeddings: bool = True  # lm_head.weight is wte.weight
     dropout: float = 0.0  # applied to embeddings, attention probabilities and residual branches
+    # False: every position sees every other (bidirectional encoders: ViT, the audio encoder reuse this block).
+    causal: bool = True
     # GPT-3 sparse pattern: 0 = every layer dense; W > 0 = odd layers attend only to the last W positions.
     local_window: int = 0
     # HF GPT-2 options that change the attention scale (kept for checkpoint parity).

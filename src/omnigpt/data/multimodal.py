@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from omnigpt.processors import AUDIO_TOKEN, IMAGE_TOKEN
+from omnigpt.text.processors import AUDIO_TOKEN, IMAGE_TOKEN
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",

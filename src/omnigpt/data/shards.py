@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from omnigpt.checkpoint import atomic_directory, is_complete, sha256_file
+from omnigpt.checkpoints.io import atomic_directory, is_complete, sha256_file
 from omnigpt.data.sources import Document, iter_documents
 
 MANIFEST = "manifest.json"
@@ -67,7 +67,8 @@ def split_of(doc_id: str, val_fraction: float, seed: int) -> str:
 
 def build_tokenizer(spec: DataSpec, train_docs: list[Document], all_docs: list[Document], progress: bool = True):
     """The tokenizer named by ``spec.tokenizer`` (imported lazily: only ``prepare`` needs to build one)."""
-    from omnigpt import tokenizer as tok
+    from omnigpt.text import gpt2_vocab
+    from omnigpt.text import tokenizer as tok
 
     name = spec.tokenizer
     if name == "char":
@@ -75,7 +76,7 @@ def build_tokenizer(spec: DataSpec, train_docs: list[Document], all_docs: list[D
         # validation never meets an unknown character; no statistics of val leak beyond "this char exists".
         return tok.CharTokenizer.from_text("".join(d.text for d in all_docs), special_tokens=["<|endoftext|>"])
     if name == "gpt2":
-        return tok.gpt2_tokenizer()
+        return gpt2_vocab.gpt2_tokenizer()
     if name.startswith("bpe:"):
         try:
             vocab = int(name.split(":", 1)[1])
@@ -222,7 +223,7 @@ class TokenData:
         return int(self.manifest["splits"][split][what])
 
     def tokenizer(self):
-        from omnigpt.tokenizer import load_tokenizer
+        from omnigpt.text.tokenizer import load_tokenizer
 
         return load_tokenizer(self.dir / self.manifest["tokenizer"])
 

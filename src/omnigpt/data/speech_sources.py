@@ -157,7 +157,7 @@ def synthesize(text: str, path: Path, engine: str = "espeak-ng", voice: str = "e
     import soundfile as sf
     import torch
 
-    from omnigpt.processors import resample
+    from omnigpt.text.processors import resample
 
     wave, sr = _speak(text, engine, voice, speed / warp, pitch, noise_scale, noise_w)
     if warp != 1.0:

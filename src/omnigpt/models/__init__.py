@@ -20,9 +20,9 @@ from omnigpt.models.multimodal import (
     Projector,
     ProjectorConfig,
 )
-from omnigpt.models.vision import VISION_PRESETS, EncoderBlock, VisionConfig, ViT
+from omnigpt.models.vision import VISION_PRESETS, VisionConfig, ViT, encoder_blocks
 
 __all__ = ["AUDIO_PRESETS", "CONTRASTIVE_PRESETS", "GPT", "MULTIMODAL_PRESETS", "VISION_PRESETS", "AudioConfig",
-           "AudioEncoder", "Block", "CausalSelfAttention", "ContrastiveConfig", "ContrastiveModel", "EncoderBlock",
+           "AudioEncoder", "Block", "CausalSelfAttention", "ContrastiveConfig", "ContrastiveModel",
            "GPTForSequenceClassification", "GPTModel", "GPTOutput", "KVCache", "MultimodalConfig", "MultimodalGPT",
-           "Projector", "ProjectorConfig", "ViT", "VisionConfig", "make_kv_cache"]
+           "Projector", "ProjectorConfig", "ViT", "VisionConfig", "encoder_blocks", "make_kv_cache"]

@@ -2,7 +2,7 @@
 
 Log-mel frames (B, n_mels, T) from ``processors.log_mel_spectrogram`` → conv1d k3 + GELU → conv1d k3 stride 2 +
 GELU (halves time: 10 ms frames → 20 ms tokens) → fixed sinusoidal positions → pre-LN bidirectional blocks
-(``vision.EncoderBlock``, shared with the ViT) → final LayerNorm ``ln_post``. Output (B, ⌈T/2⌉, C).
+(the decoder's ``Block`` with ``causal=False``, as in the ViT) → final LayerNorm ``ln_post``. Output (B, ⌈T/2⌉, C).
 
 Deliberate deviations from Whisper: clips shorter than ``n_ctx`` tokens are accepted (Whisper asserts exactly
 1500), the positional table is a non-persistent buffer (recomputed, not stored in checkpoints), and weights are
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omnigpt.config import PresetConfig
-from omnigpt.models.vision import EncoderBlock, EncoderOutput, init_encoder_weights
+from omnigpt.models.vision import EncoderOutput, encoder_blocks, init_encoder_weights
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
@@ -88,8 +88,7 @@ class AudioEncoder(nn.Module):
         self.conv2 = nn.Conv1d(C, C, kernel_size=3, stride=2, padding=1)
         self.register_buffer("positional_embedding", sinusoids(config.n_ctx, C), persistent=False)
         hidden = int(config.mlp_ratio * C)
-        self.h = nn.ModuleList(EncoderBlock(C, config.n_head, hidden, config.dropout, config.layer_norm_epsilon)
-                               for _ in range(config.n_layer))
+        self.h = encoder_blocks(config.n_layer, C, config.n_head, hidden, config.dropout, config.layer_norm_epsilon)
         self.ln_post = nn.LayerNorm(C, eps=config.layer_norm_epsilon)
         init_encoder_weights(self, config.n_layer)
 

@@ -8,8 +8,8 @@ one space for many modalities) — zero-shot classification and retrieval on top
 * Loss: CLIP's symmetric InfoNCE, (CE(s·A·Bᵀ, I) + CE(s·B·Aᵀ, I)) / 2, with a learnable logit scale s = exp(t),
   t initialised to log(1 / 0.07) and clamped to s ≤ 100 (CLIP clamps the parameter after each step; clamping in
   the forward pass gives the same values without touching the optimiser loop). With ``group_ids`` the targets
-  are uniform over every same-group pair (multi-positive), which FACTS.md recommends for class-labelled data
-  where duplicate-class "negatives" otherwise stall training.
+  are uniform over every same-group pair (multi-positive): on class-labelled data, duplicate-class "negatives"
+  otherwise keep CLIP at chance for hundreds of steps.
 * Zero-shot: one classifier row per class = the renormalised mean of its prompt-template embeddings (CLIP's
   prompt ensembling, "a photo of a {}."). Retrieval: recall@k with ties resolved in the query's favour.
 """
@@ -20,7 +20,6 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +29,6 @@ from torch import Tensor, nn
 from omnigpt.config import GPTConfig, PresetConfig
 from omnigpt.models.audio import AudioConfig, AudioEncoder
 from omnigpt.models.gpt import GPTModel, init_weights
-from omnigpt.models.multimodal import load_model_dir, read_config, save_model_dir
 from omnigpt.models.vision import VisionConfig, ViT
 
 MODEL_TYPE = "omnigpt-contrastive"
@@ -221,11 +219,3 @@ class ContrastiveModel(nn.Module):
                 raise ValueError(f"contrastive loss needs paired batches: {a.shape[0]} {ma} vs {b.shape[0]} {mb}")
             loss = clip_loss(a, b, scale, group_ids)
         return ContrastiveOutput(loss=loss, logits=scale * a @ b.T, embeds_a=a, embeds_b=b)
-
-    # -- persistence ---------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, processor: Any | None = None) -> None:
-        save_model_dir(self, self.config.to_dict(), directory, processor)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> ContrastiveModel:
-        return load_model_dir(cls(ContrastiveConfig.from_dict(read_config(directory))), directory, map_location)

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from omnigpt import matmul
 from omnigpt.config import GPTConfig
+from omnigpt.kernels.attention import flash_attention_fp32_backward
+from omnigpt.kernels.matmul import Linear
 
 # ------------------------------------------------------------------------------------------------------------
 # Attention mask
@@ -59,41 +60,6 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: fl
     return att @ v  # (B, nh, T, hs): each query's weighted average of the values
 
 
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, same state dict) whose bf16 CPU training GEMMs follow the active matmul plan
-    (``omnigpt.matmul``: the trainer measures, per shape, whether oneDNN runs the GEMM faster in blocks)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        planner = matmul.planner_for(x)
-        if planner is None:
-            return F.linear(x, self.weight, self.bias)
-        return matmul.planned_linear(x, self.weight, self.bias, planner)
-
-
-class _CPUFlashAttentionFP32Backward(torch.autograd.Function):
-    """Causal flash attention on CPU in bf16 whose backward pass runs in fp32.
-
-    PyTorch's CPU flash-attention backward is slower in bf16 than in fp32 (GPT-2 small, 4 × 12 heads × 256
-    tokens on 2 cores: about 35 ms against 25 ms per layer), so the forward keeps the bf16 kernel (half the time
-    of fp32) and the backward upcasts q, k, v, out and dout (tiny next to the scores it recomputes) and casts the
-    gradients back. The forward is the very kernel ``scaled_dot_product_attention`` runs; the gradients are
-    closer to an fp32 reference than the bf16 backward's."""
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True, scale=scale)
-        ctx.save_for_backward(q, k, v, out, lse)  # lse (B, nh, T) is fp32 already
-        ctx.scale = scale
-        return out
-
-    @staticmethod
-    def backward(ctx, dout: Tensor):
-        q, k, v, out, lse = ctx.saved_tensors
-        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            dout.float(), q.float(), k.float(), v.float(), out.float(), lse, 0.0, True, scale=ctx.scale)
-        return *(g.to(q.dtype) for g in grads), None
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with a fused QKV projection (GPT-2's ``c_attn``)."""
 
@@ -111,8 +77,10 @@ class CausalSelfAttention(nn.Module):
             scale /= layer_idx + 1
         self.scale = scale
         self.implementation = config.attn_implementation
+        self.causal = config.causal
 
     def forward(self, x: Tensor, q_pos: Tensor, padding: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        """x (B, T, C); q_pos (T,) absolute positions; padding (B, S) True = real token; cache: past keys/values."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 × (B, T, C)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
@@ -126,7 +94,12 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         mask: Tensor | None = None
         is_causal = False
-        if self.window is None and key_padding is None and (cache is None or T == 1):
+        if not self.causal:  # an encoder: every real key is visible, only padding is masked
+            if key_padding is not None or self.implementation == "eager":
+                mask = torch.ones(1, 1, T, k.shape[2], dtype=torch.bool, device=x.device)
+                if key_padding is not None:
+                    mask = mask & key_padding[:, None, None, :]  # (B, 1, T, S)
+        elif self.window is None and key_padding is None and (cache is None or T == 1):
             # Fast paths without a materialised mask: plain causal prefill, or one new token seeing every key.
             is_causal = cache is None and T > 1
         else:
@@ -138,7 +111,7 @@ class CausalSelfAttention(nn.Module):
             y = attention_reference(q, k, v, mask, self.scale, dropout_p)
         elif is_causal and dropout_p == 0.0 and q.dtype == torch.bfloat16 and q.device.type == "cpu" \
                 and torch.is_grad_enabled() and q.requires_grad:
-            y = _CPUFlashAttentionFP32Backward.apply(q, k, v, self.scale)  # training under CPU bf16 autocast
+            y = flash_attention_fp32_backward(q, k, v, self.scale)  # training under CPU bf16 autocast
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
                                                scale=self.scale)
@@ -175,7 +148,9 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One Transformer layer. GPT-2/3 normalise before each sublayer (pre-LN); GPT-1 after the residual add."""
+    """One Transformer layer. GPT-2/3 normalise before each sublayer (pre-LN); GPT-1 after the residual add.
+
+    With ``config.causal=False`` the same layer is a bidirectional encoder block (ViT, the audio encoder)."""
 
     def __init__(self, config: GPTConfig, layer_idx: int) -> None:
         super().__init__()
@@ -185,7 +160,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, q_pos: Tensor, padding: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, q_pos: Tensor | None = None, padding: Tensor | None = None,
+                cache: KVCache | None = None) -> Tensor:
+        if q_pos is None:  # encoders call block(x) or block(x, padding=...): positions 0..T-1
+            q_pos = torch.arange(x.shape[1], device=x.device)
         if self.pre_ln:  # GPT-2: x + f(LN(x)); the residual stream itself is never normalised
             x = x + self.attn(self.ln_1(x), q_pos, padding, cache)
             return x + self.mlp(self.ln_2(x))

@@ -1,6 +1,6 @@
-"""Images and audio in the GPT decoder: projectors, placeholder fusion, ``MultimodalGPT``, save/load.
+"""Images and audio in the GPT decoder: projectors, placeholder fusion, ``MultimodalGPT``.
 
-The LLaVA-1.5 / nanoVLM recipe ("everything is a sequence", DESIGN.md principle 3): an encoder (``ViT``,
+The LLaVA-1.5 / nanoVLM recipe ("everything is a sequence"): an encoder (``ViT``,
 ``AudioEncoder``) turns each image / clip into a sequence of vectors, a projector (LLaVA's linear or
 ``mlp2x_gelu``) maps them to the decoder's width, and they replace the ``<|image|>`` / ``<|audio|>`` placeholder
 tokens that the processor already expanded to one token per vector. The decoder is omnigpt's unchanged ``GPT``
@@ -11,8 +11,7 @@ fed with ``inputs_embeds``; several images and clips per sample interleave freel
 * Labels at placeholder positions are forced to -100; the processor puts -100 on the prompt, so the loss covers
   only the answer tokens.
 * A placeholder count that does not match the media raises ``ValueError`` with both counts.
-* ``save_pretrained`` commits ``config.json`` + ``model.safetensors`` (+ ``processor_config.json``) atomically
-  (``checkpoint.atomic_directory``); ``from_pretrained`` verifies the SHA-256 manifest and loads strictly.
+* Saving and loading go through ``omnigpt.checkpoints.pretrained`` (``model_type: omnigpt-multimodal``).
 
 Contrastive alignment (CLIP) lives in ``models/contrastive.py``: a separate model family with its own loss.
 """
@@ -20,10 +19,8 @@ Contrastive alignment (CLIP) lives in ``models/contrastive.py``: a separate mode
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -282,61 +279,6 @@ class MultimodalGPT(nn.Module):
                                    inputs_embeds=embeds, past_key_values=past_key_values,
                                    output_hidden_states=output_hidden_states, logits_to_keep=logits_to_keep)
 
-    # -- persistence ---------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, processor: Any | None = None) -> None:
-        """Commit config.json + model.safetensors (+ the processor's files) as one atomic directory."""
-        save_model_dir(self, self.config.to_dict(), directory, processor)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> MultimodalGPT:
-        cfg = MultimodalConfig.from_dict(read_config(directory))
-        return load_model_dir(cls(cfg), directory, map_location)
-
-
-def save_model_dir(model: nn.Module, config: dict[str, Any], directory: str | Path, processor: Any = None,
-                   extra_files: Mapping[str, str] | None = None) -> None:
-    """Shared by the multimodal families: JSON config + safetensors weights in one committed directory.
-
-    ``extra_files`` (relative path → text) are committed with them, e.g. the trainer's ``trainer_state/state.json``."""
-    from safetensors.torch import save_model
-
-    from omnigpt.checkpoint import atomic_directory
-
-    with atomic_directory(directory) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_model(model, str(tmp / "model.safetensors"))  # tied lm_head / wte stored once
-        if processor is not None:
-            processor.save_pretrained(tmp)
-        for rel, text in (extra_files or {}).items():
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_text(text)
-
-
-def read_config(directory: str | Path) -> dict[str, Any]:
-    from omnigpt.checkpoint import verify_manifest
-
-    path = Path(directory)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: no config.json (not a saved omnigpt model directory)")
-    verify_manifest(path)  # flipped bytes or edits after saving are an error, not a silently different model
-    try:
-        return json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path / 'config.json'}: invalid JSON: {e}") from e
-
-
-def load_model_dir(model: nn.Module, directory: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    from safetensors.torch import load_model
-
-    path = Path(directory) / "model.safetensors"
-    model.to(map_location)
-    try:
-        load_model(model, str(path), strict=True, device=str(map_location))
-    except (OSError, RuntimeError) as e:
-        raise ValueError(f"{path}: cannot load weights: {e}") from e
-    model.eval()
-    return model
-
 
 __all__ = ["MULTIMODAL_PRESETS", "MultimodalConfig", "MultimodalGPT", "Projector", "ProjectorConfig",
-           "image_processor_kwargs", "load_model_dir", "read_config", "save_model_dir", "scatter_placeholders"]
+           "image_processor_kwargs", "scatter_placeholders"]

@@ -1,8 +1,7 @@
-"""Vision Transformer image encoder (ViT, Dosovitskiy et al. 2021), trained from scratch; and the bidirectional
-pre-LN encoder block that the audio encoder shares.
+"""Vision Transformer image encoder (ViT, Dosovitskiy et al. 2021), trained from scratch.
 
-Reading order: ``EncoderBlock`` (self-attention without a causal mask through
-``scaled_dot_product_attention``, MLP; pre-LN like GPT-2 and CLIP), ``VisionConfig`` + presets, ``ViT``.
+Reading order: ``encoder_blocks`` (the GPT decoder's own ``Block`` with ``causal=False``: pre-LN like GPT-2 and
+CLIP, shared with the audio encoder), ``VisionConfig`` + presets, ``ViT``.
 
 The ViT follows CLIP's visual tower (``ln_pre`` after the embeddings, pre-LN blocks, ``ln_post``) and the
 reference ViT's patch embedding (a conv with kernel = stride = patch size) and learned positions. A ``[CLS]``
@@ -19,50 +18,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from omnigpt.config import PresetConfig
+from omnigpt.config import GPTConfig, PresetConfig
+from omnigpt.models.gpt import Block
 
 # ------------------------------------------------------------------------------------------------------------
-# The shared bidirectional block
+# Encoder blocks: the decoder's block without the causal mask
 
 
-class EncoderBlock(nn.Module):
-    """Pre-LN Transformer layer with full (bidirectional) attention: x + Attn(LN(x)), then x + MLP(LN(x))."""
-
-    def __init__(self, n_embd: int, n_head: int, mlp_hidden: int, dropout: float = 0.0, eps: float = 1e-5) -> None:
-        super().__init__()
-        if n_embd % n_head:
-            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
-        self.n_head = n_head
-        self.dropout = dropout
-        self.ln_1 = nn.LayerNorm(n_embd, eps=eps)
-        self.attn = nn.Module()
-        self.attn.c_attn = nn.Linear(n_embd, 3 * n_embd)
-        self.attn.c_proj = nn.Linear(n_embd, n_embd)
-        self.ln_2 = nn.LayerNorm(n_embd, eps=eps)
-        self.mlp = nn.Module()
-        self.mlp.c_fc = nn.Linear(n_embd, mlp_hidden)
-        self.mlp.c_proj = nn.Linear(mlp_hidden, n_embd)
-        self.drop = nn.Dropout(dropout)
-
-    def attention(self, x: Tensor, key_padding: Tensor | None = None) -> Tensor:
-        B, T, C = x.shape
-        hs = C // self.n_head
-        q, k, v = self.attn.c_attn(x).split(C, dim=2)  # 3 × (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        mask = None if key_padding is None else key_padding[:, None, None, :]  # (B, 1, 1, T), True = attend
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
-
-    def forward(self, x: Tensor, key_padding: Tensor | None = None) -> Tensor:
-        x = x + self.drop(self.attention(self.ln_1(x), key_padding))
-        return x + self.drop(self.mlp.c_proj(F.gelu(self.mlp.c_fc(self.ln_2(x)))))
+def encoder_blocks(n_layer: int, n_embd: int, n_head: int, mlp_hidden: int, dropout: float = 0.0,
+                   eps: float = 1e-5) -> nn.ModuleList:
+    """``n_layer`` of the decoder's own ``Block`` with ``causal=False``: pre-LN, full (bidirectional) attention
+    through ``scaled_dot_product_attention``, an exact-GELU MLP — x + Attn(LN(x)), then x + MLP(LN(x))."""
+    cfg = GPTConfig(name="encoder", n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_inner=mlp_hidden,
+                    activation="gelu", dropout=dropout, layer_norm_epsilon=eps, causal=False)
+    return nn.ModuleList(Block(cfg, i) for i in range(n_layer))
 
 
 def init_encoder_weights(module: nn.Module, n_layer: int, std: float = 0.02) -> None:
-    """GPT-2-style init (FACTS.md: N(0, 1) defaults stall small models): N(0, 0.02) linears/convs, residual
+    """GPT-2-style init (PyTorch's N(0, 1) defaults stall small models): N(0, 0.02) linears/convs, residual
     projections scaled by 1/√(2·n_layer), zero biases, unit LayerNorms."""
     for name, m in module.named_modules():
         if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d):
@@ -156,8 +131,7 @@ class ViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, C))
         self.ln_pre = nn.LayerNorm(C, eps=config.layer_norm_epsilon)
         hidden = int(config.mlp_ratio * C)
-        self.h = nn.ModuleList(EncoderBlock(C, config.n_head, hidden, config.dropout, config.layer_norm_epsilon)
-                               for _ in range(config.n_layer))
+        self.h = encoder_blocks(config.n_layer, C, config.n_head, hidden, config.dropout, config.layer_norm_epsilon)
         self.ln_post = nn.LayerNorm(C, eps=config.layer_norm_epsilon)
         init_encoder_weights(self, config.n_layer)
         nn.init.normal_(self.pos_embed, std=0.02)

@@ -39,8 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from omnigpt.generate import generate
-from omnigpt.textgen import TextStream
+from omnigpt.generate.decode import generate
+from omnigpt.generate.text import TextStream
 
 log = logging.getLogger("omnigpt.serve")
 

@@ -69,9 +69,9 @@ def load_served_model(model_dir: str | Path, name: str | None = None, device: st
     """Load a checkpoint directory (config.json + model.safetensors + tokenizer) or a training run's newest one."""
     import torch
 
-    from omnigpt.hf import load_pretrained
-    from omnigpt.tokenizer import load_tokenizer
-    from omnigpt.trainer_state import resolve_checkpoint
+    from omnigpt.checkpoints.hf import load_pretrained
+    from omnigpt.checkpoints.state import resolve_checkpoint
+    from omnigpt.text.tokenizer import load_tokenizer
 
     d = Path(model_dir)
     if not d.is_dir():

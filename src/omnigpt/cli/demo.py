@@ -6,7 +6,7 @@
    bf16 autocast, periodic validation, atomic checkpoints);
 3. evaluate the final checkpoint with a full pass over the held-out plays (loss, perplexity, bits per byte),
    next to two baselines that need no training (uniform over the vocabulary, unigram frequencies);
-4. generate samples from a few prompts with ``omnigpt.generate`` (KV cache, top-k sampling, fixed seed);
+4. generate samples from a few prompts with ``omnigpt.generate.decode`` (KV cache, top-k sampling, fixed seed);
 5. write ``runs/demo/report.md`` with the loss curve (``loss.png``), the numbers and the samples.
 """
 
@@ -49,11 +49,11 @@ def unigram_baseline(train: np.ndarray, val: np.ndarray, vocab: int) -> float:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from omnigpt.checkpoints.state import load_model
     from omnigpt.data.shards import TokenData
-    from omnigpt.recipe import load_recipe
-    from omnigpt.textgen import generate_text
-    from omnigpt.train import ensure_data, train
-    from omnigpt.trainer_state import load_model
+    from omnigpt.generate.text import generate_text
+    from omnigpt.train.recipe import load_recipe
+    from omnigpt.train.trainer import ensure_data, train
 
     t_all = time.perf_counter()
     recipe = load_recipe(args.config, [o for o in args.overrides if o != "--resume"])

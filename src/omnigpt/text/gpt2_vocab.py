@@ -1,7 +1,7 @@
 """OpenAI's GPT-2 vocabulary, offline: from the ``gpt2.tiktoken`` ranks to GPT-2's ``vocab.json`` + merges.
 
-``gpt2.tiktoken`` (in the ``openai-whisper`` sdist, checksummed by ``omnigpt.assets``) lists each token's bytes
-(base64) and rank. tiktoken merges the adjacent pair whose concatenation has the lowest rank, so the merge that
+``gpt2.tiktoken`` (in the ``openai-whisper`` sdist, checksummed by ``omnigpt.checkpoints.assets``) lists each
+token's bytes (base64) and rank. tiktoken merges the adjacent pair whose concatenation has the lowest rank, so the merge that
 forms a token is found by running that BPE on the token's own bytes with only lower ranks allowed: it stops at
 exactly two parts (transformers' ``TikTokenConverter`` does the same). Tokens are written as GPT-2's printable
 byte-level strings (``bytes_to_unicode``, from OpenAI's ``encoder.py``). The result equals, entry for entry, the
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import tokenizers
 
-from omnigpt.tokenizer import EOT, BPETokenizer, TokenizerError
+from omnigpt.text.tokenizer import EOT, BPETokenizer, TokenizerError
 
 # OpenAI's GPT-2 BPE ("r50k_base") as shipped in the openai-whisper sdist: (package, path inside, file SHA-256).
 GPT2_TIKTOKEN = ("openai-whisper", "whisper/assets/gpt2.tiktoken",
@@ -93,11 +93,17 @@ def vocab_merges_from_tiktoken(path: str | Path, special_tokens: dict[str, int] 
     return vocab, merges, list(special_tokens)
 
 
+def bpe_from_tiktoken(path: str | Path, special_tokens: dict[str, int] | None = None) -> BPETokenizer:
+    """A byte-level ``BPETokenizer`` from a ``.tiktoken`` file (base64 token, rank per line)."""
+    vocab, merges, specials = vocab_merges_from_tiktoken(path, special_tokens)
+    return BPETokenizer.from_vocab_merges(vocab, merges, specials)
+
+
 @functools.cache
 def gpt2_json() -> str:
     """The GPT-2 tokenizer as tokenizers JSON. Recovering 50k merges takes seconds, so the result is cached in the
     user cache (keyed by the file's SHA-256 and the tokenizers version) and checked on known ids when read back."""
-    from omnigpt.assets import asset_path, cache_dir
+    from omnigpt.checkpoints.assets import asset_path, cache_dir
 
     cached = cache_dir() / "tokenizers" / f"gpt2-{GPT2_TIKTOKEN[2][:16]}-tokenizers{tokenizers.__version__}.json"
     if cached.is_file():
@@ -109,9 +115,15 @@ def gpt2_json() -> str:
                 return text
         except Exception:  # unreadable or wrong: rebuild from the checksummed asset below
             pass
-    text = BPETokenizer.from_tiktoken(asset_path(*GPT2_TIKTOKEN), {EOT: 50256}).backend.to_str()
+    text = bpe_from_tiktoken(asset_path(*GPT2_TIKTOKEN), {EOT: 50256}).backend.to_str()
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, cached)  # atomic: readers see the old file or the whole new one
     return text
+
+
+def gpt2_tokenizer() -> BPETokenizer:
+    """OpenAI's GPT-2 tokenizer (50,257 ids, ``<|endoftext|>`` = 50256), built offline from the checksummed
+    ``gpt2.tiktoken``; a fresh object each call (special tokens may be added to it)."""
+    return BPETokenizer(tokenizers.Tokenizer.from_str(gpt2_json()))

@@ -34,8 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from omnigpt.data import multimodal as mm
-from omnigpt.recipe import MMSource, MultimodalRecipe, contrastive_config, multimodal_config, recipe_to_dict
-from omnigpt.train_mm import (
+from omnigpt.train.multimodal_lib import (
     AudioCTC,
     fit,
     generate_batch,
@@ -45,6 +44,7 @@ from omnigpt.train_mm import (
     tokenize_texts,
     zero_shot_accuracy,
 )
+from omnigpt.train.recipe import MMSource, MultimodalRecipe, contrastive_config, multimodal_config, recipe_to_dict
 
 EVAL_FILE = "eval.json"
 
@@ -73,7 +73,7 @@ def read_source(source: MMSource, captions: bool, training: bool) -> list[dict[s
 def char_tokenizer(texts: Sequence[str]) -> Any:
     """Printable ASCII (newline included) + any other character of ``texts`` + ``<|endoftext|>``: free-text
     prompts encode, and the vocabulary is a few hundred ids at most, right for small decoders trained here."""
-    from omnigpt.tokenizer import CharTokenizer
+    from omnigpt.text.tokenizer import CharTokenizer
 
     chars = set(string.printable) - set("\t\r\x0b\x0c")
     chars.update(*texts)
@@ -137,7 +137,7 @@ def _device(name: str) -> torch.device:
 
 
 def _build_processor(tokenizer: Any, processor_kwargs: dict[str, Any], truncate_audio: bool) -> Any:
-    from omnigpt.processors import Processor, ProcessorConfig
+    from omnigpt.text.processors import Processor, ProcessorConfig
 
     return Processor(tokenizer, ProcessorConfig(**processor_kwargs, truncate_audio=truncate_audio))
 
@@ -146,9 +146,11 @@ def train_multimodal(r: MultimodalRecipe) -> dict[str, Any]:
     """Run a multimodal or contrastive recipe; returns a summary (steps, loss, wall time, checkpoint path)."""
     import time
 
-    from omnigpt.models.multimodal import image_processor_kwargs, save_model_dir
-    from omnigpt.processors import Processor
-    from omnigpt.tokenizer import gpt2_tokenizer
+    from omnigpt.checkpoints.io import atomic_directory
+    from omnigpt.checkpoints.pretrained import write_pretrained
+    from omnigpt.models.multimodal import image_processor_kwargs
+    from omnigpt.text.gpt2_vocab import gpt2_tokenizer
+    from omnigpt.text.processors import Processor
 
     t0 = time.perf_counter()
     if r.threads:
@@ -205,8 +207,10 @@ def train_multimodal(r: MultimodalRecipe) -> dict[str, Any]:
     state = {"step": step, "task": r.task, "train_seconds": round(train_s, 1), "recipe": recipe_to_dict(r)}
     dest = out / "checkpoints" / f"step_{step:06d}"
     model.cpu()
-    save_model_dir(model, config.to_dict(), dest, processor,
-                   extra_files={"trainer_state/state.json": json.dumps(state, indent=1) + "\n"})
+    with atomic_directory(dest) as tmp:
+        write_pretrained(model, tmp, processor)
+        (tmp / "trainer_state").mkdir()
+        (tmp / "trainer_state" / "state.json").write_text(json.dumps(state, indent=1) + "\n")
     return {"task": r.task, "step": step, "train_loss": history[-1]["loss"], "wall_time": round(train_s, 1),
             "checkpoint": str(dest)}
 
@@ -278,8 +282,8 @@ def evaluate_checkpoint(ckpt: str | Path, sources: Sequence[MMSource] | None = N
                         batch_size: int = 64) -> dict[str, Any]:
     """Task metrics of a saved multimodal or contrastive model (kind from ``config.json``'s ``model_type``) on
     ``sources`` (default: the ``data.eval`` list of the recipe that trained it). Keys are ``SOURCE/metric``."""
-    from omnigpt.models.multimodal import read_config
-    from omnigpt.processors import Processor
+    from omnigpt.checkpoints.pretrained import load_pretrained, read_config
+    from omnigpt.text.processors import Processor
 
     ckpt = Path(ckpt)
     kind = read_config(ckpt).get("model_type")
@@ -287,9 +291,8 @@ def evaluate_checkpoint(ckpt: str | Path, sources: Sequence[MMSource] | None = N
     processor = Processor.from_pretrained(ckpt)
     results: dict[str, Any] = {}
     if kind == "omnigpt-multimodal":
-        from omnigpt.models.multimodal import MultimodalGPT
 
-        model = MultimodalGPT.from_pretrained(ckpt)
+        model = load_pretrained(ckpt)
         pad = processor.ids[processor.config.pad_token or processor.config.eos_token]
         for src in sources:
             examples = [to_example(c, processor, with_answer=False) for c in read_source(src, False, training=False)]
@@ -301,9 +304,8 @@ def evaluate_checkpoint(ckpt: str | Path, sources: Sequence[MMSource] | None = N
             scores = text_scores(preds, [e.answer for e in examples])
             results |= {f"{src.label}/{k}": round(v, 4) for k, v in scores.items()} | {f"{src.label}/n": len(preds)}
     elif kind == "omnigpt-contrastive":
-        from omnigpt.models.contrastive import ContrastiveModel
 
-        model = ContrastiveModel.from_pretrained(ckpt)
+        model = load_pretrained(ckpt)
         eos = processor.ids[processor.config.eos_token]
         max_len = model.config.text.block_size
         for src in sources:

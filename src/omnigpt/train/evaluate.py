@@ -26,7 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from omnigpt.data.shards import TokenData, eval_windows
-from omnigpt.losses import fused_linear_cross_entropy
+from omnigpt.kernels.losses import fused_linear_cross_entropy
 from omnigpt.models.gpt import GPT
 
 

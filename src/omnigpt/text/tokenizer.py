@@ -32,7 +32,7 @@ import tokenizers.pre_tokenizers
 import tokenizers.processors
 import tokenizers.trainers
 
-from omnigpt.checkpoint import read_json_object
+from omnigpt.checkpoints.io import read_json_object
 
 EOT = "<|endoftext|>"
 CHAR_FILE = "char_tokenizer.json"  # CharTokenizer's own format
@@ -383,14 +383,6 @@ class BPETokenizer(Tokenizer):
         return tok
 
     @classmethod
-    def from_tiktoken(cls, path: str | Path, special_tokens: dict[str, int] | None = None) -> BPETokenizer:
-        """Build from a ``.tiktoken`` file (base64 token, rank per line); see ``gpt2_vocab.py``."""
-        from omnigpt.gpt2_vocab import vocab_merges_from_tiktoken
-
-        vocab, merges, specials = vocab_merges_from_tiktoken(path, special_tokens)
-        return cls.from_vocab_merges(vocab, merges, specials)
-
-    @classmethod
     def train(cls, files: Sequence[str | Path], vocab_size: int, special_tokens: Sequence[str] = (EOT,),
               show_progress: bool = True, min_frequency: int = 2) -> BPETokenizer:
         """Learn a byte-level BPE on text files; special tokens take the first ids, the 256 bytes follow."""
@@ -484,11 +476,3 @@ def _unicode_problem(text: str) -> str | None:
     except UnicodeEncodeError as e:
         return f"character {text[e.start]!r} at index {e.start} is a lone surrogate, not valid Unicode text"
     return None
-
-
-def gpt2_tokenizer() -> BPETokenizer:
-    """OpenAI's GPT-2 tokenizer (50,257 ids, ``<|endoftext|>`` = 50256), built offline from the checksummed
-    ``gpt2.tiktoken`` (see ``gpt2_vocab.py``); a fresh object each call (special tokens may be added to it)."""
-    from omnigpt.gpt2_vocab import gpt2_json
-
-    return BPETokenizer(tokenizers.Tokenizer.from_str(gpt2_json()))

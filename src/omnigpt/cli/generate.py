@@ -1,7 +1,7 @@
 """``omnigpt generate --model DIR --prompt TEXT``: stream a completion to stdout as it is produced.
 
 ``--prompt -`` reads prompts from stdin, one per line, and completes each in turn (one completion per line of
-output). Sampling controls map one to one onto ``omnigpt.textgen.stream_text``; ``--temperature 0`` is greedy.
+output). Sampling controls map one to one onto ``omnigpt.generate.text.stream_text``; ``--temperature 0`` is greedy.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from omnigpt.hf import load_pretrained
-    from omnigpt.quantize import quantize
-    from omnigpt.textgen import stream_text
-    from omnigpt.tokenizer import load_tokenizer
-    from omnigpt.trainer_state import resolve_checkpoint
+    from omnigpt.checkpoints.hf import load_pretrained
+    from omnigpt.checkpoints.state import resolve_checkpoint
+    from omnigpt.generate.text import stream_text
+    from omnigpt.kernels.quantize import quantize
+    from omnigpt.text.tokenizer import load_tokenizer
 
     try:
         args.model = resolve_checkpoint(args.model)  # a run directory means its newest checkpoint

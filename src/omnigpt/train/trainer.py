@@ -13,7 +13,7 @@ Exact resume. Everything a step reads is either in the checkpoint (weights, Adam
 state, counters) or a pure function of the step number: the data order (``WindowSampler``) and the learning
 rate. A run killed at any point and resumed from its last committed checkpoint therefore replays the same
 steps and ends bit-identical to an uninterrupted run (same thread count — FACTS.md; tested with SIGKILL).
-bf16 runs on CPU also plan their GEMMs (``omnigpt.matmul``: measured once per shape, the fastest blocking);
+bf16 runs on CPU also plan their GEMMs (``omnigpt.kernels.matmul``: measured once per shape, the fastest blocking);
 the plan is written to ``out_dir`` before the first update, and a resumed run reads it back.
 
 Distributed. Micro-batch ``k`` of rank ``r`` at step ``s`` reads samples ``s·B + (k·world + r)·b …`` of the same
@@ -40,13 +40,13 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from omnigpt import matmul
-from omnigpt import trainer_state as ts
+from omnigpt.checkpoints import state as ts
 from omnigpt.data.shards import MANIFEST, TokenData, WindowSampler, prepare_data
-from omnigpt.evaluate import EvalResult, evaluate
-from omnigpt.losses import fused_linear_cross_entropy
+from omnigpt.kernels import matmul
+from omnigpt.kernels.losses import fused_linear_cross_entropy
 from omnigpt.models.gpt import GPT
-from omnigpt.recipe import TrainRecipe, model_config, recipe_to_dict, validate
+from omnigpt.train.evaluate import EvalResult, evaluate
+from omnigpt.train.recipe import TrainRecipe, model_config, recipe_to_dict, validate
 
 
 class NonFiniteLossError(RuntimeError):
@@ -208,7 +208,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------
     def _matmul_planner(self, resume: bool) -> matmul.MatmulPlanner | None:
-        """bf16 CPU runs plan their GEMMs (omnigpt.matmul). The plan this run measured lives in out_dir, so a
+        """bf16 CPU runs plan their GEMMs (omnigpt.kernels.matmul). The plan this run measured lives in out_dir, so a
         resumed run (killed before or after a checkpoint) computes exactly as the uninterrupted one would."""
         r = self.r
         if r.matmul_plan == "off" or r.compile or self.device.type != "cpu" or self.amp_dtype != torch.bfloat16:

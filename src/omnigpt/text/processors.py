@@ -478,7 +478,7 @@ class Processor:
     def from_pretrained(cls, directory: str | Path, tokenizer: TokenizerLike | None = None) -> Processor:
         """Read ``processor_config.json``; the tokenizer is loaded from the same directory unless given."""
         if tokenizer is None:
-            from omnigpt.tokenizer import load_tokenizer  # lazy: processors do not need it otherwise
+            from omnigpt.text.tokenizer import load_tokenizer  # lazy: processors do not need it otherwise
 
             tokenizer = load_tokenizer(directory)
         path = Path(directory) / PROCESSOR_CONFIG

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from omnigpt import matmul
+from omnigpt.kernels import matmul
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:

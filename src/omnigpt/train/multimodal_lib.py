@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from omnigpt import metrics
+from omnigpt.train import metrics
 
 # ------------------------------------------------------------------------------------------------------------
 # Schedules and optimizers
@@ -282,7 +282,7 @@ def generate_batch(model: Any, processor: Any, batch: dict[str, Tensor], max_new
     """Greedy continuations of one processor batch (prompts left-padded when their lengths differ).
 
     Decoding runs through ``generate.generate`` with the fused prompt embeddings (KV cache), stopping at eos."""
-    from omnigpt.generate import generate
+    from omnigpt.generate.decode import generate
 
     model.eval()
     eos = processor.ids.get(processor.config.eos_token) if processor.config.eos_token else None

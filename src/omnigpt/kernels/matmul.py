@@ -29,7 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 Cut = tuple[str, int]  # ("M" rows | "N" columns, number of blocks); ("M", 1) is the plain single call
 CUTS: tuple[Cut, ...] = (("M", 1), ("M", 2), ("M", 4), ("M", 8), ("N", 2), ("N", 4), ("N", 8))
@@ -191,3 +192,14 @@ def planner_for(x: Tensor) -> MatmulPlanner | None:
         return None
     bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     return _ACTIVE if bf16 or x.dtype == torch.bfloat16 else None
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state dict) whose bf16 CPU training GEMMs follow the active matmul plan
+    (``omnigpt.kernels.matmul``: the trainer measures, per shape, whether oneDNN runs the GEMM faster in blocks)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        planner = planner_for(x)
+        if planner is None:
+            return F.linear(x, self.weight, self.bias)
+        return planned_linear(x, self.weight, self.bias, planner)

@@ -11,13 +11,13 @@ import sys
 
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("omnigpt.demo", "the main job: build, train, evaluate and sample a GPT on CPU"),
-    "generate": ("omnigpt.commands.generate", "stream a completion from a model directory (--prompt TEXT or -)"),
-    "prepare": ("omnigpt.commands.prepare", "tokenize corpora into memory-mapped token shards with a manifest"),
-    "train": ("omnigpt.commands.train", "train a GPT or a multimodal model from a YAML recipe (torchrun, --resume)"),
-    "eval": ("omnigpt.commands.eval", "loss/perplexity/bits per byte, or multimodal task metrics, of a checkpoint"),
-    "prepare-mm": ("omnigpt.commands.prepare_mm", "build an image/speech + text dataset from offline assets"),
-    "serve": ("omnigpt.commands.serve", "OpenAI-compatible HTTP API and chat page for a model directory"),
+    "demo": ("omnigpt.cli.demo", "the main job: build, train, evaluate and sample a GPT on CPU"),
+    "generate": ("omnigpt.cli.generate", "stream a completion from a model directory (--prompt TEXT or -)"),
+    "prepare": ("omnigpt.cli.prepare", "tokenize corpora into memory-mapped token shards with a manifest"),
+    "train": ("omnigpt.cli.train", "train a GPT or a multimodal model from a YAML recipe (torchrun, --resume)"),
+    "eval": ("omnigpt.cli.eval", "loss/perplexity/bits per byte, or multimodal task metrics, of a checkpoint"),
+    "prepare-mm": ("omnigpt.cli.prepare_mm", "build an image/speech + text dataset from offline assets"),
+    "serve": ("omnigpt.cli.serve", "OpenAI-compatible HTTP API and chat page for a model directory"),
 }
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from omnigpt.checkpoint import atomic_directory, is_complete, verify_manifest
+from omnigpt.checkpoints.io import atomic_directory, is_complete, verify_manifest
 
 STATE_DIR = "trainer_state"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -73,14 +73,14 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 def write_model_files(model: nn.Module, directory: Path, tokenizer: Any = None) -> None:
     """config.json + model.safetensors (+ tokenizer) in HF layout, into the directory we are committing; ``hf.py``
     owns the conversion, and its non-atomic writer keeps our commit the only atomic step."""
-    from omnigpt.hf import write_pretrained
+    from omnigpt.checkpoints.hf import write_pretrained
 
     write_pretrained(model, directory, tokenizer=tokenizer)
 
 
 def load_model(directory: str | Path) -> nn.Module:
     """A ``GPT`` from a checkpoint directory, omnigpt's or Hugging Face's (HF key map, Conv1D transposes)."""
-    from omnigpt.hf import load_pretrained
+    from omnigpt.checkpoints.hf import load_pretrained
 
     return load_pretrained(directory)
 

@@ -25,9 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from omnigpt.checkpoints.hf import load_pretrained, not_local_error, save_pretrained
 from omnigpt.config import GPTConfig
 from omnigpt.models.gpt import GPT, GPTForSequenceClassification, GPTModel, KVCache, causal_lm_loss, make_kv_cache
-from omnigpt.tokenizer import Tokenizer, gpt2_tokenizer, load_tokenizer
+from omnigpt.text.gpt2_vocab import gpt2_tokenizer
+from omnigpt.text.tokenizer import Tokenizer, load_tokenizer
 
 GPT2_NAMES = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2"}  # all share OpenAI's GPT-2 BPE
 
@@ -86,7 +88,6 @@ class _Pretrained:
         """Load a local omnigpt or Hugging Face directory. A hub name is fetched only with ``download=True``.
         transformers' ``torch_dtype`` and ``device_map`` (one device) are honoured; other options that would
         change the result raise instead of being ignored."""
-        from omnigpt.hf import load_pretrained
 
         dtype = kwargs.pop("torch_dtype", dtype)
         map_location = kwargs.pop("device_map", None) or map_location
@@ -97,8 +98,6 @@ class _Pretrained:
                                model_class=cls)  # type: ignore[arg-type]
 
     def save_pretrained(self, directory: str | Path, tokenizer: Tokenizer | GPT2Tokenizer | None = None) -> Path:
-        from omnigpt.hf import save_pretrained
-
         if isinstance(tokenizer, GPT2Tokenizer):
             tokenizer = tokenizer.tokenizer
         return save_pretrained(self, directory, tokenizer)  # type: ignore[arg-type]
@@ -114,8 +113,6 @@ def _resolve(path: str | Path, download: bool) -> Path:
     if p.is_dir():
         return p
     if not download:
-        from omnigpt.hf import not_local_error
-
         raise not_local_error(str(path))
     from huggingface_hub import snapshot_download  # optional, only on this explicit request
 

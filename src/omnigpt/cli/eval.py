@@ -3,10 +3,10 @@
 CHECKPOINT is a checkpoint directory (omnigpt's or an imported Hugging Face GPT-2) or a run directory (its newest
 checkpoint is used).
 
-* Text models: full-pass loss, perplexity and bits per byte (``omnigpt.evaluate``). The data is ``--data DIR``
+* Text models: full-pass loss, perplexity and bits per byte (``omnigpt.train.evaluate``). The data is ``--data DIR``
   (prepared shards), ``--text FILE ...`` (raw text, tokenized with the checkpoint's tokenizer), or, for omnigpt
   checkpoints, the data directory of the recipe that trained it.
-* Multimodal / contrastive models (``omnigpt.mm_pipeline``): generated answers scored by exact match, BLEU and
+* Multimodal / contrastive models (``omnigpt.train.mm_pipeline``): generated answers scored by exact match, BLEU and
   WER, or zero-shot accuracy and recall@k, on ``--data DIR`` (a prepared multimodal directory, ``--split``
   default test) or the recipe's ``data.eval`` sources. One JSON line is printed and written to ``eval.json`` in
   the run directory (``--out`` to choose).
@@ -35,10 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from omnigpt.checkpoint import verify_manifest
+    from omnigpt.checkpoints.io import verify_manifest
+    from omnigpt.checkpoints.state import load_model, resolve_checkpoint
     from omnigpt.data.shards import TokenData
-    from omnigpt.evaluate import evaluate, evaluate_texts
-    from omnigpt.trainer_state import load_model, resolve_checkpoint
+    from omnigpt.train.evaluate import evaluate, evaluate_texts
 
     ckpt = resolve_checkpoint(args.checkpoint)
     verify_manifest(ckpt)
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(ckpt)
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
     if args.text:
-        from omnigpt.tokenizer import load_tokenizer
+        from omnigpt.text.tokenizer import load_tokenizer
 
         texts = [Path(t).read_text(encoding="utf-8") for t in args.text]
         result = evaluate_texts(model, load_tokenizer(ckpt), texts, args.batch_size, args.block_size, dtype, True)
@@ -78,10 +78,10 @@ def run(args: argparse.Namespace) -> int:
 def run_multimodal(args: argparse.Namespace, ckpt: Path) -> int:
     import dataclasses
 
-    from omnigpt.mm_pipeline import EVAL_FILE, evaluate_checkpoint, read_recipe_sources
+    from omnigpt.train.mm_pipeline import EVAL_FILE, evaluate_checkpoint, read_recipe_sources
 
     if args.data:
-        from omnigpt.recipe import MMSource
+        from omnigpt.train.recipe import MMSource
 
         sources = [MMSource(dir=args.data, split=args.split or "test")]
     else:

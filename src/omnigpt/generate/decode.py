@@ -11,12 +11,12 @@ Layers, bottom up:
   computed from the attention mask; each sequence stops on its own (stop token or ``max_new_tokens``) and
   finished rows are dropped from the batch, so the rest run at the smaller batch size. ``close()`` (or just
   dropping the iterator) cancels; ``stop(i)`` ends one sequence early (the server's per-client cancel, stop strings).
-* **Text** lives in ``omnigpt.textgen`` (``TextStream``, ``stream_text``, ``generate_text``): incremental
+* **Text** lives in ``omnigpt.generate.text`` (``TextStream``, ``stream_text``, ``generate_text``): incremental
   detokenisation and stop strings on top of this iterator.
 
 Speed (batch-1 decoding is memory-bound: every step reads every weight once): logits only for the last position,
-no masks when nothing is padded, one host sync per step; ``omnigpt.quantize.quantize_int8`` reads 4× fewer weight
-bytes. ``benchmarks/decode.py`` measures all of it against ``transformers``.
+no masks when nothing is padded, one host sync per step; ``omnigpt.kernels.quantize.quantize_int8`` reads 4× fewer
+weight bytes. ``benchmarks/decode.py`` measures all of it against ``transformers``.
 
 Context overflow: the model has ``block_size`` learned positions. ``context_overflow="error"`` (default) raises
 ``ContextOverflowError`` naming the limit before any work is done; ``"slide"`` keeps the most recent 3/4 of the

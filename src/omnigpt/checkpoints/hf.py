@@ -19,8 +19,8 @@ names the file and the key, and nothing is half-loaded. A config option omnigpt 
 being ignored; a config ``transformers`` cannot reproduce (GPT-3's banded layers, no biases, ...) is saved with
 ``model_type: "omnigpt"``, which ``transformers`` refuses rather than loading something different.
 
-The ``GPT2*``/``OpenAIGPT*`` facade classes with ``transformers``' names, call signatures and output fields live
-in ``hf_facade.py`` and are re-exported here.
+The ``GPT2*``/``OpenAIGPT*`` classes with ``transformers``' names, call signatures and output fields live in
+``omnigpt/hf/``; every other model kind goes through ``checkpoints/pretrained.py``.
 """
 
 from __future__ import annotations
@@ -29,18 +29,21 @@ import json
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from omnigpt.checkpoint import atomic_directory, read_json_object, verify_manifest
+from omnigpt.checkpoints.io import atomic_directory, read_json_object, verify_manifest
 from omnigpt.config import GPTConfig
 from omnigpt.models.gpt import GPT, GPTForSequenceClassification, GPTModel
-from omnigpt.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from omnigpt.text.tokenizer import Tokenizer
 
 Head = Literal["base", "lm", "cls"]
 AnyGPT = GPT | GPTForSequenceClassification | GPTModel
+AnyGPTTypes = (GPT, GPTForSequenceClassification, GPTModel)
 CONFIG = "config.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",  # in order of preference
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -459,20 +462,5 @@ def save_pretrained(model: AnyGPT, directory: str | Path, tokenizer: Tokenizer |
     return Path(directory)
 
 
-# The transformers-shaped classes (hf_facade.py imports this module only inside functions: no cycle).
-from omnigpt.hf_facade import (  # noqa: E402
-    BatchEncoding,
-    GPT2ForSequenceClassification,
-    GPT2LMHeadModel,
-    GPT2Model,
-    GPT2Tokenizer,
-    GPT2TokenizerFast,
-    ModelOutput,
-    OpenAIGPTLMHeadModel,
-    OpenAIGPTModel,
-)
-
-__all__ = ["BatchEncoding", "CheckpointError", "GPT2ForSequenceClassification", "GPT2LMHeadModel", "GPT2Model",
-           "GPT2Tokenizer", "GPT2TokenizerFast", "ModelOutput", "OpenAIGPTLMHeadModel", "OpenAIGPTModel",
-           "config_from_dict", "hf_model_type", "hf_state_dict", "load_config", "load_pretrained", "read_weights",
-           "save_pretrained", "to_hf_config", "write_pretrained"]
+__all__ = ["CheckpointError", "config_from_dict", "hf_model_type", "hf_state_dict", "load_config", "load_pretrained",
+           "read_weights", "save_pretrained", "to_hf_config", "write_pretrained"]

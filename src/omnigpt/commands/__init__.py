@@ -1,1 +1,0 @@
-"""Thin ``omnigpt <command>`` modules: each parses arguments and calls the library (``add_arguments`` + ``run``)."""
