@@ -15,7 +15,7 @@ from omnigpt import GPT, GPTConfig
 from omnigpt.cli.main import main
 from omnigpt.data import DataSpec, TokenData, eval_windows, prepare_data
 from omnigpt.train.evaluate import evaluate, evaluate_texts
-from omnigpt.train.recipe import load_recipe
+from omnigpt.train.tasks import load_recipe
 from omnigpt.train.trainer import train
 
 WORDS = ["to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis", "nobler", "in", "mind", "suffer"]
@@ -63,14 +63,14 @@ def test_eval_command_on_a_trained_run(data, tmp_path, capsys):
     recipe = load_recipe(None, {
         "out_dir": str(tmp_path / "run"), "data": {"dir": str(data.dir)},
         "model": {"preset": "tiny-gpt2", "block_size": 32}, "threads": 1, "batch_size": 8, "micro_batch": 8,
-        "max_steps": 8, "warmup_steps": 2, "eval_interval": 4, "checkpoint_interval": 4, "progress": False})
+        "max_steps": 8, "warmup": 2, "eval_interval": 4, "checkpoint_interval": 4, "progress": False})
     result = train(recipe)
     capsys.readouterr()
     # A run directory resolves to its newest checkpoint, and the recipe's data directory is found from it.
     assert main(["eval", str(tmp_path / "run"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["checkpoint"].endswith("step_000008")
-    assert out["loss"] == pytest.approx(result.eval["loss"], rel=1e-6)  # the trainer's final pass, same numbers
+    assert out["loss"] == pytest.approx(result.eval["val_loss"], rel=1e-6)  # the trainer's final pass, same numbers
     assert out["tokens"] == data.count("val") - 1
     assert main(["eval", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err

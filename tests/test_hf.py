@@ -8,18 +8,15 @@ import time
 import pytest
 import torch
 
-from omnigpt.checkpoints.hf import (
-    CheckpointError,
+from omnigpt.checkpoints.hf import CheckpointError, load_config, load_pretrained, save_pretrained
+from omnigpt.config import GPTConfig
+from omnigpt.hf import (
     GPT2ForSequenceClassification,
     GPT2LMHeadModel,
     GPT2Model,
     GPT2Tokenizer,
     OpenAIGPTLMHeadModel,
-    load_config,
-    load_pretrained,
-    save_pretrained,
 )
-from omnigpt.config import GPTConfig
 from omnigpt.models.gpt import GPT, GPTForSequenceClassification, GPTModel
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (test dependency)")

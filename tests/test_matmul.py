@@ -15,7 +15,8 @@ from omnigpt.kernels import matmul
 from omnigpt.kernels.losses import fused_linear_cross_entropy
 from omnigpt.kernels.matmul import CUTS, MatmulPlanner, run_cut
 from omnigpt.models.gpt import Linear
-from omnigpt.train.recipe import RecipeError, load_recipe
+from omnigpt.train.recipe import RecipeError
+from omnigpt.train.tasks import load_recipe
 from omnigpt.train.trainer import Trainer
 
 bf16 = torch.bfloat16

@@ -20,8 +20,11 @@ from safetensors.torch import load_file
 from omnigpt.checkpoints.state import latest_checkpoint, load_model
 from omnigpt.data import prepare_data
 from omnigpt.kernels.losses import fused_linear_cross_entropy, reference_cross_entropy
-from omnigpt.train.recipe import RecipeError, load_recipe
-from omnigpt.train.trainer import LMLoss, NonFiniteLossError, Trainer, lr_multiplier, param_groups, train
+from omnigpt.train.recipe import RecipeError
+from omnigpt.train.schedule import build_optimizer
+from omnigpt.train.tasks import load_recipe
+from omnigpt.train.tasks.lm import LMLoss
+from omnigpt.train.trainer import NonFiniteLossError, Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["the", "king", "queen", "sword", "crown", "night", "day", "love", "death", "speak", "hear", "lord", "lady",
@@ -40,8 +43,8 @@ def tiny_recipe(tmp: Path, **over) -> dict:
          "data": {"dir": str(tmp / "data"), "sources": [str(corpus / "*.txt")], "tokenizer": "char",
                   "val_fraction": 0.2},
          "model": {"preset": "tiny-gpt2", "block_size": 32},
-         "seed": 7, "threads": 1, "batch_size": 8, "micro_batch": 4, "max_steps": 30, "lr": 3e-3, "min_lr": 3e-4,
-         "warmup_steps": 5, "log_interval": 1, "eval_interval": 10, "eval_tokens": 512, "checkpoint_interval": 10,
+         "seed": 7, "threads": 1, "batch_size": 8, "micro_batch": 4, "max_steps": 30, "lr": 3e-3, "min_lr_ratio": 0.1,
+         "warmup": 5, "log_interval": 1, "eval_interval": 10, "eval_limit": 512, "checkpoint_interval": 10,
          "progress": False}
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(r.get(k), dict):
@@ -98,8 +101,9 @@ def test_cli_reports_recipe_errors_in_one_line(tmp_path):
 
 
 def test_lr_schedule_warmup_then_cosine(tmp_path):
-    r = load_recipe(None, tiny_recipe(tmp_path, lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110))
-    lrs = [lr_multiplier(s, r) for s in range(120)]
+    r = load_recipe(None, tiny_recipe(tmp_path, lr=1.0, min_lr_ratio=0.1, warmup=10, max_steps=110))
+    (stage,) = r.stages  # an LM run is one stage
+    lrs = [stage.lr_multiplier(s) for s in range(120)]
     assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11)
     assert lrs[10] == pytest.approx(1.0) and lrs[60] == pytest.approx(0.55)
     assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
@@ -110,7 +114,9 @@ def test_weight_decay_only_on_matrices():
     from omnigpt import GPT, GPTConfig
 
     model = GPT(GPTConfig.from_name("tiny-gpt2"))
-    decay, no_decay = param_groups(model, 0.1)
+    (stage,) = load_recipe(None, {"model": {"preset": "tiny-gpt2"}, "max_steps": 1}).stages
+    decay, no_decay = [g for g in build_optimizer(LMLoss(model), stage, (0.9, 0.99), 1e-8).param_groups
+                       if g["module"] == "transformer"]
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     assert any(p is model.lm_head.weight for p in decay["params"])  # tied with wte, counted once
@@ -174,7 +180,7 @@ def test_training_learns_and_writes_metrics_plot_and_hf_checkpoint(tmp_path):
     assert len(losses) == 40 and losses[-1] < losses[0] - 0.8  # from ~ln(vocab) down
     assert all(r["tok_per_s"] > 0 and r["lr"] > 0 for r in rows if "loss" in r)
     assert [r["step"] for r in rows if "val_loss" in r] == [10, 20, 30, 40]
-    assert result.eval is not None and result.eval["tokens"] > 512  # final full pass, more than the slice
+    assert result.eval is not None and result.eval["val_tokens"] > 512  # final full pass, more than the slice
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # keep_checkpoints=2: only the last two remain, each committed, in HF layout + trainer_state
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -182,8 +188,7 @@ def test_training_learns_and_writes_metrics_plot_and_hf_checkpoint(tmp_path):
     last = latest_checkpoint(run / "checkpoints")
     names = {p.name for p in last.iterdir()}
     assert {"config.json", "model.safetensors", "trainer_state", "COMPLETE", "manifest.sha256.json"} <= names
-    assert {p.name for p in (last / "trainer_state").iterdir()} == {"state.json", "optimizer.pt", "scheduler.pt",
-                                                                       "rng.pt"}
+    assert {p.name for p in (last / "trainer_state").iterdir()} == {"state.json", "optimizer.pt", "rng.pt"}
     reloaded = load_model(last)
     for (k, a), b in zip(trainer.model.state_dict().items(), reloaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
@@ -193,9 +198,9 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     real = LMLoss.forward
     calls = {"n": 0}
 
-    def flaky(self, x, y):  # micro-batches 4..7 = optimizer steps 3 and 4 give NaN
+    def flaky(self, input_ids, targets):  # micro-batches 4..7 = optimizer steps 3 and 4 give NaN
         calls["n"] += 1
-        loss = real(self, x, y)
+        loss = real(self, input_ids, targets)
         return loss * float("nan") if 5 <= calls["n"] <= 8 else loss
 
     monkeypatch.setattr(LMLoss, "forward", flaky)
@@ -216,7 +221,7 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     assert result.nonfinite_steps == 2 and result.step == 6
     assert snapshots == [False, False, True, True, False, False]  # skipped steps leave the weights alone
 
-    monkeypatch.setattr(LMLoss, "forward", lambda self, x, y: real(self, x, y) * float("inf"))
+    monkeypatch.setattr(LMLoss, "forward", lambda self, input_ids, targets: real(self, input_ids, targets) * float("inf"))
     recipe = load_recipe(None, tiny_recipe(tmp_path / "b", max_steps=20, max_nonfinite=3))
     with pytest.raises(NonFiniteLossError, match="non-finite for 3 steps in a row .*lower lr"):
         train(recipe)
@@ -324,7 +329,7 @@ def test_two_processes_match_one_process(tmp_path, parallelism):
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists():
         pytest.skip("needs torchrun (installed with torch) next to the Python interpreter")
-    common = dict(max_steps=12, eval_interval=6, eval_tokens=None, checkpoint_interval=100, final_eval=True,
+    common = dict(max_steps=12, eval_interval=6, eval_limit=None, checkpoint_interval=100, final_eval=True,
                   batch_size=8, micro_batch=4, parallelism=parallelism)
     prepare_data(load_recipe(None, tiny_recipe(tmp_path)).data, progress=False)
     one = write_recipe(tmp_path, "one.yaml", **common, out_dir=str(tmp_path / "one"))

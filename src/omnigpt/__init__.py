@@ -37,7 +37,7 @@ _EXPORTS: dict[str, str] = {
     **{name: "omnigpt.hf.gpt2" for name in (
         "GPT2ForSequenceClassification", "GPT2LMHeadModel", "GPT2Model", "GPT2Tokenizer", "GPT2TokenizerFast",
         "OpenAIGPTLMHeadModel", "OpenAIGPTModel")},
-    "Trainer": "omnigpt.train.trainer", "train": "omnigpt.train.trainer", "load_recipe": "omnigpt.train.recipe",
+    "Trainer": "omnigpt.train.trainer", "train": "omnigpt.train.trainer", "load_recipe": "omnigpt.train.tasks",
 }
 __all__ = sorted(_EXPORTS)
 

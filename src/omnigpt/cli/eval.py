@@ -6,7 +6,7 @@ checkpoint is used).
 * Text models: full-pass loss, perplexity and bits per byte (``omnigpt.train.evaluate``). The data is ``--data DIR``
   (prepared shards), ``--text FILE ...`` (raw text, tokenized with the checkpoint's tokenizer), or, for omnigpt
   checkpoints, the data directory of the recipe that trained it.
-* Multimodal / contrastive models (``omnigpt.train.mm_pipeline``): generated answers scored by exact match, BLEU and
+* Multimodal / contrastive models (``omnigpt.train.tasks``): generated answers scored by exact match, BLEU and
   WER, or zero-shot accuracy and recall@k, on ``--data DIR`` (a prepared multimodal directory, ``--split``
   default test) or the recipe's ``data.eval`` sources. One JSON line is printed and written to ``eval.json`` in
   the run directory (``--out`` to choose).
@@ -78,20 +78,21 @@ def run(args: argparse.Namespace) -> int:
 def run_multimodal(args: argparse.Namespace, ckpt: Path) -> int:
     import dataclasses
 
-    from omnigpt.train.mm_pipeline import EVAL_FILE, evaluate_checkpoint, read_recipe_sources
+    from omnigpt.train.evaluate import evaluate_checkpoint
+    from omnigpt.train.tasks.multimodal import recipe_eval_sources
 
     if args.data:
         from omnigpt.train.recipe import MMSource
 
         sources = [MMSource(dir=args.data, split=args.split or "test")]
     else:
-        sources = read_recipe_sources(ckpt)
+        sources = recipe_eval_sources(ckpt)
     if args.limit is not None:
         sources = [dataclasses.replace(s, limit=args.limit) for s in sources]
     result = {"checkpoint": str(ckpt), **evaluate_checkpoint(ckpt, sources)}
     # runs/NAME/checkpoints/step_N → runs/NAME; a bare model directory gets the file beside it
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    out = Path(args.out) if args.out else run_dir / EVAL_FILE
+    out = Path(args.out) if args.out else run_dir / "eval.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
     return 0

@@ -1,8 +1,8 @@
-"""``omnigpt train RECIPE.yaml [--key=value ...] [--resume]``: run a training recipe.
+"""``omnigpt train RECIPE.yaml [--key=value ...] [--resume]``: run a training recipe of any task.
 
-The recipe's ``task`` picks the trainer: ``lm`` (default) is the text trainer (``omnigpt.train.trainer``; under
-``torchrun --nproc_per_node=N`` it trains with DDP, or FSDP2 with --parallelism=fsdp); ``multimodal`` and
-``contrastive`` run ``omnigpt.train.mm_pipeline`` (single process, no resume).
+One trainer for every task (``omnigpt.train.trainer``): ``lm``, ``multimodal``, ``contrastive``. Under
+``torchrun --nproc_per_node=N`` it trains with DDP (or FSDP2 with --parallelism=fsdp); ``--resume`` continues from the
+newest complete checkpoint in the recipe's out_dir.
 """
 
 from __future__ import annotations
@@ -20,21 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omnigpt.train.recipe import MultimodalRecipe, load_any_recipe
+    from omnigpt.train.tasks import load_recipe
+    from omnigpt.train.trainer import NonFiniteLossError, train
 
     overrides = [o for o in args.overrides if o != "--resume"]
     resume = args.resume or "--resume" in args.overrides
-    recipe = load_any_recipe(args.recipe, overrides, world_size=int(os.environ.get("WORLD_SIZE", "1")))
-    if isinstance(recipe, MultimodalRecipe):
-        from omnigpt.train.mm_pipeline import train_multimodal
-
-        if resume:
-            raise ValueError(f"task {recipe.task}: multimodal runs do not resume; start a new out_dir")
-        print(json.dumps(train_multimodal(recipe), indent=1))
-        return 0
-
-    from omnigpt.train.trainer import NonFiniteLossError, train
-
+    recipe = load_recipe(args.recipe, overrides, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     try:
         result = train(recipe, resume=resume)
     except NonFiniteLossError as e:

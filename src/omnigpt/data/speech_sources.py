@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from omnigpt.data.multimodal import (
+from omnigpt.data.formats import (
     AssetMissing,
     caption_to_conversation,
     package_version,

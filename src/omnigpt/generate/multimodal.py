@@ -1,0 +1,35 @@
+"""Answers of a ``MultimodalGPT``: the fused prompt (text + image/audio vectors) decoded through the same KV-cache
+iterator as text (``generate.decode.generate`` with ``inputs_embeds``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from omnigpt.generate.decode import generate
+
+
+@torch.no_grad()
+def generate_answers(model: Any, processor: Any, batch: dict[str, Tensor], max_new_tokens: int = 24,
+                     temperature: float = 0.0, top_k: int | None = None, seed: int | None = None) -> list[str]:
+    """Continuations of one processor batch (prompts left-padded when their lengths differ), stopping at eos;
+    greedy by default."""
+    model.eval()
+    eos = processor.ids.get(processor.config.eos_token) if processor.config.eos_token else None
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    embeds = model.embed(batch["input_ids"], batch.get("pixel_values"), batch.get("input_features"))
+    tokens: list[list[int]] = [[] for _ in range(len(batch["input_ids"]))]
+    for step in generate(model.language_model, batch["input_ids"], inputs_embeds=embeds,
+                         attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_k=top_k, seed=seed,
+                         stop_token_ids=[eos] if eos is not None else ()):
+        for j, tok in enumerate(step.tokens):
+            if tok is not None and tok != eos:
+                tokens[j].append(tok)
+    return [processor.tokenizer.decode(t) for t in tokens]
+
+
+__all__ = ["generate_answers"]

@@ -1,0 +1,50 @@
+"""Tasks: what the one ``Trainer`` trains. A task is a small class with a few hooks (torchtitan's way: a new model
+kind overrides the batch and the loss, never the loop):
+
+* ``check_recipe(recipe)`` — task-specific recipe checks, before anything loads (presets, stage module names);
+* ``prepare(recipe)`` — data preparation, run once on rank 0 before the others read it;
+* ``__init__(recipe)`` — data, tokenizer or processor (``preprocessor``), the model (``model``, what is saved);
+* ``train_module()`` — the module that DDP/FSDP wrap: ``module(**batch)`` returns the scalar loss; its
+  ``parameter_groups`` name the modules that stages train and scale;
+* ``batch(step, start, count)`` — rows ``start … start+count-1`` of step ``step``'s global batch, a pure function
+  of (seed, step): resumes and world sizes see the same data;
+* ``evaluate(limit, dtype, loss_module)`` — validation metrics (``val_loss`` among them); ``limit=None`` is the
+  full evaluation at the end of a run.
+
+Registered tasks: ``lm`` (``tasks/lm.py``), ``multimodal`` (``tasks/multimodal.py``), ``contrastive``
+(``tasks/contrastive.py``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from omnigpt.train.recipe import Recipe, parse_recipe
+from omnigpt.train.tasks.base import LossOf, Task
+
+TASKS: dict[str, str] = {
+    "lm": "omnigpt.train.tasks.lm:LMTask",
+    "multimodal": "omnigpt.train.tasks.multimodal:MultimodalTask",
+    "contrastive": "omnigpt.train.tasks.contrastive:ContrastiveTask",
+}
+
+
+def task_class(name: str) -> type[Task]:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+                world_size: int = 1) -> Recipe:
+    """Read, override, type-check and validate a recipe of any task (``recipe.parse_recipe``), then let the task
+    check what only it can (model presets, the modules its stages name). Raises ``RecipeError`` (a ValueError)."""
+    recipe = parse_recipe(path, overrides, world_size)
+    task_class(recipe.task).check_recipe(recipe)
+    return recipe
+
+
+__all__ = ["TASKS", "LossOf", "Task", "load_recipe", "task_class"]

@@ -1,0 +1,64 @@
+"""The task protocol: the hooks the one ``Trainer`` calls (see ``train/tasks/__init__.py``)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from omnigpt.train.schedule import module_groups
+
+
+class Task:
+    """Base class: the hooks the ``Trainer`` calls (see the module docstring)."""
+
+    name: ClassVar[str]
+    unused_parameters: ClassVar[bool] = False  # DDP: some steps leave trained parameters without gradient
+    model_prefix: ClassVar[str] = "model."  # where ``model`` sits inside ``train_module()``'s state dict
+
+    model: nn.Module
+    preprocessor: Any  # tokenizer or processor, saved with the model
+    tokens_per_step: int  # for throughput logs
+
+    def __init__(self, recipe: Any) -> None:
+        self.r = recipe
+
+    @classmethod
+    def check_recipe(cls, recipe: Any) -> None:
+        """Raise ``RecipeError`` for what only this task can check."""
+
+    @classmethod
+    def prepare(cls, recipe: Any) -> None:
+        """Prepare data on rank 0 (the other ranks wait, then read it)."""
+
+    def new_model(self) -> nn.Module:
+        """A fresh model of the same configuration (FSDP gathers the trained weights into it)."""
+        raise NotImplementedError
+
+    def train_module(self) -> nn.Module:
+        raise NotImplementedError
+
+    def batch(self, step: int, start: int, count: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def evaluate(self, limit: int | None, dtype: torch.dtype | None, loss_module: nn.Module | None,
+                 ) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class LossOf(nn.Module):
+    """``model(**batch).loss`` as a module (what DDP wraps), with the model's parameter groups."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return module_groups(self.model)
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
+        return self.model(**batch).loss
+
+
+__all__ = ["LossOf", "Task"]
