@@ -65,7 +65,7 @@ def write_recipe(tmp: Path, name: str = "recipe.yaml", **over) -> Path:
 
 
 def test_recipe_errors_are_caught_before_training(tmp_path):
-    with pytest.raises(RecipeError, match=r"unknown key 'learning_rate'; valid keys: out_dir, data, model, .*lr"):
+    with pytest.raises(RecipeError, match=r"unknown key 'learning_rate'; valid keys: task, out_dir, data, model, .*lr"):
         load_recipe(None, tiny_recipe(tmp_path, learning_rate=1e-3))
     with pytest.raises(RecipeError, match=r"max_steps: expected int, got str"):
         load_recipe(None, tiny_recipe(tmp_path, max_steps="many"))
@@ -79,6 +79,12 @@ def test_recipe_errors_are_caught_before_training(tmp_path):
         load_recipe(None, tiny_recipe(tmp_path, dtype="fp8"))
     with pytest.raises(RecipeError, match=r"batch_size 10 must be a multiple of micro_batch × processes = 4 × 1"):
         load_recipe(None, tiny_recipe(tmp_path, batch_size=10))
+    with pytest.raises(RecipeError, match=r"task: must be one of \['lm', 'multimodal', 'contrastive'\]"):
+        load_recipe(None, tiny_recipe(tmp_path, task="translate"))
+    with pytest.raises(RecipeError, match=r"max_steps 30 differs from the stages' steps, which sum to 8"):
+        load_recipe(None, tiny_recipe(tmp_path, stages=[{"name": "a", "steps": 3}, {"name": "b", "steps": 5}]))
+    with pytest.raises(RecipeError, match=r"only the last stage may leave steps unset"):
+        load_recipe(None, tiny_recipe(tmp_path, stages=[{"name": "a"}, {"name": "b", "steps": 5}]))
     with pytest.raises(RecipeError, match="expected --key=value"):
         load_recipe(write_recipe(tmp_path), ["max_steps"])
     assert load_recipe(write_recipe(tmp_path), ["--max_steps=3", "--model.n_layer=1", "--lr=1"]).lr == 1.0

@@ -131,8 +131,9 @@ def _report(recipe, data, model, result, ev, baselines, tpb, samples, tok_s, t_d
         f"- GPT-2 architecture (pre-LN, tanh GELU, learned positions, tied embeddings): {cfg.n_layer} layers, "
         f"{cfg.n_head} heads, {cfg.n_embd} wide, context {cfg.block_size}; {model.num_params():,} parameters.",
         f"- {result.step} steps × {recipe.batch_size} sequences × {cfg.block_size} tokens = {result.tokens:,} tokens; "
-        f"AdamW (β = {recipe.beta1}, {recipe.beta2}; weight decay {recipe.weight_decay} on matrices), lr {recipe.lr} "
-        f"→ {recipe.lr * recipe.min_lr_ratio:g} (warmup {recipe.warmup}, cosine), clip {recipe.grad_clip}, {recipe.dtype} autocast.",
+        f"AdamW (β = {recipe.beta1}, {recipe.beta2}; weight decay {recipe.weight_decay} on matrices), "
+        f"lr {recipe.lr} → {recipe.lr * recipe.min_lr_ratio:g} (warmup {recipe.warmup}, cosine), "
+        f"clip {recipe.grad_clip}, {recipe.dtype} autocast.",
         f"- Training took {result.wall_time / 60:.1f} min at a median {tok_s:,.0f} tokens/s"
         + (" (stopped early by the time budget `max_minutes`)." if result.time_limited else "."),
         f"- Checkpoint (HF layout + trainer state, atomically committed): `{ckpt}`",

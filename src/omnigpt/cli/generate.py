@@ -1,5 +1,9 @@
 """``omnigpt generate --model DIR --prompt TEXT``: stream a completion to stdout as it is produced.
 
+Any checkpoint: a GPT-family model streams text; a multimodal one (``model_type: omnigpt-multimodal``) answers a
+question about ``--image PATH`` and/or ``--audio PATH`` (``omnigpt generate --model runs/mm-fmnist --image
+shirt.png --prompt "What is this?"``).
+
 ``--prompt -`` reads prompts from stdin, one per line, and completes each in turn (one completion per line of
 output). Sampling controls map one to one onto ``omnigpt.generate.text.stream_text``; ``--temperature 0`` is greedy.
 """
@@ -14,6 +18,8 @@ import time
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory (omnigpt or Hugging Face GPT-2 / GPT-1 format)")
     p.add_argument("--prompt", required=True, help="prompt text, or - to read prompts from stdin, one per line")
+    p.add_argument("--image", action="append", default=[], help="multimodal models: an image file (repeatable)")
+    p.add_argument("--audio", action="append", default=[], help="multimodal models: an audio file (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=100)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=None)
@@ -35,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from omnigpt.checkpoints.hf import load_pretrained
+    from omnigpt.checkpoints.pretrained import load_pretrained, model_type
     from omnigpt.checkpoints.state import resolve_checkpoint
     from omnigpt.generate.text import stream_text
     from omnigpt.kernels.quantize import quantize
@@ -43,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         args.model = resolve_checkpoint(args.model)  # a run directory means its newest checkpoint
+        if model_type(args.model) == "omnigpt-multimodal":
+            return _multimodal(args)
+        if args.image or args.audio:
+            raise ValueError(f"{args.model} is a text model ({model_type(args.model)}): --image/--audio need a "
+                             f"multimodal checkpoint")
         model = load_pretrained(args.model, dtype=torch.bfloat16 if args.dtype == "bfloat16" else torch.float32)
         tokenizer = load_tokenizer(args.model)
     except OSError as e:  # not a directory, unreadable file: one line, no traceback
@@ -70,4 +81,19 @@ def run(args: argparse.Namespace) -> int:
                 print(f"[{chars} characters in {time.perf_counter() - t0:.2f} s]", file=sys.stderr)
     except BrokenPipeError:  # e.g. piped into `head`: the reader is gone, which is not an error
         sys.stderr.close()
+    return 0
+
+
+def _multimodal(args: argparse.Namespace) -> int:
+    """Answer ``--prompt`` about the given images / clips with a ``MultimodalGPT`` checkpoint."""
+    from omnigpt.checkpoints.pretrained import load_pretrained
+    from omnigpt.generate.multimodal import answer
+    from omnigpt.text.processors import Processor
+
+    if not (args.image or args.audio):
+        raise ValueError(f"{args.model} is a multimodal model: give --image PATH and/or --audio PATH")
+    model, processor = load_pretrained(args.model), Processor.from_pretrained(args.model)
+    text = answer(model, processor, args.prompt, images=args.image, audio=args.audio,
+                  max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    print(text)
     return 0

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from omnigpt.data.formats import conversation_prompt
 from omnigpt.generate.decode import generate
+from omnigpt.text.processors import AUDIO_TOKEN, IMAGE_TOKEN
 
 
 @torch.no_grad()
@@ -32,4 +34,22 @@ def generate_answers(model: Any, processor: Any, batch: dict[str, Tensor], max_n
     return [processor.tokenizer.decode(t) for t in tokens]
 
 
-__all__ = ["generate_answers"]
+def chat_prompt(question: str, n_images: int = 0, n_clips: int = 0) -> str:
+    """The prompt a multimodal model was trained on (``data.formats.conversation_prompt``) for one user turn; the
+    placeholders go first, one per image and per clip, unless ``question`` already places them."""
+    if IMAGE_TOKEN not in question and AUDIO_TOKEN not in question:
+        question = "".join([IMAGE_TOKEN] * n_images + [AUDIO_TOKEN] * n_clips) + ("\n" if n_images + n_clips else "") \
+            + question
+    turns = [{"from": "human", "value": question}, {"from": "gpt", "value": ""}]
+    return conversation_prompt({"conversations": turns})[0]
+
+
+def answer(model: Any, processor: Any, question: str, images: list[Any] | None = None,
+           audio: list[Any] | None = None, **controls: Any) -> str:
+    """One answer about ``images`` (paths, PIL images or arrays) and ``audio`` clips (paths or waveforms)."""
+    images, audio = list(images or []), list(audio or [])
+    batch = processor(chat_prompt(question, len(images), len(audio)), images=images, audio=audio)
+    return generate_answers(model, processor, batch, **controls)[0]
+
+
+__all__ = ["answer", "chat_prompt", "generate_answers"]

@@ -66,10 +66,11 @@ class ServedModel:
 
 def load_served_model(model_dir: str | Path, name: str | None = None, device: str = "cpu",
                       dtype: str | None = None) -> ServedModel:
-    """Load a checkpoint directory (config.json + model.safetensors + tokenizer) or a training run's newest one."""
+    """Load a checkpoint directory (config.json + model.safetensors + tokenizer) or a training run's newest one; a
+    multimodal checkpoint serves its decoder for text turns."""
     import torch
 
-    from omnigpt.checkpoints.hf import load_pretrained
+    from omnigpt.checkpoints.pretrained import load_pretrained, model_type
     from omnigpt.checkpoints.state import resolve_checkpoint
     from omnigpt.text.tokenizer import load_tokenizer
 
@@ -80,8 +81,14 @@ def load_served_model(model_dir: str | Path, name: str | None = None, device: st
     d = resolve_checkpoint(d)  # a run directory (runs/demo) serves its newest complete checkpoint
     if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    model = load_pretrained(d, map_location=device, dtype=getattr(torch, dtype or "float32"), head="lm").eval()
-    tokenizer = load_tokenizer(d)
+    if model_type(d) == "omnigpt-multimodal":  # its decoder answers text turns; the tokenizer is the processor's
+        from omnigpt.text.processors import Processor
+
+        model = load_pretrained(d, map_location=device, dtype=getattr(torch, dtype or "float32")).language_model
+        tokenizer = Processor.from_pretrained(d).tokenizer
+    else:
+        model = load_pretrained(d, map_location=device, dtype=getattr(torch, dtype or "float32"), head="lm").eval()
+        tokenizer = load_tokenizer(d)
     eos_id = getattr(tokenizer, "eos_token_id", None)
     eos = tokenizer.decode([eos_id]) if eos_id is not None else ""
     return ServedModel(name=name, model=model, tokenizer=tokenizer,
