@@ -110,10 +110,10 @@ def _load_weights(model: nn.Module, path: Path, map_location: str | torch.device
         raise hf.CheckpointError(f"{path}: cannot load weights: {e}") from None
 
 
-def write_pretrained(model: nn.Module, directory: str | Path, preprocessor: Any = None) -> None:
-    """config.json + model.safetensors (+ the tokenizer's or processor's files) into an existing directory, not
-    atomically: for callers that commit a larger directory themselves."""
-    d = Path(directory)
+def write_pretrained(model: nn.Module, directory: str | Path, tokenizer: Any = None) -> None:
+    """config.json + model.safetensors (+ the files of ``tokenizer``, a tokenizer or a processor) into an existing
+    directory, not atomically: for callers that commit a larger directory themselves."""
+    d, preprocessor = Path(directory), tokenizer
     if isinstance(model, hf.AnyGPTTypes):
         tokenizer = getattr(preprocessor, "tokenizer", preprocessor)  # a processor carries its tokenizer
         hf.write_pretrained(model, d, tokenizer)
@@ -134,10 +134,11 @@ def write_pretrained(model: nn.Module, directory: str | Path, preprocessor: Any 
         save(d)
 
 
-def save_pretrained(model: nn.Module, directory: str | Path, preprocessor: Any = None) -> Path:
-    """Commit ``model`` (+ tokenizer or processor) as one atomic directory that ``load_pretrained`` reads back."""
+def save_pretrained(model: nn.Module, directory: str | Path, tokenizer: Any = None) -> Path:
+    """Commit ``model`` (+ ``tokenizer``: a tokenizer or a processor) as one atomic directory that
+    ``load_pretrained`` reads back."""
     with atomic_directory(directory) as tmp:
-        write_pretrained(model, tmp, preprocessor)
+        write_pretrained(model, tmp, tokenizer)
     return Path(directory)
 
 

@@ -34,6 +34,8 @@ class RecipeError(ValueError):
 
 
 def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 

@@ -275,10 +275,11 @@ class Trainer:
         stage = r.stages[self.stage_idx]
         budget = 60 * r.max_minutes * stage.steps / r.max_steps
         used = time.perf_counter() - self._t_stage
+        share = used / budget if budget > 0 else 1.0
         steps_here = self.stage_step - self._stage_step_at_start
         if steps_here == 0:  # every stage gets at least one step
-            return used / budget, False
-        return used / budget, used + used / steps_here > budget
+            return share, False
+        return share, used + used / steps_here > budget
 
     def _train_step(self) -> tuple[float, float]:
         """One optimizer step; returns (loss averaged over ranks and micro-batches, grad norm)."""
