@@ -42,7 +42,8 @@ import torch
 from omnigpt.checkpoints.assets import asset_path, fetch_package
 from omnigpt.checkpoints.hf import CheckpointError
 from omnigpt.checkpoints.io import sha256_file
-from omnigpt.models.whisper import Whisper, WhisperConfig
+from omnigpt.checkpoints.pretrained import register_model_type
+from omnigpt.models.whisper import MODEL_TYPE, Whisper, WhisperConfig
 
 BINARY_VERSION = 6
 WHISPER_SPEC, WHISPER_REVISION = "WhisperSpec", 3
@@ -339,3 +340,10 @@ def load_whisper(name_or_dir: str | Path, dtype: torch.dtype = torch.float32) ->
 
 __all__ = ["CT2Model", "KEY_TABLE", "WHISPER_ASSETS", "key_table", "load_tokenizer", "load_whisper",
            "read_model_bin", "reverse_key_table", "settings", "to_state_dict", "whisper_config", "whisper_dir"]
+
+
+def _whisper_classes() -> tuple[type, type]:
+    return WhisperConfig, Whisper
+
+
+register_model_type(MODEL_TYPE, _whisper_classes)  # save_pretrained / load_pretrained of converted models

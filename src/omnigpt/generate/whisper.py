@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from omnigpt.models.whisper import Whisper
+from omnigpt.models.whisper import DecoderState, Whisper
 from omnigpt.text.processors import load_audio, log_mel_spectrogram, resample
 
 SAMPLE_RATE = 16000
@@ -131,7 +131,8 @@ def _mask(logits: Tensor, suppress: Tensor, suppress_begin: Tensor, step: int) -
     return logits
 
 
-def _prefill(model: Whisper, audio_features: Tensor, prompt: Sequence[int], sot_index: int) -> tuple[Any, Tensor, float]:
+def _prefill(model: Whisper, audio_features: Tensor, prompt: Sequence[int],
+             sot_index: int) -> tuple[DecoderState, Tensor, Tensor]:
     """Run the prompt: (state, next-token logits (1, V), P(no speech) at the start-of-transcript position)."""
     state = model.new_state(audio_features)
     logits = model.decode(torch.tensor([list(prompt)], device=audio_features.device), state)  # (1, L, V)
@@ -139,18 +140,20 @@ def _prefill(model: Whisper, audio_features: Tensor, prompt: Sequence[int], sot_
     return state, logits[:, -1], no_speech
 
 
-def max_new_tokens(model: Whisper, prompt_len: int) -> int:
-    """CTranslate2's cap: min(n_text_ctx / 2, n_text_ctx − (prompt − 1))."""
-    n = model.config.n_text_ctx
-    return min(n // 2, n - (prompt_len - 1))
+def token_cap(model: Whisper, prompt_len: int, limit: int | None = None) -> int:
+    """CTranslate2's cap min(total / 2, total − (prompt − 1)), total = n_text_ctx, or prompt + ``limit`` when
+    given (faster-whisper's ``max_new_tokens``)."""
+    total = model.config.n_text_ctx if limit is None else min(prompt_len + limit, model.config.n_text_ctx)
+    return min(total // 2, total - (prompt_len - 1))
 
 
 @torch.no_grad()
 def greedy_decode(model: Whisper, audio_features: Tensor, prompt: Sequence[int], specials: SpecialTokens,
-                  suppress: Sequence[int], suppress_begin: Sequence[int], max_length: int | None = None) -> DecodeResult:
+                  suppress: Sequence[int], suppress_begin: Sequence[int],
+                  max_length: int | None = None) -> DecodeResult:
     """Argmax decoding of one window (audio_features (1, S, C)) after ``prompt``."""
     state, logits, p_ns = _prefill(model, audio_features, prompt, list(prompt).index(specials.sot))
-    max_length = max_length or max_new_tokens(model, len(prompt))
+    max_length = max_length or token_cap(model, len(prompt))
     sup, sup0 = torch.tensor(list(suppress), dtype=torch.long), torch.tensor(list(suppress_begin), dtype=torch.long)
     tokens: list[int] = []
     total = 0.0
@@ -175,7 +178,7 @@ def beam_decode(model: Whisper, audio_features: Tensor, prompt: Sequence[int], s
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     state, logits, p_ns = _prefill(model, audio_features, prompt, list(prompt).index(specials.sot))
-    max_length = max_length or max_new_tokens(model, len(prompt))
+    max_length = max_length or token_cap(model, len(prompt))
     sup, sup0 = torch.tensor(list(suppress), dtype=torch.long), torch.tensor(list(suppress_begin), dtype=torch.long)
     K, n_cand = beam_size, 2 * beam_size  # twice the beam: finished candidates leave room for live ones
     max_candidates = round(K * patience)
@@ -215,7 +218,8 @@ def beam_decode(model: Whisper, audio_features: Tensor, prompt: Sequence[int], s
 
 
 @torch.no_grad()
-def detect_language(model: Whisper, audio_features: Tensor, specials: SpecialTokens) -> tuple[str, float, dict[str, float]]:
+def detect_language(model: Whisper, audio_features: Tensor,
+                    specials: SpecialTokens) -> tuple[str, float, dict[str, float]]:
     """Most likely language of one window: softmax over the language tokens' logits after <|startoftranscript|>."""
     if not specials.languages:
         raise ValueError("this model has no language tokens (English-only?)")
@@ -256,12 +260,14 @@ def transcribe(model: Whisper, tokenizer: Any, audio: str | Path | np.ndarray | 
                sample_rate: int | None = None, language: str | None = None, task: str = "transcribe",
                beam_size: int = 1, patience: float = 1.0, length_penalty: float = 1.0,
                condition_on_previous_text: bool = True, no_speech_threshold: float | None = 0.6,
-               log_prob_threshold: float | None = -1.0, without_timestamps: bool = True) -> Transcription:
+               log_prob_threshold: float | None = -1.0, without_timestamps: bool = True,
+               max_new_tokens: int | None = None) -> Transcription:
     """Speech → text with ``model`` (a ``models.whisper.Whisper``) and its ``tokenizers.Tokenizer``.
 
     ``audio``: a file path (any sample rate; resampled to 16 kHz) or a waveform (16 kHz unless ``sample_rate``).
     Audio longer than 30 s is decoded window by window, each conditioned on the text so far
-    (``condition_on_previous_text``). ``beam_size`` 1 is greedy."""
+    (``condition_on_previous_text``). ``beam_size`` 1 is greedy. ``max_new_tokens`` bounds each window's tokens
+    (faster-whisper's option, under the same cap rule)."""
     if not without_timestamps:
         raise NotImplementedError("timestamp decoding is not implemented; use without_timestamps=True")
     if task not in ("transcribe", "translate"):
@@ -302,11 +308,12 @@ def transcribe(model: Whisper, tokenizer: Any, audio: str | Path | np.ndarray | 
         previous = all_tokens[prompt_reset_since:]
         prompt = ([specials.sot_prev, *previous[-(cfg.n_text_ctx // 2 - 1):]] if previous else []) + sot_sequence
         prompt.append(specials.no_timestamps)
+        cap = token_cap(model, len(prompt), max_new_tokens)
         if beam_size == 1:
-            result = greedy_decode(model, features, prompt, specials, suppress, cfg.suppress_ids_begin)
+            result = greedy_decode(model, features, prompt, specials, suppress, cfg.suppress_ids_begin, cap)
         else:
             result = beam_decode(model, features, prompt, specials, suppress, cfg.suppress_ids_begin, beam_size,
-                                 patience, length_penalty)
+                                 patience, length_penalty, cap)
         start, end = seek * HOP / SAMPLE_RATE, (seek + size) * HOP / SAMPLE_RATE
         seek += size
         if no_speech_threshold is not None and result.no_speech_prob > no_speech_threshold and not (
@@ -324,4 +331,4 @@ def transcribe(model: Whisper, tokenizer: Any, audio: str | Path | np.ndarray | 
 
 
 __all__ = ["DecodeResult", "Segment", "SpecialTokens", "Transcription", "beam_decode", "detect_language",
-           "greedy_decode", "load_waveform", "log_mel", "max_new_tokens", "pad_or_trim", "transcribe"]
+           "greedy_decode", "load_waveform", "log_mel", "pad_or_trim", "token_cap", "transcribe"]
