@@ -30,6 +30,9 @@ from omnigpt.text.pipelines import embed_sentences, tokenize_batch
 
 transformers = pytest.importorskip("transformers")
 
+# Single-threaded: on a busy 2-core machine OpenMP spinning made these small forward passes several times slower.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SENTENCES = [
     "A man is eating food.",
     "A man is eating a piece of bread.",
@@ -219,3 +222,12 @@ def test_bad_input(minilm) -> None:
         model(torch.tensor([[101, 102]]), attention_mask=torch.tensor([[0, 0]]))
     with pytest.raises(ValueError, match="exceeds max_position_embeddings 512"):
         model(torch.ones(1, 513, dtype=torch.long))
+
+
+def test_from_pretrained_by_name() -> None:
+    from omnigpt.checkpoints.registry import from_pretrained
+
+    model, tokenizer, source = from_pretrained("all-minilm-l6-v2")
+    assert isinstance(model, BertModel) and not model.training and source.name == "model.safetensors"
+    e = embed_sentences(SENTENCES[:2], model, tokenizer)
+    assert (e[0] @ e[1]).item() == pytest.approx(0.755, abs=0.01)

@@ -27,6 +27,9 @@ from omnigpt.models.multimodal import Projector, ProjectorConfig
 from omnigpt.text.pipelines import IMAGENET_MEAN, IMAGENET_STD, classify_image, imagenet_transform
 from omnigpt.text.processors import ProcessorError
 
+# Single-threaded: on a busy 2-core machine OpenMP spinning made these small forward passes several times slower.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def model() -> MobileNetV2:
@@ -173,3 +176,14 @@ def test_classify_image_rejects_bad_input(model: MobileNetV2, tmp_path: Path) ->
         with pytest.raises(ValueError, match="top_k"):
             classify_image(img, top_k=k, model=model)
     assert len(classify_image(img, top_k=1000, model=model)) == 1000
+
+
+def test_from_pretrained_by_name() -> None:
+    from omnigpt.checkpoints.registry import from_pretrained
+
+    model, preprocessor, source = from_pretrained("mobilenet-v2")
+    assert isinstance(model, MobileNetV2) and not model.training and source == mobilenet_v2_path()
+    x = preprocessor(sample_photo("coffee"))
+    assert x.shape == (1, 3, 224, 224)
+    with torch.no_grad():
+        assert preprocessor.labels[int(model(x).argmax())] == "espresso"

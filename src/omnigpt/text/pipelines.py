@@ -10,12 +10,16 @@
   ``a @ b.T`` is the cosine similarity.
 
 Both load their pinned model on first use and keep it (one per process); pass ``model=`` to use another.
+``mobilenet_v2_pretrained`` and ``all_minilm_l6_v2_pretrained`` are the ``(model, preprocessor)`` loaders that
+``checkpoints/registry.py`` names for ``from_pretrained("mobilenet-v2")`` / ``("all-minilm-l6-v2")``.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +27,7 @@ from PIL import Image
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from omnigpt.checkpoints.bert import load_all_minilm_l6_v2
+from omnigpt.checkpoints.bert import load_all_minilm_l6_v2, load_bert, load_bert_tokenizer
 from omnigpt.checkpoints.torchvision import imagenet_labels, load_mobilenet_v2
 from omnigpt.models.bert import BertModel
 from omnigpt.models.mobilenet import MobileNetV2
@@ -55,9 +59,26 @@ def imagenet_transform(img: Image.Image, resize: int = 256, crop: int = 224) -> 
     return (x - mean) / std
 
 
+@dataclass(frozen=True)
+class ImageNetPreprocessor:
+    """An image (path or PIL image) → a (1, 3, crop, crop) batch, plus the class names of the model's outputs."""
+
+    labels: tuple[str, ...]
+    resize: int = 256
+    crop: int = 224
+
+    def __call__(self, image: ImageInput) -> Tensor:
+        return imagenet_transform(load_image(image, MAX_PIXELS), self.resize, self.crop)[None]
+
+
+def mobilenet_v2_pretrained(path: str | Path | None = None) -> tuple[MobileNetV2, ImageNetPreprocessor]:
+    """torchvision's ImageNet MobileNetV2 (``path``: its ``.pth``; None: the pinned asset) and its preprocessor."""
+    return load_mobilenet_v2(path), ImageNetPreprocessor(imagenet_labels())
+
+
 @functools.cache
-def _mobilenet() -> MobileNetV2:
-    return load_mobilenet_v2()
+def _mobilenet() -> tuple[MobileNetV2, ImageNetPreprocessor]:
+    return mobilenet_v2_pretrained()
 
 
 def classify_image(image: ImageInput, top_k: int = 5, model: MobileNetV2 | None = None,
@@ -65,8 +86,8 @@ def classify_image(image: ImageInput, top_k: int = 5, model: MobileNetV2 | None 
     """The ``top_k`` ImageNet classes of an image (path or PIL image) with their softmax probabilities, best first.
 
     Defaults: torchvision's ImageNet MobileNetV2 and its 1000 class names."""
-    model = model or _mobilenet()
-    labels = labels if labels is not None else imagenet_labels()
+    model = model or _mobilenet()[0]
+    labels = imagenet_labels() if labels is None else labels
     n = model.config.num_classes
     if len(labels) != n:
         raise ValueError(f"{len(labels)} labels for a {n}-class model")
@@ -83,9 +104,18 @@ def classify_image(image: ImageInput, top_k: int = 5, model: MobileNetV2 | None 
 # Sentences
 
 
+def all_minilm_l6_v2_pretrained(path: str | Path | None = None) -> tuple[BertModel, Tokenizer]:
+    """all-MiniLM-L6-v2 and its tokenizer (``path``: its ``model.safetensors``, the other files beside it; None:
+    the pinned asset)."""
+    if path is None:
+        return load_all_minilm_l6_v2()
+    model = load_bert(Path(path).parent, weights=path)
+    return model, load_bert_tokenizer(Path(path).parent, model.config.max_length)
+
+
 @functools.cache
 def _minilm() -> tuple[BertModel, Tokenizer]:
-    return load_all_minilm_l6_v2()
+    return all_minilm_l6_v2_pretrained()
 
 
 def _check_texts(texts: str | Sequence[str]) -> list[str]:
@@ -145,5 +175,5 @@ def embed_sentences(texts: str | Sequence[str], model: BertModel | None = None, 
     return result
 
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "classify_image", "embed_sentences", "imagenet_transform",
-           "tokenize_batch"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageNetPreprocessor", "all_minilm_l6_v2_pretrained", "classify_image",
+           "embed_sentences", "imagenet_transform", "mobilenet_v2_pretrained", "tokenize_batch"]
