@@ -1,9 +1,21 @@
 """Test helpers for the multimodal tests: a byte-level tokenizer with the interface ``Processor`` expects.
 
 The real tokenizers (tokenizer.py) provide the same three methods; this stand-in keeps the processor tests
-independent of them: ids 0..255 are bytes, special tokens are numbered after them and never come from text."""
+independent of them: ids 0..255 are bytes, special tokens are numbered after them and never come from text.
+Also: running ``omnigpt train`` in subprocesses, killing them, and comparing runs (exact-resume tests)."""
 
 from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
 
 
 class ByteTokenizer:
@@ -39,3 +51,59 @@ class ByteTokenizer:
 
     def __len__(self) -> int:
         return 256 + len(self.special)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Training runs in subprocesses (``omnigpt train``): started, waited on, killed, compared.
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMING_KEYS = ("time", "tok_per_s")  # the only metrics that may differ between two runs of one recipe
+
+
+def train_cmd(recipe: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "omnigpt", "train", str(recipe), *extra]
+
+
+def train_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+
+
+def start_training(recipe: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(train_cmd(recipe, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=train_env(), cwd=ROOT, text=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Poll until ``path`` exists; fail if the process exits first or the time runs out."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+        assert time.time() < deadline, f"timed out waiting for {path}"
+        time.sleep(0.02)
+
+
+def kill_after(path: Path, proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` as soon as ``path`` (a checkpoint's COMPLETE marker) appears: no handler, no last save."""
+    wait_for(path, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def metric_rows(run: Path) -> list[dict[str, Any]]:
+    """A run's metrics.jsonl without the wall-clock fields."""
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+def checkpoint_weights(run: Path, step: int) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run / "checkpoints" / f"step_{step:06d}" / "model.safetensors")
+
+
+def assert_bit_identical(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
+    assert got.keys() == expected.keys(), f"{what}: different tensors saved"
+    differ = [k for k in expected if not torch.equal(got[k], expected[k])]
+    assert not differ, f"{what}: {len(differ)} of {len(expected)} tensors differ, e.g. {differ[:3]}"

