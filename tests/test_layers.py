@@ -130,10 +130,11 @@ def test_the_checks_catch_violations(tmp_path):
     (pkg / "models" / "gpt.py").write_text("def f():\n    from omnigpt.train.trainer import Trainer\n")
     (pkg / "train" / "trainer.py").write_text("from omnigpt.models import gpt\n")
     (pkg / "text" / "a.py").write_text("def f():\n    import omnigpt.text.b\n")
-    (pkg / "text" / "b.py").write_text(
-        "from typing import TYPE_CHECKING\nfrom omnigpt.text import a\nif TYPE_CHECKING:\n    from omnigpt.train import x\n")
+    (pkg / "text" / "b.py").write_text("from typing import TYPE_CHECKING\nfrom omnigpt.text import a\n"
+                                       "if TYPE_CHECKING:\n    from omnigpt.train import x\n")
     g = graph(pkg)
-    assert layer_violations(g) == ["omnigpt.models.gpt (models) imports omnigpt.train.trainer (train), a higher layer"]
+    assert layer_violations(g) == [
+        "omnigpt.models.gpt (models) imports omnigpt.train.trainer (train), a higher layer"]
     assert sorted(map(tuple, cycles(g))) == [("omnigpt.models.gpt", "omnigpt.train.trainer"),
                                              ("omnigpt.text.a", "omnigpt.text.b")]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -227,7 +228,7 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     assert result.nonfinite_steps == 2 and result.step == 6
     assert snapshots == [False, False, True, True, False, False]  # skipped steps leave the weights alone
 
-    monkeypatch.setattr(LMLoss, "forward", lambda self, input_ids, targets: real(self, input_ids, targets) * float("inf"))
+    monkeypatch.setattr(LMLoss, "forward", lambda self, input_ids, targets: real(self, input_ids, targets) * math.inf)
     recipe = load_recipe(None, tiny_recipe(tmp_path / "b", max_steps=20, max_nonfinite=3))
     with pytest.raises(NonFiniteLossError, match="non-finite for 3 steps in a row .*lower lr"):
         train(recipe)
