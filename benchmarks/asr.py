@@ -11,7 +11,8 @@ Normalisations, applied to reference and hypothesis alike:
 * ``basic``: lower case, bracketed notes dropped, "." removed, every other character outside [a-z0-9'] → space
   (``data.speech_sources.normalize_transcript``; this is the 9.3 % setting quoted for faster-whisper);
 * ``numbers``: ``basic``, then each digit string spelled out as an English cardinal ("50" → "fifty", "1234" →
-  "one thousand two hundred thirty four") and "%" → "percent", so "dial 2" and "dial two" agree.
+  "one thousand two hundred thirty four", "28.8" → "twenty eight point eight") and "%" → "percent", so "dial 2"
+  and "dial two" agree.
 
 Run: ``.venv/bin/python benchmarks/asr.py [--limit N] [--threads 2]`` (all 568 clips: ~10 min on 2 quiet cores).
 """
@@ -50,7 +51,8 @@ def cardinal(n: int) -> str:
 
 
 def normalize_numbers(text: str) -> str:
-    text = normalize_transcript(text.replace("%", " percent"))
+    text = re.sub(r"(\d)\.(\d)", r"\1 point \2", text.replace("%", " percent"))  # before "." is dropped
+    text = normalize_transcript(text)
     return re.sub(r"\d+", lambda m: " " + cardinal(int(m.group())) + " ", text).strip().replace("  ", " ")
 
 
