@@ -23,7 +23,6 @@ from multimodal_helpers import (
     kill_after,
     metric_rows,
     start_training,
-    train_cmd,
     train_env,
 )
 
@@ -40,7 +39,6 @@ from omnigpt.train.tasks.multimodal import MultimodalTask
 from omnigpt.train.trainer import Trainer
 
 pytestmark = [
-    pytest.mark.slow,  # being ported to the one trainer: runs with -m slow until every test here passes
     pytest.mark.usefixtures("one_thread"),
     pytest.mark.skipif(not mm.FASHION_MNIST_DIR.is_dir(), reason="needs the Debian package dataset-fashion-mnist"),
     pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("flite") is None,
@@ -357,12 +355,22 @@ def test_multimodal_run_killed_twice_resumes_bit_identical(data, tmp_path, capsy
 def test_resume_restores_the_ctc_head(data, tmp_path):
     """The auxiliary CTC head (``AudioCTC.ctc_head``) trains with the model and has AdamW moments in the
     checkpoint, so a resumed run must continue from its trained weights."""
-    recipe = tiny_recipe(data, tmp_path / "run", stages=[{"name": "full", "steps": 3, "lr": 3e-3}], final_eval=False)
+    recipe = tiny_recipe(data, tmp_path / "run", stages=[{"name": "full", "steps": 4, "lr": 3e-3}], final_eval=False,
+                         checkpoint_interval=2, keep_checkpoints=5)
     trainer = Trainer(load_recipe(None, recipe))
+    heads, save = {}, trainer.save
+
+    def save_and_remember_the_head():  # the head as it was when each checkpoint was written
+        heads[trainer.step] = {k: v.clone() for k, v in trainer.train_module.ctc_head.state_dict().items()}
+        return save()
+
+    trainer.save = save_and_remember_the_head
     trainer.fit()
-    trained_head = trainer.train_module.ctc_head.state_dict()
+    assert not torch.equal(heads[2]["weight"], heads[4]["weight"])  # the head trains
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_000004")  # as if killed before step 4 was committed
     resumed = Trainer(load_recipe(None, recipe), resume=True)
-    head = resumed.train_module.ctc_head.state_dict()
+    assert resumed.step == 2
+    head, trained_head = resumed.train_module.ctc_head.state_dict(), heads[2]
     assert all(torch.equal(head[k], v) for k, v in trained_head.items()), (
         "BUG (src/omnigpt/train/trainer.py): --resume re-initialises AudioCTC.ctc_head instead of restoring its "
         "trained weights: Trainer.save writes only task.model (the head is not in model.safetensors nor in "

@@ -118,15 +118,18 @@ def test_staged_training_trains_only_the_projector_first_then_everything_and_ove
     assert generate_answers(model, proc, batch, max_new_tokens=6) == ["low", "high"]
 
 
-@pytest.mark.xfail(reason="expectation of the removed loop, being ported to the one trainer", strict=False)
 def test_training_stops_on_its_time_budget(tmp_path):
     data = tone_data(tmp_path / "tones")
     recipe = tone_recipe(data, tmp_path / "run", stages=[{"name": "a", "steps": 10_000, "lr": 1e-3}],
                          max_minutes=0.005, checkpoint_interval=10_000)
     result = Trainer(load_recipe(None, recipe)).fit()
-    assert result.time_limited and not result.interrupted and 1 <= result.step < 10_000
-    assert result.wall_time < 10
+    assert not result.interrupted and 1 <= result.step < 10_000 and result.wall_time < 10
     assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == f"step_{result.step:06d}"
+    assert result.time_limited, (
+        "BUG (src/omnigpt/train/trainer.py): a run whose last stage ends because its time share would be overrun "
+        "(_next_stage returns False) keeps _stop_now False, so TrainResult.time_limited is False, the 'time budget "
+        "used up' line is not printed and the stopping step is not logged; set a time-limited flag there and "
+        "report it (e.g. time_limited = step < max_steps and not interrupted).")
 
 
 def test_contrastive_helpers_zero_shot_and_retrieval():
@@ -151,7 +154,6 @@ def test_contrastive_helpers_zero_shot_and_retrieval():
     assert rec["image_to_text_r@1"] == pytest.approx((sim.argmax(1) == torch.arange(6)).float().mean().item())
 
 
-@pytest.mark.xfail(reason="expectation of the removed loop, being ported to the one trainer", strict=False)
 def test_spec_augment_and_text_scores():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 80, 50)
@@ -160,4 +162,4 @@ def test_spec_augment_and_text_scores():
     assert torch.equal(spec_augment(x, torch.Generator().manual_seed(0), gain=0.0), y)  # seeded
     s = text_scores(["seven", "a b"], ["Seven.", "a c"])
     assert s["wer"] == pytest.approx(1 / 3) and s["exact_match"] == 0.5
-    assert text_scores(["a b c d"], ["a b c d"])["bleu"] == pytest.approx(1.0)
+    assert text_scores(["a b c d"], ["a b c d"])["bleu"] == pytest.approx(100.0)  # BLEU on 0-100
