@@ -113,8 +113,9 @@ def test_greedy_token_ids_equal_faster_whisper(tiny_en, faster):
 
 
 @needs_sounds
-@pytest.mark.xfail(reason="beam ties can differ from CTranslate2 in the last logprob digits", strict=False)
 def test_beam_search_equals_faster_whisper(tiny_en, faster):
+    # No near-ties here: the best hypotheses lead the runners-up by 0.20 ("activated") and 0.10 ("conf-invalid")
+    # in length-normalised log-prob, far above the ~1e-5 float differences between the two implementations.
     model, tok = tiny_en
     for name in BEAM_CLIPS:
         audio = wave(name)
