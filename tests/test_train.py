@@ -241,6 +241,14 @@ def test_time_budget_checkpoints_and_ends_early(tmp_path):
     assert result.eval is not None  # the final full pass still runs
 
 
+def test_resuming_a_finished_run_trains_nothing_more(tmp_path):
+    recipe = load_recipe(None, tiny_recipe(tmp_path, max_steps=6, final_eval=False, checkpoint_interval=3))
+    first = train(recipe)
+    again = train(recipe, resume=True)
+    assert first.step == again.step == 6 and again.history == []
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step_000006"
+
+
 def test_half_written_or_corrupted_checkpoints_are_never_resumed_from(tmp_path):
     recipe = load_recipe(None, tiny_recipe(tmp_path, max_steps=20, final_eval=False, keep_checkpoints=5))
     train(recipe)

@@ -82,9 +82,11 @@ def load_model(directory: str | Path) -> nn.Module:
 
 
 def save_checkpoint(dest: Path, model: nn.Module, preprocessor: Any, state: dict[str, Any],
-                    optimizer: dict[str, Any], rng: list[dict[str, torch.Tensor]]) -> Path:
+                    optimizer: dict[str, Any], rng: list[dict[str, torch.Tensor]],
+                    modules: dict[str, torch.Tensor] | None = None) -> Path:
     """Commit one checkpoint directory atomically: the model through the pretrained layer (any kind) plus
-    ``trainer_state/``. ``rng`` holds one state per rank (DDP)."""
+    ``trainer_state/``. ``rng`` holds one state per rank (DDP); ``modules`` the weights of training-only modules
+    that are not part of the saved model (an auxiliary loss head)."""
     from omnigpt.checkpoints.pretrained import write_pretrained
 
     with atomic_directory(dest) as tmp:
@@ -94,6 +96,8 @@ def save_checkpoint(dest: Path, model: nn.Module, preprocessor: Any, state: dict
         (sd / "state.json").write_text(json.dumps(state, indent=1, default=str) + "\n")
         torch.save(optimizer, sd / "optimizer.pt")
         torch.save({f"rank{i}": s for i, s in enumerate(rng)}, sd / "rng.pt")
+        if modules:
+            torch.save(modules, sd / "modules.pt")
     return dest
 
 
@@ -104,6 +108,8 @@ def load_checkpoint_state(directory: Path) -> dict[str, Any]:
         "state": json.loads((sd / "state.json").read_text()),
         "optimizer": torch.load(sd / "optimizer.pt", weights_only=True, map_location="cpu"),
         "rng": torch.load(sd / "rng.pt", weights_only=True, map_location="cpu"),
+        "modules": torch.load(sd / "modules.pt", weights_only=True, map_location="cpu")
+        if (sd / "modules.pt").is_file() else {},
     }
 
 

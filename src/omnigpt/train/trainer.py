@@ -171,6 +171,7 @@ class Trainer:
         if r.compile:
             self.wrapped = torch.compile(self.wrapped)
         self._t_stage = time.perf_counter()
+        self._stage_over = False
 
     def _matmul_planner(self, resume: bool) -> matmul.MatmulPlanner | None:
         """bf16 CPU runs plan their GEMMs. The plan this run measured lives in out_dir, so a resumed run (killed
@@ -202,11 +203,18 @@ class Trainer:
         if st["world_size"] != self.world:
             raise ValueError(f"checkpoint was written by {st['world_size']} processes, this run has {self.world}: "
                              f"exact resume needs the same world size")
+        if loaded["modules"]:
+            missing, unexpected = self.train_module.load_state_dict(loaded["modules"], strict=False)
+            missing = [k for k in missing if not k.startswith(self.task.model_prefix)]  # the model came from its files
+            if unexpected or missing:
+                raise ValueError(f"trainer_state/modules.pt does not fit this run's training modules "
+                                 f"(unexpected {unexpected[:4]}, missing {missing[:4]})")
         self.step, self.nonfinite_total = st["step"], st["nonfinite_total"]
         self.tokens_seen, self.stage_idx, self.stage_step = st["tokens_seen"], st["stage"], st["stage_step"]
         if self.stage_idx < len(self.r.stages) and self.stage_step >= self.r.stages[self.stage_idx].steps:
             self.stage_idx, self.stage_step = self.stage_idx + 1, 0  # saved at a stage's end: the next starts fresh
-            self._begin_stage(None)
+            if self.stage_idx < len(self.r.stages):
+                self._begin_stage(None)
         elif self.stage_idx < len(self.r.stages):
             self._begin_stage(loaded["optimizer"])
         ts.set_rng_state(loaded["rng"][f"rank{self.rank}"])
@@ -242,7 +250,10 @@ class Trainer:
                 prefix = self.task.model_prefix
                 model.load_state_dict({k.removeprefix(prefix): v for k, v in full_sd.items() if k.startswith(prefix)})
         else:
-            optim_sd = self.optimizer.state_dict()
+            full_sd, optim_sd = self.train_module.state_dict(), self.optimizer.state_dict()
+        # Training-only modules beside the model (AudioCTC's ctc_head) are not part of the saved model: they go into
+        # trainer_state/, so a resume continues them exactly.
+        extra = {k: v.detach().cpu() for k, v in full_sd.items() if not k.startswith(self.task.model_prefix)}
         rngs = [ts.rng_state()]
         if self.world > 1:
             rngs = [None] * self.world
@@ -253,7 +264,7 @@ class Trainer:
                      "nonfinite_total": self.nonfinite_total, "tokens_seen": self.tokens_seen,
                      "world_size": self.world, "task": self.r.task, "recipe": recipe_to_dict(self.r)}
             ts.save_checkpoint(dest, model.cpu() if model is not self.model else model, self.task.preprocessor,
-                               state, optim_sd, rngs)
+                               state, optim_sd, rngs, extra)
             ts.prune_checkpoints(self.ckpt_root, self.r.keep_checkpoints)
         self._barrier()
         return dest
@@ -267,25 +278,28 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                               enabled=self.amp_dtype is not None)
 
-    def _time_progress(self) -> tuple[float | None, bool]:
-        """(elapsed share of the current stage's time budget, whether the next step would overrun it)."""
+    def _stage_budget(self) -> tuple[float, float] | None:
+        """(seconds used in the current stage, its share of ``max_minutes``), or None without a time budget."""
         r = self.r
         if r.max_minutes is None:
-            return None, False
-        stage = r.stages[self.stage_idx]
-        budget = 60 * r.max_minutes * stage.steps / r.max_steps
-        used = time.perf_counter() - self._t_stage
-        share = used / budget if budget > 0 else 1.0
-        steps_here = self.stage_step - self._stage_step_at_start
-        if steps_here == 0:  # every stage gets at least one step
-            return share, False
-        return share, used + used / steps_here > budget
+            return None
+        return time.perf_counter() - self._t_stage, 60 * r.max_minutes * r.stages[self.stage_idx].steps / r.max_steps
+
+    def _time_progress(self) -> float | None:
+        """Elapsed share of the current stage's time budget (None without one)."""
+        b = self._stage_budget()
+        return None if b is None else (b[0] / b[1] if b[1] > 0 else 1.0)
+
+    def _stage_overrun(self, steps_done: int) -> bool:
+        """Whether one more step, at this stage's mean pace so far, would overrun its share of the budget."""
+        b = self._stage_budget()
+        return b is not None and b[0] + b[0] / max(steps_done, 1) > b[1]
 
     def _train_step(self) -> tuple[float, float]:
         """One optimizer step; returns (loss averaged over ranks and micro-batches, grad norm)."""
         r, b = self.r, self.micro
         stage = r.stages[self.stage_idx]
-        progress, _ = self._time_progress()
+        progress = self._time_progress()
         if progress is not None:
             progress = max((self.stage_step - stage.warmup) / max(stage.steps - stage.warmup, 1), progress)
         self._lr = set_lr(self.optimizer, stage.lr_multiplier(self.stage_step, progress))
@@ -303,7 +317,9 @@ class Trainer:
         self._save_plan()  # before the update: a kill from here on resumes with the plan these gradients used
         # One small all-reduce carries the mean loss and whether any rank got a stop signal or ran out of time.
         out_of_time = r.max_minutes is not None and time.perf_counter() - self._t_start > 60 * r.max_minutes
-        flags = torch.tensor([float(self._stop_signal is not None), float(out_of_time)], device=self.device)
+        stage_over = self._stage_overrun(self.stage_step + 1 - self._stage_step_at_start)
+        flags = torch.tensor([float(self._stop_signal is not None), float(out_of_time), float(stage_over)],
+                             device=self.device)
         stats = torch.cat([(loss_sum / self.accumulation)[None], flags])
         if self.world > 1:
             dist.all_reduce(stats)
@@ -311,6 +327,7 @@ class Trainer:
         # Every rank decides from the same reduced flag, so all stop after the same step (no collective hangs).
         self._stop_now = bool(stats[1] > 0 or stats[2] > 0)
         self._interrupted = bool(stats[1] > 0)
+        self._stage_over = bool(stats[3] > 0)  # the stage's share of the time budget is used up (all ranks agree)
         clip = r.grad_clip if r.grad_clip > 0 else float("inf")
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, clip)
@@ -336,7 +353,7 @@ class Trainer:
     def _next_stage(self) -> bool:
         """Move on when the stage's steps (or its share of the time budget) are used up; False after the last."""
         stage = self.r.stages[self.stage_idx]
-        _, overrun = self._time_progress()
+        overrun = self._stage_over
         if self.stage_step < stage.steps and not overrun:
             return True
         if self.stage_idx + 1 >= len(self.r.stages):
@@ -347,6 +364,11 @@ class Trainer:
         self._begin_stage(None)
         self._stage_step_at_start = 0
         return True
+
+    def _done(self) -> bool:
+        """After this step the run ends: the last stage is complete or out of time, or a stop was agreed."""
+        final = self.stage_idx == len(self.r.stages) - 1
+        return self._stop_now or (final and (self.stage_step >= self.r.stages[-1].steps or self._stage_over))
 
     def fit(self) -> TrainResult:
         r = self.r
@@ -366,15 +388,14 @@ class Trainer:
         final: dict[str, Any] | None = None
         t_log, tok_log = time.perf_counter(), 0
         saved_at = self.step if self.resumed_from is not None else -1
-        interrupted = False
+        interrupted = time_limited = False
         try:
             while self.stage_idx < len(r.stages) and self._next_stage():
                 self.wrapped.train()
                 last_loss, norm = self._train_step()
                 tok_log += self.task.tokens_per_step
                 bar.update(1)
-                last = self.stage_idx == len(r.stages) - 1 and self.stage_step >= r.stages[-1].steps
-                last = last or self._stop_now
+                last = self._done()
                 if self.step % r.log_interval == 0 or last:
                     dt = time.perf_counter() - t_log
                     row = {"step": self.step, "stage": r.stages[self.stage_idx].name, "loss": last_loss,
@@ -404,11 +425,12 @@ class Trainer:
                 self.save()
             bar.close()
             interrupted = self._interrupted
+            time_limited = not interrupted and self.step < r.max_steps  # the budget cut steps (any stage)
             where = self.ckpt_root / f"step_{self.step:06d}"
             if interrupted and self.is_main:
                 print(f"stopped by signal {self._stop_signal} at step {self.step}; checkpoint saved in {where} "
                       f"(continue with --resume)", flush=True)
-            elif self._stop_now and self.is_main:
+            elif time_limited and self.is_main:
                 print(f"time budget of {r.max_minutes} min used up at step {self.step}/{r.max_steps}; checkpoint "
                       f"saved in {where}", flush=True)
             if r.final_eval and not interrupted:
@@ -427,7 +449,7 @@ class Trainer:
                            wall_time=time.perf_counter() - t_start, tokens=self.tokens_seen,
                            nonfinite_steps=self.nonfinite_total,
                            checkpoint=str(self.ckpt_root / f"step_{self.step:06d}"), interrupted=interrupted,
-                           time_limited=self._stop_now and not interrupted, history=self.history)
+                           time_limited=time_limited, history=self.history)
 
 
 def plot_metrics(metrics: Path, png: Path) -> None:

@@ -189,10 +189,14 @@ class MultimodalTask(Task):
             if len(answers) != len(b["input_features"]):
                 raise ValueError("model.ctc_weight needs one audio clip per conversation")
             b["ctc_targets"], b["ctc_lengths"] = torch.cat(answers), torch.tensor([len(a) for a in answers])
-        if r.data.spec_augment and "input_features" in b:  # seeded per (step, row): the same for any world size
-            b["input_features"] = torch.cat([
-                spec_augment(f[None], torch.Generator().manual_seed((r.seed * 1_000_003 + step) * 4096 + start + i))
-                for i, f in enumerate(b["input_features"])])
+        if r.data.spec_augment and "input_features" in b:
+            # Seeded per (step, row of the global batch, clip within the row): the same masks for any split into
+            # micro-batches and ranks. Clips are concatenated in row order (collate).
+            seeds = [((r.seed * 1_000_003 + step) * 4096 + start + j) * 64 + c
+                     for j, e in enumerate(examples) for c in range(0 if e.input_features is None
+                                                                    else len(e.input_features))]
+            b["input_features"] = torch.cat([spec_augment(f[None], torch.Generator().manual_seed(seed))
+                                             for seed, f in zip(seeds, b["input_features"], strict=True)])
         return b
 
     @torch.no_grad()
