@@ -351,3 +351,23 @@ def test_seed_example_runs(capsys, monkeypatch):
     runpy.run_path(str(Path(__file__).parents[1] / "examples" / "seed_gpt2.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "BaseModelOutputWithPast(last_hidden_state=tensor(" in out and "[[15496, 11, 616, 3290, 318, 13779]]" in out
+
+
+def test_key_table_is_invertible_with_its_special_cases():
+    """One table per model type, the reverse derived from it: every omnigpt key of a real model maps to a distinct
+    HF key and back; both key spellings (with and without ``transformer.``) are read; mask buffers are dropped;
+    exactly the four Conv1D weights per layer are transposed."""
+    from omnigpt.checkpoints import hf
+
+    for model_type, preset in (("gpt2", "tiny-gpt2"), ("openai-gpt", "tiny-gpt1")):
+        model = GPT(GPTConfig.from_name(preset).replace(tie_word_embeddings=False))
+        keys = list(model.state_dict())
+        theirs = [hf.to_hf_key(k, model_type) for k in keys]
+        assert len(set(theirs)) == len(keys)
+        assert [hf.from_hf_key(k, model_type) for k in theirs] == keys
+        assert [hf.from_hf_key(k.removeprefix("transformer."), model_type) for k in theirs] == keys
+        assert sum(hf.is_conv1d(k) for k in keys) == 4 * model.config.n_layer
+    assert hf.to_hf_key("transformer.wte.weight", "openai-gpt") == "transformer.tokens_embed.weight"
+    assert hf.from_hf_key("positions_embed.weight", "openai-gpt") == "transformer.wpe.weight"
+    assert hf.from_hf_key("h.11.attn.masked_bias") is None and hf.from_hf_key("transformer.h.0.attn.bias") is None
+    assert hf.from_hf_key("h.0.attn.c_attn.extra") == "transformer.h.0.attn.c_attn.extra"  # unknown: kept, reported

@@ -5,8 +5,8 @@ Reading: a directory with ``config.json`` (``model_type`` ``gpt2`` or ``openai-g
 Writing: the same format, so ``transformers`` loads what omnigpt saved and computes the same outputs, plus an
 ``"omnigpt"`` block in ``config.json`` holding the full ``GPTConfig`` so omnigpt-only options round-trip.
 
-The weight conversion is an explicit, invertible key map (nanoGPT ``from_pretrained``, torchtitan state-dict
-adapters), with its special cases:
+The weight conversion is one explicit key table per model type (``TO_HF``) with the reverse derived from it
+(``FROM_HF``), as torchtitan's state-dict adapters do, and its special cases listed beside it:
 
 * keys come with or without the ``transformer.`` prefix; GPT-1 names its embeddings ``tokens_embed`` and
   ``positions_embed`` (omnigpt: ``wte``, ``wpe``);
@@ -56,8 +56,6 @@ ARCHITECTURES = {  # (model_type, head) -> transformers class name
 # omnigpt activation -> openai-gpt ``afn``. HF's openai-gpt "gelu" is the tanh approximation (as in OpenAI's
 # finetune-transformer-lm), and it has no exact-erf GELU at all.
 _GPT1_AFN = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu", "silu": "silu", "swish": "swish"}
-_CONV1D = re.compile(r"transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
-_MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 
 
 class CheckpointError(ValueError):
@@ -290,61 +288,99 @@ def read_weights(directory: Path, map_location: str | torch.device = "cpu") -> t
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Weights: the key map
+# Weights: one key table per model type, the reverse derived from it
+
+# omnigpt key → Hugging Face key; ``{i}`` stands for the layer index. omnigpt's module names follow the GPT-2
+# checkpoint, so GPT-2's table is the identity and GPT-1's renames only its embeddings.
+_LAYER_KEYS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+               "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+               "mlp.c_proj.weight", "mlp.c_proj.bias")
+_GPT2_KEYS = {k: k for k in ("transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight",
+                             "transformer.ln_f.bias", "lm_head.weight", "score.weight",
+                             *(f"transformer.h.{{i}}.{k}" for k in _LAYER_KEYS))}
+TO_HF: dict[str, dict[str, str]] = {
+    "gpt2": _GPT2_KEYS,
+    "omnigpt": _GPT2_KEYS,  # omnigpt-only configs (GPT-3 banded layers, ...) keep GPT-2's names
+    "openai-gpt": {**_GPT2_KEYS, "transformer.wte.weight": "transformer.tokens_embed.weight",
+                   "transformer.wpe.weight": "transformer.positions_embed.weight"},
+}
+FROM_HF: dict[str, dict[str, str]] = {mt: {v: k for k, v in table.items()} for mt, table in TO_HF.items()}
+# The special cases. HF's Conv1D stores these weights (in, out); nn.Linear wants (out, in).
+CONV1D = {f"transformer.h.{{i}}.{k}" for k in ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
+                                               "mlp.c_proj.weight")}
+DROPPED = {"transformer.h.{i}.attn.bias", "transformer.h.{i}.attn.masked_bias"}  # old checkpoints' mask buffers
+_LAYER = re.compile(r"\.h\.(\d+)\.")
+_HEADS = ("lm_head.", "score.")
 
 
-def from_hf_key(key: str) -> str | None:
-    """HF checkpoint key -> omnigpt key (``transformer.``-prefixed), or None for buffers to drop."""
-    k = key.removeprefix("transformer.")
-    if _MASK_BUFFER.fullmatch(k):
+def prefixed(key: str) -> str:
+    """The one place the ``transformer.`` prefix is handled: a bare backbone (transformers' ``GPT2Model``,
+    omnigpt's ``GPTModel``) names its tensors without it; every table key has it."""
+    return key if key.startswith(("transformer.", *_HEADS)) else "transformer." + key
+
+
+def unprefixed(key: str) -> str:
+    return key.removeprefix("transformer.")
+
+
+def _template(key: str) -> tuple[str, str | None]:
+    """``transformer.h.3.ln_1.weight`` → (``transformer.h.{i}.ln_1.weight``, ``"3"``)."""
+    m = _LAYER.search(key)
+    return (key[: m.start()] + ".h.{i}." + key[m.end() :], m.group(1)) if m else (key, None)
+
+
+def _lookup(table: dict[str, str], key: str) -> str | None:
+    t, i = _template(key)
+    mapped = table.get(t)
+    return None if mapped is None else mapped.replace("{i}", i or "")
+
+
+def from_hf_key(key: str, model_type: str = "gpt2") -> str | None:
+    """HF checkpoint key (with or without the prefix) → omnigpt key; None for a buffer to drop. A key the table
+    does not know comes back prefixed and unchanged, to be reported as unexpected."""
+    key = prefixed(key)
+    if _template(key)[0] in DROPPED:
         return None
-    if k in ("lm_head.weight", "score.weight"):
-        return k
-    k = {"tokens_embed.weight": "wte.weight", "positions_embed.weight": "wpe.weight"}.get(k, k)
-    return "transformer." + k
+    return _lookup(FROM_HF.get(model_type, FROM_HF["gpt2"]), key) or key
 
 
 def to_hf_key(key: str, model_type: str) -> str:
-    """The inverse of ``from_hf_key`` for ``transformer.``-prefixed omnigpt keys."""
-    if model_type == "openai-gpt":
-        key = {"transformer.wte.weight": "transformer.tokens_embed.weight",
-               "transformer.wpe.weight": "transformer.positions_embed.weight"}.get(key, key)
-    return key
+    """omnigpt key (prefixed) → HF key: the table's inverse."""
+    return _lookup(TO_HF[model_type], key) or key
+
+
+def is_conv1d(key: str) -> bool:
+    return _template(key)[0] in CONV1D
 
 
 def hf_state_dict(model: AnyGPT) -> dict[str, Tensor]:
     """The model's tensors under HF names, Conv1D weights transposed to (in, out), a tied head left out."""
     model_type = hf_model_type(model.config)
-    sd = model.state_dict()
-    if isinstance(model, GPTModel):
-        sd = {"transformer." + k: v for k, v in sd.items()}
+    sd = {prefixed(k): v for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
     out = {}
     for k, v in sd.items():
         v = v.detach().to("cpu")
-        out[to_hf_key(k, model_type)] = (v.t() if _CONV1D.fullmatch(k) else v).contiguous()
+        out[to_hf_key(k, model_type)] = (v.t() if is_conv1d(k) else v).contiguous()
     if isinstance(model, GPTModel):  # a bare backbone is saved without the prefix, like transformers' GPT2Model
-        out = {k.removeprefix("transformer."): v for k, v in out.items()}
+        out = {unprefixed(k): v for k, v in out.items()}
     return out
 
 
-def _convert(state: dict[str, Tensor], source: dict[str, str], native: bool) -> tuple[dict[str, Tensor],
-                                                                                      dict[str, tuple[str, str]]]:
+def _convert(state: dict[str, Tensor], source: dict[str, str], model_type: str | None,
+             ) -> tuple[dict[str, Tensor], dict[str, tuple[str, str]]]:
     """Rename (and transpose) checkpoint tensors to omnigpt keys, remembering each one's file and original key;
-    two spellings of one key are an error."""
+    two spellings of one key are an error. ``model_type`` None: omnigpt's own state-dict layout."""
     out: dict[str, Tensor] = {}
     where: dict[str, tuple[str, str]] = {}
     for key, t in state.items():
-        if native:  # omnigpt's own state dict; a bare GPTModel's keys lack the prefix
-            k = key if key.startswith(("transformer.", "lm_head.", "score.")) else "transformer." + key
-        else:
-            k = from_hf_key(key)
+        k = prefixed(key) if model_type is None else from_hf_key(key, model_type)
         if k is None:
             continue
         if k in out:
             raise CheckpointError(f"{source[key]}: key {key!r} duplicates another spelling of {k!r}")
-        out[k] = t.t() if (not native and _CONV1D.fullmatch(k) and t.dim() == 2) else t
+        out[k] = t.t() if (model_type is not None and is_conv1d(k) and t.dim() == 2) else t
         where[k] = (source[key], key)
     return out, where
 
@@ -374,7 +410,7 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
     cfg = config_from_dict(cfg_dict, d / CONFIG)
     native = "model_type" not in cfg_dict  # a bare GPTConfig.save dict: weights in omnigpt's own layout
     raw, source = read_weights(d, map_location)
-    state, where = _convert(raw, source, native)
+    state, where = _convert(raw, source, None if native else cfg_dict["model_type"])
     head = head or _pick_head(cfg_dict, state)
     # Drop heads the requested class does not have (transformers does the same: base from LM, LM from classifier).
     for key, owner in (("lm_head.weight", "lm"), ("score.weight", "cls")):
@@ -395,7 +431,7 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
         model = model_class(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if head == "base":
-        expected = {"transformer." + k: s for k, s in expected.items()}
+        expected = {prefixed(k): s for k, s in expected.items()}
     if head == "lm" and cfg.tie_word_embeddings:
         expected.pop("lm_head.weight")
     files = ", ".join(sorted({str(d / f) for f in source.values()}))
@@ -413,7 +449,7 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
                               f"{model_class.__name__}")
     for k, t in state.items():
         if tuple(t.shape) != tuple(expected[k]):
-            conv = " (Conv1D, stored (in, out))" if _CONV1D.fullmatch(k) and not native else ""
+            conv = " (Conv1D, stored (in, out))" if is_conv1d(k) and not native else ""
             shape, want = tuple(t.shape), tuple(expected[k])
             if conv:
                 shape, want = shape[::-1], want[::-1]
@@ -424,7 +460,7 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
     if dtype is not None:
         state = {k: t.to(dtype) if t.is_floating_point() else t for k, t in state.items()}
     if head == "base":
-        state = {k.removeprefix("transformer."): t for k, t in state.items()}
+        state = {unprefixed(k): t for k, t in state.items()}
     model.load_state_dict(state, strict=not (head == "lm" and cfg.tie_word_embeddings), assign=True)
     if head == "lm" and cfg.tie_word_embeddings:
         model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the shared Parameter
