@@ -1,6 +1,6 @@
 """The GPT-2 snippet from the article, for real: OpenAI's GPT-2 tokenizer and a GPT-2 model in HF format.
 
-No GPT-2 weights ship in any package (see ASSETS.md), so this script first creates a checkpoint: a GPT-2-shaped
+No GPT-2 weights ship in any package registry, so this script first creates a checkpoint: a GPT-2-shaped
 model (small by default, ``--full`` for the real 124M shape) with GPT-2's initialisation, saved with
 ``save_pretrained`` next to OpenAI's exact GPT-2 BPE (built offline from the ``gpt2.tiktoken`` file). The
 directory is in Hugging Face's format, so ``transformers.GPT2Model.from_pretrained`` reads it too; with real

@@ -1,6 +1,6 @@
 """Model configurations: one frozen dataclass, GPT-1 → GPT-2 → GPT-3 as named presets.
 
-The three generations differ only in data, not in code (DESIGN.md principle 2):
+The generations differ only in data, not in code: one readable decoder, many configurations.
 
 * GPT-1 (Radford et al. 2018): post-LN blocks, no final LayerNorm, 512 positions, 40,478 BPE tokens. Its GELU is
   the tanh approximation: OpenAI's released code (finetune-transformer-lm) and HF's openai-gpt ("afn": "gelu"
