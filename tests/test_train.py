@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from multimodal_helpers import train_cmd, train_env, wait_for
 from safetensors.torch import load_file
 
 from omnigpt.checkpoints.state import latest_checkpoint, load_model
@@ -271,25 +270,8 @@ def test_half_written_or_corrupted_checkpoints_are_never_resumed_from(tmp_path):
 # Exact resume across processes
 
 
-def _train_cmd(recipe: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "omnigpt", "train", str(recipe), *extra]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-
-
 def _final_weights(run: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(run / "checkpoints" / f"step_{step:06d}" / "model.safetensors")
-
-
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"training exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
-        assert time.time() < deadline, f"timed out waiting for {path}"
-        time.sleep(0.02)
 
 
 def test_sigkill_and_sigterm_then_resume_are_bit_identical(tmp_path):
@@ -300,21 +282,21 @@ def test_sigkill_and_sigterm_then_resume_are_bit_identical(tmp_path):
     ref = write_recipe(tmp_path, "ref.yaml", **common, out_dir=str(tmp_path / "ref"))
     run = write_recipe(tmp_path, "run.yaml", **common, out_dir=str(tmp_path / "run"))
     ckpts = tmp_path / "run" / "checkpoints"
-    popen = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd=ROOT, text=True)
+    popen = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=train_env(), cwd=ROOT, text=True)
     # The uninterrupted reference runs alongside the interrupted one (1 thread each).
-    reference = subprocess.Popen(_train_cmd(ref), **popen)
+    reference = subprocess.Popen(train_cmd(ref), **popen)
 
     # 1. SIGKILL as soon as the first checkpoint is committed: the process dies somewhere in steps 10..60.
-    p = subprocess.Popen(_train_cmd(run), **popen)
-    _wait_for(ckpts / "step_000010" / "COMPLETE", p)
+    p = subprocess.Popen(train_cmd(run), **popen)
+    wait_for(ckpts / "step_000010" / "COMPLETE", p)
     p.send_signal(signal.SIGKILL)
     p.communicate()
     killed_at = latest_checkpoint(ckpts)
     assert killed_at is not None and int(killed_at.name[5:]) < steps
 
     # 2. Resume, and SIGTERM once it has committed a further checkpoint: it saves the step it stopped at, exits 143.
-    p = subprocess.Popen(_train_cmd(run, "--resume"), **popen)
-    _wait_for(ckpts / f"step_{int(killed_at.name[5:]) + 10:06d}" / "COMPLETE", p)
+    p = subprocess.Popen(train_cmd(run, "--resume"), **popen)
+    wait_for(ckpts / f"step_{int(killed_at.name[5:]) + 10:06d}" / "COMPLETE", p)
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=180)
     assert p.returncode == 143, err[-2000:]
@@ -323,7 +305,7 @@ def test_sigkill_and_sigterm_then_resume_are_bit_identical(tmp_path):
     assert (ckpts / f"step_{stopped:06d}" / "COMPLETE").exists()
 
     # 3. Resume to the end: bit-identical to the run that was never interrupted.
-    subprocess.run(_train_cmd(run, "--resume"), check=True, capture_output=True, env=_env(), cwd=ROOT, timeout=300)
+    subprocess.run(train_cmd(run, "--resume"), check=True, capture_output=True, env=train_env(), cwd=ROOT, timeout=300)
     out, err = reference.communicate(timeout=300)
     assert reference.returncode == 0, err[-2000:]
     expected, got = _final_weights(tmp_path / "ref", steps), _final_weights(tmp_path / "run", steps)
@@ -349,8 +331,8 @@ def test_two_processes_match_one_process(tmp_path, parallelism):
     prepare_data(load_recipe(None, tiny_recipe(tmp_path)).data, progress=False)
     one = write_recipe(tmp_path, "one.yaml", **common, out_dir=str(tmp_path / "one"))
     two = write_recipe(tmp_path, "two.yaml", **common, out_dir=str(tmp_path / "two"))
-    popen = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd=ROOT, text=True)
-    single = subprocess.Popen(_train_cmd(one), **popen)  # both at once: 3 one-thread processes
+    popen = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=train_env(), cwd=ROOT, text=True)
+    single = subprocess.Popen(train_cmd(one), **popen)  # both at once: 3 one-thread processes
     ddp = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "omnigpt", "train", str(two)],
                            **popen)
     for proc in (single, ddp):
@@ -371,3 +353,12 @@ def test_two_processes_match_one_process(tmp_path, parallelism):
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-2, atol=2e-3)
     assert not list((tmp_path / "two").glob("checkpoints/.*tmp*"))  # only rank 0 wrote, and it committed
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_load(config):
+    """Every recipe in configs/ passes the schema (the demo's default among them)."""
+    from omnigpt.cli.demo import DEFAULT_CONFIG
+
+    assert DEFAULT_CONFIG.is_file()
+    assert load_recipe(config).max_steps > 0

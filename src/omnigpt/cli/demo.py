@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"  # src/omnigpt/cli → repo root
 PROMPTS = ["ROMEO.\n", "KING HENRY.\nNow, lords,", "To be, or not to be,"]
 
 
