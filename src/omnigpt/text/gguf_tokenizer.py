@@ -12,10 +12,10 @@ StarCoder) isolates every digit and then applies GPT-2's split — HF's SmolLM2 
 with ``Digits(individual_digits=True)`` + ``ByteLevel``. ``gpt2``/``default`` is GPT-2's split alone. Other names
 raise rather than silently splitting text differently from the model's training.
 
-Deviation from ``transformers`` 5.24: its GGUF tokenizer has no ``smollm`` entry and falls back to GPT-2's split,
-which never merges across a digit boundary anyway for this vocabulary (it has no multi-digit tokens), so the ids
-agree; the digit split here is llama.cpp's and the original tokenizer's behaviour, kept for vocabularies where it
-matters.
+Deviation from ``transformers`` 5.24: its GGUF tokenizer has no ``smollm`` entry and falls back to GPT-2's split.
+For SmolLM2 the ids still agree wherever numbers are ASCII digits (the vocabulary has no token joining a digit to
+anything), but differ where a space precedes another numeral (" ١٢٣", " Ⅻ", " ½": GPT-2's split keeps the space
+with it, llama.cpp and the original tokenizer.json do not); we follow llama.cpp (tests/test_llama.py checks both).
 
 ``load_gguf_pretrained(path)`` reads the file once and returns (model, tokenizer): the offline registry's loader
 for ``smollm2-135m-instruct``.
