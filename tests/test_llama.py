@@ -326,3 +326,14 @@ def test_smollm2_int4_keeps_the_answer(smollm2) -> None:
     assert torch.equal(want[0, -1].topk(3).indices, got[0, -1].topk(3).indices)
     tokens = [s.tokens[0] for s in generate(small, [prompt], max_new_tokens=4, temperature=0)]
     assert "Paris" in tokenizer.decode(tokens)
+
+
+def test_saved_chat_tokenizer_keeps_its_end_of_turn_token(smollm2, tmp_path):
+    """A GGUF tokenizer saved and read back with ``load_tokenizer`` still ends turns with ``<|im_end|>`` (id 2),
+    not GPT-2's ``<|endoftext|>``: generation and serving stop where the chat model does."""
+    from omnigpt.text.tokenizer import load_tokenizer
+
+    tok = smollm2[1]
+    tok.save(tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert tok.eos_token_id == again.eos_token_id == 2 and again.eos_token == "<|im_end|>"

@@ -79,6 +79,12 @@ def _hf_blocker(cfg: GPTConfig, model_type: str) -> str | None:
     """Why ``cfg`` cannot be expressed as ``model_type`` (None when it can)."""
     if cfg.local_window:
         return "local_window (GPT-3 banded attention)"
+    llama = {"position_embedding": (cfg.position_embedding, "learned"), "norm": (cfg.norm, "layernorm"),
+             "mlp": (cfg.mlp, "gelu"), "n_kv_head": (cfg.n_kv_head or cfg.n_head, cfg.n_head),
+             "causal": (cfg.causal, True)}
+    for key, (have, gpt) in llama.items():
+        if have != gpt:
+            return f"{key}={have!r} (Llama-family / encoder options)"
     if not cfg.bias:
         return "bias=False"
     if model_type == "gpt2":

@@ -49,6 +49,7 @@ class Tokenizer:
     """Base interface. Subclasses fill ``_special`` (token → id) and implement the abstract methods."""
 
     kind: ClassVar[str] = "base"
+    eos_token: str = EOT  # the special token that ends a sequence (tokenizer_config.json's eos_token when saved)
 
     def __init__(self) -> None:
         self._special: dict[str, int] = {}
@@ -68,8 +69,8 @@ class Tokenizer:
 
     @property
     def eos_token_id(self) -> int | None:
-        """Id of ``<|endoftext|>`` (the document separator) when registered."""
-        return self._special.get(EOT)
+        """Id of ``eos_token`` (``<|endoftext|>``, the document separator, unless the files say otherwise)."""
+        return self._special.get(self.eos_token)
 
     def token_to_id(self, token: str) -> int:
         """Id of one vocabulary entry (a special token or a raw vocabulary string); KeyError when unknown."""
@@ -434,9 +435,10 @@ class BPETokenizer(Tokenizer):
                 got = model.get("type") if isinstance(model, dict) else model
                 raise TokenizerError(f"{path}: key 'model.type' is {got!r}; only BPE tokenizers are supported")
             try:
-                return cls(tokenizers.Tokenizer.from_str(json.dumps(data)))
+                tok = cls(tokenizers.Tokenizer.from_str(json.dumps(data)))
             except Exception as e:
                 raise TokenizerError(f"{path}: not a valid tokenizers file ({e})") from None
+            return tok._eos_from_config(d)
         vocab_path, merges_path = d / VOCAB_FILE, d / MERGES_FILE
         vocab = _read_json(vocab_path)
         for key, idx in vocab.items():
@@ -467,7 +469,17 @@ class BPETokenizer(Tokenizer):
                 raise TokenizerError(f"{d / CONFIG_FILE}: key 'added_tokens_decoder' must be an object")
             ordered = sorted(added.items(), key=lambda kv: int(kv[0]))
             special = [v["content"] for _, v in ordered if isinstance(v, dict) and v.get("special")] or special
-        return cls.from_vocab_merges(vocab, merges, special)
+        return cls.from_vocab_merges(vocab, merges, special)._eos_from_config(d)
+
+    def _eos_from_config(self, directory: Path) -> BPETokenizer:
+        """Take ``eos_token`` from ``tokenizer_config.json`` when it names a registered special token (a chat model
+        ends its turns with its own token, e.g. ``<|im_end|>``)."""
+        if (directory / CONFIG_FILE).is_file():
+            eos = _read_json(directory / CONFIG_FILE).get("eos_token")
+            eos = eos.get("content") if isinstance(eos, dict) else eos
+            if isinstance(eos, str) and eos in self._special:
+                self.eos_token = eos
+        return self
 
 
 def _unicode_problem(text: str) -> str | None:
