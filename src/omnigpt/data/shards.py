@@ -161,7 +161,8 @@ def prepare_data(spec: DataSpec, progress: bool = True) -> Path:
     with atomic_directory(spec.dir) as tmp:
         writers = {s: _ShardWriter(tmp, s, dtype, spec.shard_tokens) for s in SPLITS}
         counts = {s: {"documents": 0, "tokens": 0, "bytes": 0} for s in SPLITS}
-        for d in tqdm(docs, desc=f"tokenizing {len(docs)} documents", unit="doc", disable=not progress):
+        for d in tqdm(docs, desc=f"tokenizing {len(docs)} documents", unit="doc",
+                      disable=None if progress else True):  # None: no bar when stderr is not a terminal
             toks = np.asarray([*tokenizer.encode(d.text), eos], dtype=np.int64)  # <|endoftext|> after each doc
             s = assign[d.id]
             writers[s].write(toks)

@@ -66,7 +66,8 @@ def nll_sum(model: GPT, windows: Sequence[np.ndarray], batch_size: int = 8, dtyp
             groups[-1].append(w)
         else:
             groups.append([w])
-    for g in tqdm(groups, desc=desc, unit="batch", disable=not progress, leave=False):
+    no_tty = None if progress else True  # tqdm: None hides the bar when stderr is not a terminal
+    for g in tqdm(groups, desc=desc, unit="batch", disable=no_tty, leave=False):
         xy = torch.from_numpy(np.stack(g).astype(np.int64)).to(device)
         x, y = xy[:, :-1], xy[:, 1:]  # (B, T) inputs, (B, T) targets
         with _autocast(device, dtype):
