@@ -3,7 +3,7 @@
 Both models have GPT-2 small's architecture (124M parameters, 50,257 tokens, random weights), train on the same
 random batches of ``--micro-batch`` × ``--seq`` tokens with the same optimizer (AdamW, fused, weight decay 0.1),
 once in fp32 and once under bf16 autocast with fp32 master weights. The omnigpt step is exactly the trainer's
-(``omnigpt.train.trainer.LMLoss``: hidden states → fused LM head + cross-entropy, no (N, V) logits kept);
+(``omnigpt.train.tasks.lm.LMLoss``: hidden states → fused LM head + cross-entropy, no (N, V) logits kept);
 ``transformers`` gets ``labels=`` and computes its own loss. Steps are interleaved (omnigpt, transformers, …)
 and medians are reported because the machine is shared and its speed drifts.
 
@@ -36,7 +36,8 @@ import torch
 from omnigpt import GPT, GPTConfig
 from omnigpt.kernels import matmul
 from omnigpt.kernels.matmul import MatmulPlanner
-from omnigpt.train.trainer import LMLoss, param_groups
+from omnigpt.train.schedule import Stage, build_optimizer
+from omnigpt.train.tasks.lm import LMLoss
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 9) -> float:
@@ -62,7 +63,8 @@ def flops_per_token(c: GPTConfig, seq: int) -> float:
 
 
 def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), fused=True)
+    stage = Stage("full", 1, lr=1e-4, warmup=0, min_lr_ratio=1.0, weight_decay=0.1)  # the trainer's AdamW groups
+    return build_optimizer(model, stage, betas=(0.9, 0.95), eps=1e-8, fused=True)
 
 
 def omnigpt_step(model: LMLoss, opt: torch.optim.Optimizer, xy: torch.Tensor, bf16: bool,
