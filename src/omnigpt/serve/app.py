@@ -1,7 +1,11 @@
 """The FastAPI app: OpenAI-compatible routes over the batching engine, plus the chat page at ``/``.
 
 Routes: ``GET /v1/models`` (and ``/v1/models/{id}``), ``POST /v1/completions``, ``POST /v1/chat/completions``
-(``stream: true`` answers with server-sent events ending in ``data: [DONE]``), ``GET /health`` and ``GET /``.
+(``stream: true`` answers with server-sent events ending in ``data: [DONE]``), ``POST /v1/audio/transcriptions`` and
+``POST /v1/embeddings`` (offline.py: registry models loaded on first use), ``GET /health`` and ``GET /``.
+Several chat models can be served at once, each with its own engine; the request's ``model`` picks one. A chat
+request with image/audio parts goes to a multimodal checkpoint's ``generate.multimodal`` path (one answer, on a
+worker thread; streamed as a single chunk) — every other request to the batching engine.
 The request path is thin: validate (schemas.py, then the semantic checks here), render the chat template,
 tokenize with caps applied *before* tokenizing, check the context, queue rows on the engine, and turn engine
 events into OpenAI responses or chunks. Errors leave in OpenAI's shape (errors.py); an error after a stream has
@@ -15,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -25,12 +30,21 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
 from omnigpt.serve import schemas as S
 from omnigpt.serve.engine import Engine, Event, Failed, Finished, Overloaded, Row, TextDelta
 from omnigpt.serve.errors import APIError, BodyLimitMiddleware, install_error_handlers
-from omnigpt.serve.model import ServedModel, build_chat_prompt, build_completion_prompts, sampling_params
+from omnigpt.serve.model import (
+    MultimodalPrompt,
+    ServedModel,
+    build_chat_prompt,
+    build_completion_prompts,
+    build_multimodal_prompt,
+    has_media,
+    sampling_params,
+)
+from omnigpt.serve.offline import OfflineModels, embeddings, transcription
 
 
 @dataclass
@@ -44,6 +58,8 @@ class ServeSettings:
     max_body_bytes: int = 8 * 1024 * 1024  # larger bodies get 413 before they are parsed
     default_max_tokens: int = 256  # completion length when the request names none
     max_tokens_limit: int = 4096  # the largest max_tokens accepted (besides the context limit)
+    offline_models: tuple[str, ...] = ()  # registry models for /v1/audio/transcriptions and /v1/embeddings
+    max_audio_seconds: float = 600.0  # longer uploads get a 400 before decoding
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -54,24 +70,50 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _SSE = {"text/event-stream": {"schema": {"type": "string"}}}
 
 
-def create_app(served: ServedModel, settings: ServeSettings | None = None) -> FastAPI:
-    """An app serving ``served``; the engine's worker thread starts and stops with the app's lifespan."""
+def create_app(served: ServedModel | Sequence[ServedModel], settings: ServeSettings | None = None,
+               offline: OfflineModels | None = None) -> FastAPI:
+    """An app serving one or several chat models (the first is the page's default) and ``settings.offline_models``
+    (or ``offline``); the engines' worker threads start and stop with the app's lifespan."""
     settings = settings or ServeSettings()
-    engine = Engine(served.model, served.tokenizer, max_batch_size=settings.max_batch_size,
-                    max_queue=settings.max_queue, stop_token_ids=served.stop_token_ids,
-                    batch_window=settings.batch_window_ms / 1000)
+    all_served = [served] if isinstance(served, ServedModel) else list(served)
+    if not all_served:
+        raise ValueError("create_app needs at least one model to serve")
+    by_name = {m.name: m for m in all_served}
+    if len(by_name) != len(all_served):
+        raise ValueError(f"two served models share a name: {[m.name for m in all_served]} (give --name)")
+    offline = offline or OfflineModels(settings.offline_models)
+    clash = set(by_name) & set(offline.names)
+    if clash:
+        raise ValueError(f"{', '.join(sorted(clash))} is both a chat model and an offline model name")
+    engines = {m.name: Engine(m.model, m.tokenizer, max_batch_size=settings.max_batch_size,
+                              max_queue=settings.max_queue, stop_token_ids=m.stop_token_ids,
+                              batch_window=settings.batch_window_ms / 1000) for m in all_served}
+    served = all_served[0]
+    engine = engines[served.name]
+    locks = {m.name: threading.Lock() for m in all_served}  # one multimodal answer at a time per model
+
+    def lookup(name: str) -> tuple[ServedModel, Engine]:
+        if name not in by_name:
+            shown = name if len(name) <= 64 else name[:64] + "..."
+            other = " (a speech/embedding model: use its endpoint)" if name in offline.names else ""
+            raise APIError(404, f"The model '{shown}' does not exist{other}. This server serves "
+                                f"{', '.join(repr(n) for n in by_name)}.", param="model", code="model_not_found")
+        return by_name[name], engines[name]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine.start()
+        for e in engines.values():
+            e.start()
         try:
             yield
         finally:
-            engine.shutdown()
+            for e in engines.values():
+                e.shutdown()
 
     app = FastAPI(title="omnigpt", version="1", summary="OpenAI-compatible API for omnigpt models",
                   lifespan=lifespan)
     app.state.engine, app.state.served, app.state.settings = engine, served, settings
+    app.state.engines, app.state.offline = engines, offline
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.api_key:
@@ -84,24 +126,33 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
 
     @app.get("/health", response_model=S.Health)
     async def health() -> S.Health:
-        return S.Health(model=served.name, queued=engine.queued, running=engine.running,
-                        requests_total=engine.requests_total, cancelled_total=engine.cancelled_total,
-                        rejected_total=engine.rejected_total, batches_total=engine.batches_total,
-                        batched_rows_total=engine.batched_rows_total)
+        es = list(engines.values())
+        return S.Health(model=served.name, models=list(by_name) + list(offline.names),
+                        queued=sum(e.queued for e in es), running=sum(e.running for e in es),
+                        requests_total=sum(e.requests_total for e in es),
+                        cancelled_total=sum(e.cancelled_total for e in es),
+                        rejected_total=sum(e.rejected_total for e in es),
+                        batches_total=sum(e.batches_total for e in es),
+                        batched_rows_total=sum(e.batched_rows_total for e in es))
+
+    def cards() -> list[S.ModelCard]:
+        return [m.card() for m in all_served] + offline.cards(served.created)
 
     @app.get("/v1/models", response_model=S.ModelList, responses=_ERRORS)
     async def list_models() -> S.ModelList:
-        return S.ModelList(data=[served.card()])
+        return S.ModelList(data=cards())
 
     @app.get("/v1/models/{model_id}", response_model=S.ModelCard, responses=_ERRORS)
     async def get_model(model_id: str) -> S.ModelCard:
-        served.check_name(model_id)
-        return served.card()
+        card = next((c for c in cards() if c.id == model_id), None)
+        if card is None:
+            lookup(model_id)  # raises the 404
+        return card
 
     @app.post("/v1/completions", response_model=S.Completion,
               responses={**_ERRORS, 200: {"content": _SSE, "description": "A completion, or SSE chunks"}})
     async def completions(body: S.CompletionRequest, request: Request) -> Any:
-        served.check_name(body.model)
+        served, engine = lookup(body.model)
         prompts = build_completion_prompts(served, body, settings)
         params, stop = sampling_params(body), body.stop_list()
         n = body.n or 1
@@ -115,7 +166,10 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
     @app.post("/v1/chat/completions", response_model=S.ChatCompletion,
               responses={**_ERRORS, 200: {"content": _SSE, "description": "A chat completion, or SSE chunks"}})
     async def chat_completions(body: S.ChatCompletionRequest, request: Request) -> Any:
-        served.check_name(body.model)
+        served, engine = lookup(body.model)
+        if served.multimodal is not None and has_media(body):
+            prompt = await asyncio.to_thread(build_multimodal_prompt, served, body, settings)
+            return await _media_answer(served, locks[served.name], body, prompt)
         ids, max_new = build_chat_prompt(served, body, settings)
         params = sampling_params(body)
         stop = list(dict.fromkeys(body.stop_list() + served.chat_template.stop))  # the template's stops always apply
@@ -123,6 +177,18 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
         rows = [Row(ids, max_new, params, queue, index=j, stop=stop) for j in range(body.n or 1)]
         return await _respond(request, engine, served, rows, queue, len(ids), chat=True, stream=bool(body.stream),
                               include_usage=bool(body.stream_options and body.stream_options.include_usage))
+
+    @app.post("/v1/audio/transcriptions", response_model=S.Transcription | S.TranscriptionVerbose,
+              responses={**_ERRORS, 200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                                          "description": "The transcription (json, verbose_json or text)"}})
+    async def audio_transcriptions(request: Request) -> Any:
+        out = await transcription(offline, await request.body(), request.headers.get("content-type", ""),
+                                  settings.max_audio_seconds)
+        return PlainTextResponse(out) if isinstance(out, str) else out
+
+    @app.post("/v1/embeddings", response_model=S.EmbeddingList, responses=_ERRORS)
+    async def create_embeddings(body: S.EmbeddingRequest) -> S.EmbeddingList:
+        return await embeddings(offline, body)
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema without the 422 it adds everywhere: this server answers validation errors with 400."""
@@ -142,6 +208,54 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
 
 # ------------------------------------------------------------------------------------------------------------
 # Turning engine events into responses
+
+
+async def _media_answer(served: ServedModel, lock: threading.Lock, body: S.ChatCompletionRequest,
+                        prompt: MultimodalPrompt) -> Any:
+    """One answer of a multimodal checkpoint about the request's images/audio (``generate.multimodal``)."""
+    from omnigpt.generate.multimodal import generate_answers
+
+    params = sampling_params(body)
+
+    def run() -> tuple[str, int, int]:
+        with lock:
+            try:
+                batch = served.processor(prompt.text, images=prompt.images, audio=prompt.audio)
+            except ValueError as e:  # e.g. a clip longer than the model's audio window
+                raise APIError(400, f"The media could not be prepared for this model: {str(e)[:200]}",
+                               param="messages", code="invalid_value") from None
+            text = generate_answers(served.multimodal, served.processor, batch, max_new_tokens=prompt.max_new_tokens,
+                                    temperature=params.temperature, top_k=params.top_k, seed=params.seed)
+        return text, int(batch["input_ids"].shape[1]), len(served.tokenizer.encode(text))
+
+    text, prompt_tokens, completion_tokens = await asyncio.to_thread(run)
+    reason: S.FinishReason = "length" if completion_tokens >= prompt.max_new_tokens else "stop"
+    cuts = [i for i in (text.find(s) for s in body.stop_list()) if i >= 0]
+    if cuts:
+        text, reason = text[: min(cuts)], "stop"
+    rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
+    usage = S.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                    total_tokens=prompt_tokens + completion_tokens)
+    if not body.stream:
+        return S.ChatCompletion(id=rid, created=created, model=served.name, usage=usage, choices=[
+            S.ChatChoice(index=0, message=S.AssistantMessage(content=text), finish_reason=reason)])
+
+    def chunk(delta: S.ChatDelta, finish: Any = None) -> str:
+        return _sse(S.ChatCompletionChunk(id=rid, created=created, model=served.name,
+                                          choices=[S.ChatChunkChoice(index=0, delta=delta, finish_reason=finish)]))
+
+    async def events() -> AsyncIterator[str]:
+        yield chunk(S.ChatDelta(role="assistant", content=""))
+        if text:
+            yield chunk(S.ChatDelta(content=text))
+        yield chunk(S.ChatDelta(), reason)
+        if body.stream_options and body.stream_options.include_usage:
+            yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": served.name,
+                        "choices": [], "usage": usage.model_dump()})
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
 def _submit(engine: Engine, rows: list[Row]) -> None:

@@ -5,6 +5,13 @@ this server does not implement, content parts the model cannot take (image/audio
 get a 400 naming the part), prompt size (capped in characters *before* tokenizing, since tokenizing megabytes
 costs seconds), token ids against the vocabulary, and ``prompt + max_tokens`` against the context, with
 OpenAI's ``context_length_exceeded`` wording. Every failure is an ``APIError`` (a 400/404), never a 5xx.
+
+A served model is a checkpoint directory, a ``.gguf`` file, or an offline name (``smollm2-135m-instruct``) that
+``checkpoints.registry.from_pretrained`` resolves; a GGUF model brings its own chat template. A rendered chat prompt
+is encoded with its special tokens (``<|im_start|>`` ...) parsed, as ``transformers``' ``apply_chat_template`` does;
+a message whose text contains one of those token strings is refused (400) instead of letting it forge a turn.
+A multimodal checkpoint answers messages with ``image_url`` (data URLs) / ``input_audio`` parts through
+``generate.multimodal`` (``multimodal_prompt`` here; app.py runs it) and text-only messages on its decoder.
 """
 
 from __future__ import annotations
@@ -19,7 +26,13 @@ from torch import nn
 from omnigpt.serve import schemas as S
 from omnigpt.serve.engine import SamplingParams
 from omnigpt.serve.errors import APIError, bad_request
-from omnigpt.serve.prompts import ChatTemplate, TemplateError, load_chat_template
+from omnigpt.serve.prompts import (
+    DEFAULT_CHAT_TEMPLATE,
+    DEFAULT_STOP,
+    ChatTemplate,
+    TemplateError,
+    load_chat_template,
+)
 
 if TYPE_CHECKING:
     from omnigpt.serve.app import ServeSettings
@@ -38,6 +51,8 @@ class ServedModel:
     chat_template: ChatTemplate = field(default_factory=ChatTemplate)
     modalities: list[str] = field(default_factory=lambda: ["text"])
     created: int = field(default_factory=lambda: int(time.time()))
+    multimodal: Any = None  # the whole MultimodalGPT when ``model`` is its decoder (image/audio turns go to it)
+    processor: Any = None  # its Processor (images, clips → model inputs)
 
     @property
     def block_size(self) -> int:
@@ -64,35 +79,70 @@ class ServedModel:
                            param="model", code="model_not_found")
 
 
-def load_served_model(model_dir: str | Path, name: str | None = None, device: str = "cpu",
+def load_served_model(model: str | Path, name: str | None = None, device: str = "cpu",
                       dtype: str | None = None) -> ServedModel:
-    """Load a checkpoint directory (config.json + model.safetensors + tokenizer) or a training run's newest one; a
-    multimodal checkpoint serves its decoder for text turns."""
+    """Load a model to serve: a checkpoint directory (config.json + model.safetensors + tokenizer) or a training
+    run's newest one, a ``.gguf`` file, or an offline name (``smollm2-135m-instruct``). A multimodal checkpoint
+    serves its decoder for text turns and the whole model for image/audio turns."""
     import torch
 
     from omnigpt.checkpoints.pretrained import load_pretrained, model_type
     from omnigpt.checkpoints.state import resolve_checkpoint
     from omnigpt.text.tokenizer import load_tokenizer
 
-    d = Path(model_dir)
-    if not d.is_dir():
-        raise FileNotFoundError(f"model directory not found: {d}")
-    name = name or d.resolve().name
-    d = resolve_checkpoint(d)  # a run directory (runs/demo) serves its newest complete checkpoint
     if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    torch_dtype = getattr(torch, dtype or "float32")
+    d = Path(model)
+    if not d.is_dir():
+        return _load_named(str(model), name, device, torch_dtype)
+    name = name or d.resolve().name
+    d = resolve_checkpoint(d)  # a run directory (runs/demo) serves its newest complete checkpoint
+    multimodal = processor = None
     if model_type(d) == "omnigpt-multimodal":  # its decoder answers text turns; the tokenizer is the processor's
         from omnigpt.text.processors import Processor
 
-        model = load_pretrained(d, map_location=device, dtype=getattr(torch, dtype or "float32")).language_model
-        tokenizer = Processor.from_pretrained(d).tokenizer
+        multimodal = load_pretrained(d, map_location=device, dtype=torch_dtype).eval()
+        processor = Processor.from_pretrained(d)
+        lm, tokenizer = multimodal.language_model, processor.tokenizer
     else:
-        model = load_pretrained(d, map_location=device, dtype=getattr(torch, dtype or "float32"), head="lm").eval()
+        lm = load_pretrained(d, map_location=device, dtype=torch_dtype, head="lm").eval()
         tokenizer = load_tokenizer(d)
     eos_id = getattr(tokenizer, "eos_token_id", None)
     eos = tokenizer.decode([eos_id]) if eos_id is not None else ""
-    return ServedModel(name=name, model=model, tokenizer=tokenizer,
-                       chat_template=load_chat_template(d, eos_token=eos))
+    modalities = ["text"]
+    if multimodal is not None:
+        modalities += [m for m, part in (("image", "vision"), ("audio", "audio"))
+                       if getattr(multimodal.config, part, None) is not None]
+    return ServedModel(name=name, model=lm, tokenizer=tokenizer, chat_template=load_chat_template(d, eos_token=eos),
+                       modalities=modalities, multimodal=multimodal, processor=processor)
+
+
+def _load_named(model: str, name: str | None, device: str, dtype: Any) -> ServedModel:
+    """A ``.gguf`` file or an offline name through ``from_pretrained``; it must be a text generator."""
+    from omnigpt.checkpoints.registry import MODELS, from_pretrained, hf_cache_dir
+    from omnigpt.models.gpt import GPT
+
+    if not Path(model).is_file() and model not in MODELS and hf_cache_dir(model) is None:
+        raise FileNotFoundError(f"model directory not found: {model} (and not an offline model name; offline "
+                                f"models: {', '.join(MODELS)})")
+    try:
+        loaded = from_pretrained(model, dtype=dtype)
+    except OSError as e:
+        raise FileNotFoundError(str(e)) from None
+    if not isinstance(loaded.model, GPT) or not hasattr(loaded.preprocessor, "encode"):
+        raise ValueError(f"{model!r} is not a text generator ({type(loaded.model).__name__}); it cannot answer chat. "
+                         f"Speech and embedding models are served on first use at /v1/audio/transcriptions and "
+                         f"/v1/embeddings")
+    tokenizer = loaded.preprocessor
+    template = getattr(tokenizer, "chat_template", None)
+    eos_id, bos_id = tokenizer.eos_token_id, getattr(tokenizer, "bos_token_id", None)
+    eos = tokenizer.decode([eos_id]) if eos_id is not None else ""
+    bos = tokenizer.decode([bos_id]) if bos_id is not None else ""
+    chat = (ChatTemplate(template, eos_token=eos, bos_token=bos) if template
+            else ChatTemplate(DEFAULT_CHAT_TEMPLATE, stop=list(DEFAULT_STOP), eos_token=eos))
+    return ServedModel(name=name or Path(model).name, model=loaded.model.to(device).eval(), tokenizer=tokenizer,
+                       chat_template=chat)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -140,9 +190,15 @@ def _check_chars(n_chars: int, served: ServedModel, param: str) -> None:
                           param=param, code="context_length_exceeded")
 
 
-def _encode(served: ServedModel, text: str, param: str) -> list[int]:
+def _encode(served: ServedModel, text: str, param: str, special: bool = False) -> list[int]:
     try:
-        ids = [int(t) for t in served.tokenizer.encode(text)]
+        if special:  # a rendered chat prompt: its special-token strings are the template's markers
+            try:
+                ids = [int(t) for t in served.tokenizer.encode(text, allowed_special=True)]
+            except TypeError:  # a tokenizer without allowed_special
+                ids = [int(t) for t in served.tokenizer.encode(text)]
+        else:
+            ids = [int(t) for t in served.tokenizer.encode(text)]
     except ValueError as e:  # e.g. a character a char-level vocabulary lacks: the tokenizer's message names it
         raise bad_request(f"The {param} could not be tokenized: {str(e)[:200]}", param=param,
                           code="invalid_value") from None
@@ -237,17 +293,22 @@ def _message_text(i: int, message: S.ChatMessage, served: ServedModel) -> str:
         if kind not in served.modalities:
             raise bad_request(f"The model '{served.name}' takes text only; {param} is an {part.type} part. "
                               f"Send text, or serve a multimodal model.", param=param, code="unsupported_content")
-        if isinstance(part, S.ImagePart) and not part.image_url.url.startswith("data:"):
-            raise bad_request(f"{param}: only data URLs (data:image/png;base64,...) are accepted; this server does "
-                              f"not fetch remote URLs.", param=param, code="invalid_image_url")
         raise bad_request(f"{param}: {kind} input is not available in this version of the server.",
                           param=param, code="unsupported_content")
     return "\n".join(texts)
 
 
-def build_chat_prompt(served: ServedModel, body: S.ChatCompletionRequest,
-                      settings: ServeSettings) -> tuple[list[int], int]:
-    """Render the messages through the chat template and tokenize; (token ids, max new tokens)."""
+def _check_specials(served: ServedModel, messages: list[dict[str, Any]]) -> None:
+    """A message may not contain the tokenizer's special-token strings: parsed as markers, they would forge turns."""
+    specials = getattr(served.tokenizer, "special_tokens", None) or {}
+    for i, m in enumerate(messages):
+        found = next((t for t in specials if t in m["content"]), None)
+        if found is not None:
+            raise bad_request(f"messages[{i}].content contains '{found}', a special token of this model's chat "
+                              f"format; remove it.", param=f"messages[{i}].content", code="invalid_value")
+
+
+def _check_chat_features(body: S.ChatCompletionRequest, settings: ServeSettings) -> None:
     if body.logprobs:
         raise _unsupported("logprobs", "log probabilities are not returned")
     if body.tools or body.functions:
@@ -257,13 +318,118 @@ def build_chat_prompt(served: ServedModel, body: S.ChatCompletionRequest,
     if body.response_format is not None and body.response_format.type != "text":
         raise _unsupported("response_format", "only {'type': 'text'} is available")
     _check_common(body, settings, body.n or 1)
+
+
+def _requested_tokens(body: S.ChatCompletionRequest) -> tuple[int | None, str]:
+    if body.max_completion_tokens is not None:
+        return body.max_completion_tokens, "max_completion_tokens"
+    return body.max_tokens, "max_tokens"
+
+
+def build_chat_prompt(served: ServedModel, body: S.ChatCompletionRequest,
+                      settings: ServeSettings) -> tuple[list[int], int]:
+    """Render the messages through the chat template and tokenize; (token ids, max new tokens)."""
+    _check_chat_features(body, settings)
     messages = [{"role": m.role, "content": _message_text(i, m, served)} for i, m in enumerate(body.messages)]
     _check_chars(sum(len(m["content"]) for m in messages), served, "messages")
+    _check_specials(served, messages)
     try:
         text = served.chat_template.render(messages)
     except TemplateError as e:
         raise bad_request(str(e), param="messages", code="invalid_value") from None
-    ids = _encode(served, text, "messages")
-    requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    max_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    ids = _encode(served, text, "messages", special=True)
+    bos = getattr(served.tokenizer, "bos_token_id", None)
+    if getattr(served.tokenizer, "add_bos", False) and bos is not None and ids[:1] != [bos]:
+        ids = [int(bos), *ids]  # a GGUF file's add_bos_token
+    requested, max_param = _requested_tokens(body)
     return ids, resolve_max_tokens(len(ids), requested, served, settings, "messages", max_param)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Image / audio turns for a multimodal checkpoint
+
+AUDIO_FORMATS = ("wav", "flac", "ogg")  # what libsndfile reads; mp3/webm would need a decoder this server lacks
+
+
+def has_media(body: S.ChatCompletionRequest) -> bool:
+    """Whether any message carries an image or audio part."""
+    return any(isinstance(m.content, list) and any(not isinstance(p, S.TextPart) for p in m.content)
+               for m in body.messages)
+
+
+@dataclass
+class MultimodalPrompt:
+    """A multimodal checkpoint's prompt (its training format, placeholders for the media) and the media."""
+
+    text: str
+    images: list[Any]  # PIL images, in placeholder order
+    audio: list[Any]  # (waveform, sample rate) pairs, in placeholder order
+    max_new_tokens: int
+
+
+def build_multimodal_prompt(served: ServedModel, body: S.ChatCompletionRequest,
+                            settings: ServeSettings) -> MultimodalPrompt:
+    """Messages with image/audio parts → the prompt a ``MultimodalGPT`` was trained on (``conversation_prompt``:
+    "User: " / "\nAssistant: " turns; system messages dropped), each turn's placeholders first, then its text —
+    for one user turn exactly the prompt ``generate.multimodal.answer`` builds."""
+    from omnigpt.data.formats import conversation_prompt
+    from omnigpt.serve.media import audio_from_bytes, b64_bytes, data_url_bytes, image_from_bytes
+    from omnigpt.text.processors import AUDIO_TOKEN, IMAGE_TOKEN
+
+    _check_chat_features(body, settings)
+    if (body.n or 1) != 1:
+        raise bad_request("Image/audio turns generate one choice; send n=1.", param="n", code="invalid_value")
+    if body.top_p not in (None, 1.0) or body.repetition_penalty not in (None, 1.0):
+        raise _unsupported("top_p" if body.top_p not in (None, 1.0) else "repetition_penalty",
+                           "image/audio turns sample with temperature and top_k only")
+    turns: list[dict[str, str]] = []
+    images: list[Any] = []
+    audio: list[Any] = []
+    for i, m in enumerate(body.messages):
+        if m.role in ("system", "developer"):
+            continue
+        if m.role not in ("user", "assistant"):
+            raise bad_request(f"messages[{i}]: role '{m.role}' is not available for image/audio turns.",
+                              param=f"messages[{i}].role", code="invalid_value")
+        parts = [S.TextPart(type="text", text=m.content)] if isinstance(m.content, str) else list(m.content or [])
+        marks, texts = [], []
+        for j, part in enumerate(parts):
+            param = f"messages[{i}].content[{j}]" if not isinstance(m.content, str) else f"messages[{i}].content"
+            if isinstance(part, S.TextPart):
+                if IMAGE_TOKEN in part.text or AUDIO_TOKEN in part.text:
+                    raise bad_request(f"{param} contains a media placeholder; send images and audio as parts.",
+                                      param=param, code="invalid_value")
+                texts.append(part.text)
+                continue
+            kind = "image" if isinstance(part, S.ImagePart) else "audio"
+            if kind not in served.modalities:
+                raise bad_request(f"The model '{served.name}' takes {', '.join(served.modalities)}; {param} is an "
+                                  f"{part.type} part.", param=param, code="unsupported_content")
+            if m.role != "user":
+                raise bad_request(f"{param}: only user messages may carry {kind}.", param=param,
+                                  code="unsupported_content")
+            if isinstance(part, S.ImagePart):
+                images.append(image_from_bytes(data_url_bytes(part.image_url.url, param), param))
+                marks.append(IMAGE_TOKEN)
+            else:
+                fmt = part.input_audio.format
+                if fmt not in AUDIO_FORMATS:
+                    raise bad_request(f"{param}: audio format '{fmt[:16]}' is not supported; send "
+                                      f"{', '.join(AUDIO_FORMATS)}.", param=param, code="invalid_audio_format")
+                audio.append(audio_from_bytes(b64_bytes(part.input_audio.data, param), param,
+                                              settings.max_audio_seconds))
+                marks.append(AUDIO_TOKEN)
+        value = "".join(marks) + ("\n" if marks else "") + "\n".join(texts)
+        turns.append({"from": "human" if m.role == "user" else "gpt", "value": value})
+    if not turns or turns[-1]["from"] != "human":
+        raise bad_request("The last message must be a user message.", param="messages", code="invalid_value")
+    _check_chars(sum(len(t["value"]) for t in turns), served, "messages")
+    text = conversation_prompt({"conversations": [*turns, {"from": "gpt", "value": ""}]})[0]
+    try:
+        n_tokens = len(served.processor.encode_sample(text, len(images), len(audio)))
+    except ValueError as e:
+        raise bad_request(f"The messages could not be tokenized: {str(e)[:200]}", param="messages",
+                          code="invalid_value") from None
+    requested, max_param = _requested_tokens(body)
+    return MultimodalPrompt(text, images, audio,
+                            resolve_max_tokens(n_tokens, requested, served, settings, "messages", max_param))

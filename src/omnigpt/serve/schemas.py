@@ -134,6 +134,16 @@ class ChatCompletionRequest(_Sampling):
     response_format: ResponseFormat | None = None
 
 
+class EmbeddingRequest(_Strict):
+    """``POST /v1/embeddings``: one text or a list of texts (token-id inputs are refused by the route)."""
+
+    model: Text = Field(max_length=256)
+    input: Text | list[Text] | list[Annotated[int, Field(ge=0)]] | list[list[Annotated[int, Field(ge=0)]]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+    user: Text | None = Field(default=None, max_length=512)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Responses
 
@@ -235,9 +245,64 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # floats, or base64 of little-endian float32 (encoding_format="base64")
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+class TranscriptionUsage(BaseModel):
+    type: Literal["duration"] = "duration"
+    seconds: int
+
+
+class Transcription(BaseModel):
+    """``response_format=json``."""
+
+    text: str
+    usage: TranscriptionUsage | None = None
+
+
+class TranscriptionSegment(BaseModel):
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float = 0.0
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+class TranscriptionVerbose(BaseModel):
+    """``response_format=verbose_json`` (``language`` is the code Whisper detected or was given, e.g. "en")."""
+
+    task: Literal["transcribe"] = "transcribe"
+    language: str
+    duration: float
+    text: str
+    segments: list[TranscriptionSegment]
+    usage: TranscriptionUsage | None = None
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
-    model: str
+    model: str  # the default chat model
+    models: list[str] = Field(default_factory=list)  # every model this server answers for
     queued: int
     running: int
     requests_total: int
