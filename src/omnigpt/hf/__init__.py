@@ -1,8 +1,11 @@
-"""The Hugging Face way of working, without ``transformers``: ``GPT2Tokenizer.from_pretrained``,
-``GPT2Model.from_pretrained``, ``model(**inputs)`` with transformers-shaped outputs (``gpt2``)."""
+"""The Hugging Face way of working, without ``transformers``: ``AutoTokenizer`` / ``AutoModelForCausalLM`` /
+``AutoModel.from_pretrained`` (GPT-2/GPT-1 directories, GGUF files, offline names such as
+``smollm2-135m-instruct``), ``model(**inputs)`` with transformers-shaped outputs, ``model.generate(...)`` and
+``tokenizer.apply_chat_template(...)``."""
 
+from omnigpt.hf.auto import AutoModel, AutoModelForCausalLM, AutoTokenizer
+from omnigpt.hf.generation import GenerationConfig
 from omnigpt.hf.gpt2 import (
-    BatchEncoding,
     GPT2ForSequenceClassification,
     GPT2LMHeadModel,
     GPT2Model,
@@ -12,6 +15,10 @@ from omnigpt.hf.gpt2 import (
     OpenAIGPTLMHeadModel,
     OpenAIGPTModel,
 )
+from omnigpt.hf.llama import LlamaForCausalLM, LlamaModel
+from omnigpt.hf.tokenizer import BatchEncoding, PreTrainedTokenizerFast
 
-__all__ = ["BatchEncoding", "GPT2ForSequenceClassification", "GPT2LMHeadModel", "GPT2Model", "GPT2Tokenizer",
-           "GPT2TokenizerFast", "ModelOutput", "OpenAIGPTLMHeadModel", "OpenAIGPTModel"]
+__all__ = ["AutoModel", "AutoModelForCausalLM", "AutoTokenizer", "BatchEncoding", "GPT2ForSequenceClassification",
+           "GPT2LMHeadModel", "GPT2Model", "GPT2Tokenizer", "GPT2TokenizerFast", "GenerationConfig",
+           "LlamaForCausalLM", "LlamaModel", "ModelOutput", "OpenAIGPTLMHeadModel", "OpenAIGPTModel",
+           "PreTrainedTokenizerFast"]

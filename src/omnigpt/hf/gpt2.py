@@ -9,6 +9,9 @@ keywords and returns HF's output fields, so the article's snippet runs unchanged
     model = GPT2Model.from_pretrained(path)
     outputs = model(**tokenizer("Hello, my dog is cute", return_tensors="pt"))
 
+The causal-LM classes also have transformers' ``generate`` (``hf/generation.py``); the tokenizer is the general
+``hf/tokenizer.py`` class with GPT-2's special tokens; ``hf/auto.py`` picks these classes for GPT-2/GPT-1 directories.
+
 Differences on purpose: ``from_pretrained`` never touches the network unless ``download=True``; the tokenizer's
 ``from_pretrained("gpt2")`` builds OpenAI's GPT-2 BPE offline; ``past_key_values`` is omnigpt's preallocated
 ``KVCache`` list (pass it back as HF users do with a ``DynamicCache``); ``output_attentions`` is not supported.
@@ -17,7 +20,6 @@ Checkpoint conversion itself is in ``hf.py``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,9 +29,11 @@ from torch import Tensor
 
 from omnigpt.checkpoints.hf import load_pretrained, not_local_error, save_pretrained
 from omnigpt.config import GPTConfig
+from omnigpt.hf.generation import GenerationConfig, GenerationMixin
+from omnigpt.hf.tokenizer import PreTrainedTokenizerFast
 from omnigpt.models.gpt import GPT, GPTForSequenceClassification, GPTModel, KVCache, causal_lm_loss, make_kv_cache
 from omnigpt.text.gpt2_vocab import gpt2_tokenizer
-from omnigpt.text.tokenizer import Tokenizer, load_tokenizer
+from omnigpt.text.tokenizer import Tokenizer
 
 GPT2_NAMES = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2"}  # all share OpenAI's GPT-2 BPE
 
@@ -88,17 +92,27 @@ class _Pretrained:
         """Load a local omnigpt or Hugging Face directory. A hub name is fetched only with ``download=True``.
         transformers' ``torch_dtype`` and ``device_map`` (one device) are honoured; other options that would
         change the result raise instead of being ignored."""
+        return cls.from_directory(_resolve(path, download), map_location, dtype, **kwargs)
 
-        dtype = kwargs.pop("torch_dtype", dtype)
+    @classmethod
+    def from_directory(cls, directory: Path, map_location: str | torch.device = "cpu",
+                       dtype: torch.dtype | None = torch.float32, **kwargs: Any) -> Any:
+        """``from_pretrained`` once the directory is known (``hf/auto.py`` resolves names itself)."""
+        dtype = kwargs.pop("torch_dtype", kwargs.pop("dtype", dtype))
+        dtype = None if dtype == "auto" else dtype  # transformers' "auto": the dtype the weights are stored in
         map_location = kwargs.pop("device_map", None) or map_location
         unknown = sorted(set(kwargs) - _HARMLESS)
         if unknown:
             raise TypeError(f"{cls.__name__}.from_pretrained: unsupported options {unknown}")
-        return load_pretrained(_resolve(path, download), map_location, dtype, cls._head,  # type: ignore[arg-type]
-                               model_class=cls)  # type: ignore[arg-type]
+        model = load_pretrained(directory, map_location, dtype, cls._head,  # type: ignore[arg-type]
+                                model_class=cls)  # type: ignore[arg-type]
+        if isinstance(model, GenerationMixin):  # generation_config.json beside the weights, as transformers reads it
+            model.generation_config = GenerationConfig.from_pretrained(directory, model.config)
+        return model
 
-    def save_pretrained(self, directory: str | Path, tokenizer: Tokenizer | GPT2Tokenizer | None = None) -> Path:
-        if isinstance(tokenizer, GPT2Tokenizer):
+    def save_pretrained(self, directory: str | Path,
+                        tokenizer: Tokenizer | PreTrainedTokenizerFast | None = None) -> Path:
+        if isinstance(tokenizer, PreTrainedTokenizerFast):
             tokenizer = tokenizer.tokenizer
         return save_pretrained(self, directory, tokenizer)  # type: ignore[arg-type]
 
@@ -160,8 +174,9 @@ class GPT2Model(_Pretrained, GPTModel):
         return res if return_dict is not False else res.to_tuple()
 
 
-class GPT2LMHeadModel(_Pretrained, GPT):
-    """HF ``GPT2LMHeadModel``: logits (B, T, V); with ``labels`` the shifted next-token loss (-100 ignored)."""
+class GPT2LMHeadModel(GenerationMixin, _Pretrained, GPT):
+    """HF ``GPT2LMHeadModel``: logits (B, T, V); with ``labels`` the shifted next-token loss (-100 ignored);
+    ``generate`` as in transformers (``hf/generation.py``)."""
 
     _head = "lm"
 
@@ -220,137 +235,27 @@ class OpenAIGPTLMHeadModel(GPT2LMHeadModel):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Tokenizer
+# Tokenizer (the general class is in hf/tokenizer.py)
 
 
-class BatchEncoding(dict):
-    """``input_ids`` and ``attention_mask`` as a dict with attribute access (``**inputs`` feeds a model)."""
+class GPT2Tokenizer(PreTrainedTokenizerFast):
+    """HF ``GPT2Tokenizer``/``GPT2TokenizerFast``: ``<|endoftext|>`` is bos, eos and unk, there is no pad token
+    (set ``tokenizer.pad_token = tokenizer.eos_token`` to pad), 1024 positions."""
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def to(self, device: str | torch.device) -> BatchEncoding:
-        return BatchEncoding({k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.items()})
-
-
-class GPT2Tokenizer:
-    """HF ``GPT2Tokenizer``/``GPT2TokenizerFast`` over an omnigpt ``Tokenizer``. Like transformers, special-token
-    text such as ``<|endoftext|>`` in the input is parsed as the special token (``Tokenizer.encode`` does not)."""
-
-    model_input_names = ("input_ids", "attention_mask")
-
-    def __init__(self, tokenizer: Tokenizer, model_max_length: int = 1024) -> None:
-        self.tokenizer = tokenizer
-        self.model_max_length = model_max_length
-        self.padding_side = "right"
-        self.truncation_side = "right"
+    def __init__(self, tokenizer: Tokenizer, model_max_length: int = 1024, **settings: Any) -> None:
         eot = "<|endoftext|>" if "<|endoftext|>" in tokenizer.special_tokens else None
-        self.bos_token = self.eos_token = self.unk_token = eot
-        self.pad_token: str | None = None
+        for key in ("bos_token", "eos_token", "unk_token"):
+            settings.setdefault(key, eot)
+        super().__init__(tokenizer, model_max_length=model_max_length, **settings)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, download: bool = False, **_: Any) -> GPT2Tokenizer:
+    def from_pretrained(cls, path: str | Path, download: bool = False, **kwargs: Any) -> GPT2Tokenizer:
         """A local directory (tokenizer.json or vocab.json + merges.txt), or ``"gpt2"`` (and its sizes), built
         offline from OpenAI's BPE file."""
         p = Path(path)
         if not p.is_dir() and str(path).removeprefix("openai-community/") in GPT2_NAMES:
-            return cls(gpt2_tokenizer())
-        return cls(load_tokenizer(_resolve(path, download)))
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(d)
-        return d
-
-    # -- vocabulary --------------------------------------------------------------------------------------------
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    def __len__(self) -> int:
-        return self.tokenizer.vocab_size
-
-    def _id(self, token: str | None) -> int | None:
-        return None if token is None else self.tokenizer.token_to_id(token)
-
-    @property
-    def eos_token_id(self) -> int | None:
-        return self._id(self.eos_token)
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self._id(self.bos_token)
-
-    @property
-    def pad_token_id(self) -> int | None:
-        return self._id(self.pad_token)
-
-    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
-        if isinstance(tokens, str):
-            return self.tokenizer.token_to_id(tokens)
-        return [self.tokenizer.token_to_id(t) for t in tokens]
-
-    def convert_ids_to_tokens(self, ids: int | Sequence[int]) -> str | list[str]:
-        if isinstance(ids, int):
-            return self.tokenizer.id_to_token(ids)
-        return [self.tokenizer.id_to_token(int(i)) for i in ids]
-
-    # -- encode / decode ---------------------------------------------------------------------------------------
-    def encode(self, text: str, return_tensors: str | None = None, **_: Any) -> Any:
-        ids = self.tokenizer.encode(text, allowed_special=True)
-        return torch.tensor([ids], dtype=torch.long) if return_tensors == "pt" else ids
-
-    def decode(self, ids: Any, skip_special_tokens: bool = False, **_: Any) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
-
-    def batch_decode(self, sequences: Any, skip_special_tokens: bool = False, **_: Any) -> list[str]:
-        rows = sequences.tolist() if hasattr(sequences, "tolist") else sequences
-        return [self.decode(r, skip_special_tokens) for r in rows]
-
-    def __call__(self, text: str | Sequence[str], padding: bool | str = False, truncation: bool | str = False,
-                 max_length: int | None = None, return_tensors: str | None = None,
-                 return_attention_mask: bool = True, add_special_tokens: bool = True) -> BatchEncoding:
-        """Token ids (and attention mask) for one text or a batch; ``return_tensors="pt"`` gives (B, T) tensors."""
-        single = isinstance(text, str)
-        texts = [text] if single else list(text)
-        rows = [self.tokenizer.encode(t, allowed_special=True) for t in texts]
-        if truncation and truncation != "do_not_truncate":
-            limit = max_length or self.model_max_length
-            rows = [r[:limit] if self.truncation_side == "right" else r[-limit:] for r in rows]
-        masks = [[1] * len(r) for r in rows]
-        if padding and padding != "do_not_pad":
-            if self.pad_token_id is None:
-                raise ValueError("Asking to pad but the tokenizer has no pad token: set tokenizer.pad_token "
-                                 "(e.g. tokenizer.pad_token = tokenizer.eos_token)")
-            width = max_length if padding == "max_length" and max_length else max(map(len, rows), default=0)
-            pad = self.pad_token_id
-            for i, r in enumerate(rows):
-                n = width - len(r)
-                rows[i] = r + [pad] * n if self.padding_side == "right" else [pad] * n + r
-                masks[i] = masks[i] + [0] * n if self.padding_side == "right" else [0] * n + masks[i]
-        if return_tensors is not None:
-            if return_tensors not in ("pt", "np"):
-                raise ValueError(f"return_tensors={return_tensors!r} is not supported (use 'pt' or 'np')")
-            if len({len(r) for r in rows}) > 1:
-                raise ValueError("Unable to create a tensor from rows of different lengths: pass padding=True "
-                                 "(and set tokenizer.pad_token)")
-            rows = torch.tensor(rows, dtype=torch.long)  # type: ignore[assignment]
-            masks = torch.tensor(masks, dtype=torch.long)  # type: ignore[assignment]
-            if return_tensors == "np":
-                rows, masks = rows.numpy(), masks.numpy()  # type: ignore[attr-defined]
-        elif single:
-            rows, masks = rows[0], masks[0]  # type: ignore[assignment]
-        enc = BatchEncoding(input_ids=rows)
-        if return_attention_mask:
-            enc["attention_mask"] = masks
-        return enc
-
-    def __repr__(self) -> str:
-        return f"GPT2Tokenizer({self.tokenizer!r}, pad_token={self.pad_token!r})"
+            return cls.build(gpt2_tokenizer(), {}, **kwargs)  # type: ignore[return-value]
+        return cls.from_directory(_resolve(path, download), **kwargs)  # type: ignore[return-value]
 
 
 GPT2TokenizerFast = GPT2Tokenizer
