@@ -26,6 +26,7 @@ import yaml
 
 from omnigpt.config import GPTConfig
 from omnigpt.data.shards import DataSpec
+from omnigpt.models.lora import LoRAConfig
 from omnigpt.train.schedule import Stage
 
 
@@ -221,6 +222,29 @@ def contrastive_config(spec: MMModelSpec, vocab_size: int | None = None) -> Any:
 
 
 @dataclass
+class SFTDataSpec:
+    """Instruction fine-tuning data (``train/tasks/sft.py``): conversations of user/assistant turns."""
+
+    # "wikipedia-qa": the built-in set (Wikipedia lead sections → "Describe X in one line." → its one-line
+    # description); or a JSON Lines file, one {"id": str, "messages": [{"role", "content"}, ...]} per line
+    source: str = "wikipedia-qa"
+    limit: int | None = None  # the first N conversations of the source (before the split)
+    val_fraction: float = 0.05  # held out by a hash of each conversation's id (never by the run's seed)
+    max_len: int = 256  # tokens per conversation after the chat template; longer ones are cut at the end
+    system: str | None = None  # a system message for every conversation (None: the template's default)
+    max_new_tokens: int = 32  # final evaluation: greedy answers to held-out prompts
+    generate: int = 64  # held-out prompts answered at the end (exact match, 0: none)
+
+
+@dataclass
+class SFTModelSpec:
+    """The pretrained model to fine-tune and, optionally, LoRA adapters (without ``lora``: full fine-tuning)."""
+
+    pretrained: str = "smollm2-135m-instruct"  # an offline name or a model directory (checkpoints.registry)
+    lora: LoRAConfig | None = None  # {rank, alpha, dropout, targets}: base weights frozen, adapters trained
+
+
+@dataclass
 class Recipe:
     """One training run of any task. Batch sizes count sequences (lm: windows of block_size tokens; multimodal:
     conversations; contrastive: pairs)."""
@@ -275,6 +299,7 @@ SECTIONS: dict[str, tuple[type, Any]] = {
     "lm": (DataSpec, dict[str, Any]),
     "multimodal": (MMDataSpec, MMModelSpec),
     "contrastive": (MMDataSpec, MMModelSpec),
+    "sft": (SFTDataSpec, SFTModelSpec),
 }
 
 

