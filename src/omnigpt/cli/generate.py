@@ -1,4 +1,10 @@
-"""``omnigpt generate --model DIR --prompt TEXT``: stream a completion to stdout as it is produced.
+"""``omnigpt generate --model DIR|NAME --prompt TEXT``: stream a completion to stdout as it is produced.
+
+``--model`` is a checkpoint directory, a ``.gguf`` file or an offline name (``smollm2-135m-instruct``, fetched and
+checked on first use). ``--chat TEXT`` instead of ``--prompt`` renders TEXT as a user turn through the model's chat
+template (the GGUF file's, the directory's ``chat_template.jinja``/``tokenizer_config.json``, else plain
+"User:/Assistant:" lines) and prints the assistant's reply: ``omnigpt generate --model smollm2-135m-instruct
+--chat "What is the capital of France?"``.
 
 Any checkpoint: a GPT-family model streams text; a multimodal one (``model_type: omnigpt-multimodal``) answers a
 question about ``--image PATH`` and/or ``--audio PATH`` (``omnigpt generate --model runs/mm-fmnist --image
@@ -13,11 +19,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory (omnigpt or Hugging Face GPT-2 / GPT-1 format)")
-    p.add_argument("--prompt", required=True, help="prompt text, or - to read prompts from stdin, one per line")
+    p.add_argument("--model", required=True,
+                   help="model directory (omnigpt or Hugging Face GPT-2 / GPT-1 format), .gguf file, or offline name "
+                        "(smollm2-135m-instruct)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="prompt text, or - to read prompts from stdin, one per line")
+    what.add_argument("--chat", help="a user message answered through the chat template (- : one per stdin line)")
+    p.add_argument("--system", default=None, help="with --chat: a system message (default: the template's)")
     p.add_argument("--image", action="append", default=[], help="multimodal models: an image file (repeatable)")
     p.add_argument("--audio", action="append", default=[], help="multimodal models: an audio file (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=100)
@@ -47,21 +60,29 @@ def run(args: argparse.Namespace) -> int:
     from omnigpt.kernels.quantize import quantize
     from omnigpt.text.tokenizer import load_tokenizer
 
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     try:
-        args.model = resolve_checkpoint(args.model)  # a run directory means its newest checkpoint
-        if model_type(args.model) == "omnigpt-multimodal":
-            return _multimodal(args)
-        if args.image or args.audio:
-            raise ValueError(f"{args.model} is a text model ({model_type(args.model)}): --image/--audio need a "
-                             f"multimodal checkpoint")
-        model = load_pretrained(args.model, dtype=torch.bfloat16 if args.dtype == "bfloat16" else torch.float32)
-        tokenizer = load_tokenizer(args.model)
+        if Path(args.model).is_dir():
+            args.model = resolve_checkpoint(args.model)  # a run directory means its newest checkpoint
+            if model_type(args.model) == "omnigpt-multimodal":
+                return _multimodal(args)
+            if args.image or args.audio:
+                raise ValueError(f"{args.model} is a text model ({model_type(args.model)}): --image/--audio need a "
+                                 f"multimodal checkpoint")
+            model = load_pretrained(args.model, dtype=dtype)
+            tokenizer = load_tokenizer(args.model)
+        else:
+            model, tokenizer = _named(args, dtype)
     except OSError as e:  # not a directory, unreadable file: one line, no traceback
         print(f"omnigpt generate: error: {e}", file=sys.stderr)
         return 2
     if args.int8 or args.int4:
         quantize(model, bits=4 if args.int4 else 8)
-    prompts = [line.rstrip("\r\n") for line in sys.stdin] if args.prompt == "-" else [args.prompt]
+    text = args.prompt if args.prompt is not None else args.chat
+    prompts = [line.rstrip("\r\n") for line in sys.stdin] if text == "-" else [text]
+    if args.chat is not None:
+        prompts, tokenizer, stop = _chat_prompts(args, tokenizer, prompts)
+        args.stop = [*args.stop, *stop]
     controls = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
                     context_overflow=args.context_overflow)
@@ -82,6 +103,63 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # e.g. piped into `head`: the reader is gone, which is not an error
         sys.stderr.close()
     return 0
+
+
+def _named(args: argparse.Namespace, dtype: Any) -> tuple[Any, Any]:
+    """A .gguf file or an offline name through the registry; it must be a text generator."""
+    from omnigpt.checkpoints.registry import from_pretrained
+    from omnigpt.models.gpt import GPT
+
+    if args.image or args.audio:
+        raise ValueError("--image/--audio need a multimodal checkpoint directory")
+    model, tokenizer, _ = from_pretrained(args.model, dtype=dtype)
+    if not isinstance(model, GPT) or not hasattr(tokenizer, "decode"):
+        raise ValueError(f"{args.model} is not a text generator ({type(model).__name__}); see `omnigpt transcribe`, "
+                         f"`omnigpt classify-image`, `omnigpt embed`")
+    return model, tokenizer
+
+
+class _SpecialAware:
+    """A tokenizer whose ``encode`` parses special tokens: a rendered chat prompt's markers are tokens."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.eos_token_id = tokenizer.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text, allowed_special=True)
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if getattr(self.tokenizer, "add_bos", False) and bos is not None and ids[:1] != [bos]:
+            ids = [bos, *ids]
+        return ids
+
+    def decode(self, ids: Any) -> str:
+        return self.tokenizer.decode(ids)
+
+
+def _chat_prompts(args: argparse.Namespace, tokenizer: Any, messages: list[str]) -> tuple[list[str], Any, list[str]]:
+    """Each message rendered as one user turn through the model's chat template; the template's stop strings."""
+    from omnigpt.serve.prompts import DEFAULT_CHAT_TEMPLATE, DEFAULT_STOP, ChatTemplate, load_chat_template
+
+    source = getattr(tokenizer, "chat_template", None)
+    eos_id = tokenizer.eos_token_id
+    eos = tokenizer.decode([eos_id]) if eos_id is not None else ""
+    if source:
+        template = ChatTemplate(source, eos_token=eos)
+    elif Path(args.model).is_dir():
+        template = load_chat_template(args.model, eos_token=eos)
+    else:
+        template = ChatTemplate(DEFAULT_CHAT_TEMPLATE, stop=list(DEFAULT_STOP), eos_token=eos)
+    specials = getattr(tokenizer, "special_tokens", None) or {}
+    rendered = []
+    for m in messages:
+        found = next((t for t in specials if t in m or (args.system and t in args.system)), None)
+        if found is not None:
+            raise ValueError(f"the message contains {found!r}, a special token of this model's chat format")
+        turns = ([{"role": "system", "content": args.system}] if args.system else []) + \
+            [{"role": "user", "content": m}]
+        rendered.append(template.render(turns) if m else "")
+    return rendered, _SpecialAware(tokenizer), template.stop
 
 
 def _multimodal(args: argparse.Namespace) -> int:

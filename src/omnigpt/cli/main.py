@@ -12,12 +12,15 @@ import sys
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("omnigpt.cli.demo", "the main job: build, train, evaluate and sample a GPT on CPU"),
-    "generate": ("omnigpt.cli.generate", "stream a completion from a model directory (--prompt TEXT or -)"),
+    "generate": ("omnigpt.cli.generate", "stream a completion (--prompt) or a chat reply (--chat) from a model"),
     "prepare": ("omnigpt.cli.prepare", "tokenize corpora into memory-mapped token shards with a manifest"),
     "train": ("omnigpt.cli.train", "train a GPT or a multimodal model from a YAML recipe (torchrun, --resume)"),
     "eval": ("omnigpt.cli.eval", "loss/perplexity/bits per byte, or multimodal task metrics, of a checkpoint"),
     "prepare-mm": ("omnigpt.cli.prepare_mm", "build an image/speech + text dataset from offline assets"),
-    "serve": ("omnigpt.cli.serve", "OpenAI-compatible HTTP API and chat page for a model directory"),
+    "serve": ("omnigpt.cli.serve", "OpenAI-compatible HTTP API and chat page for models (directories or names)"),
+    "transcribe": ("omnigpt.cli.transcribe", "speech to text with Whisper (whisper-tiny.en, whisper-base)"),
+    "classify-image": ("omnigpt.cli.classify_image", "ImageNet top-k classes of an image (mobilenet-v2)"),
+    "embed": ("omnigpt.cli.embed", "sentence embeddings or their cosine similarities (all-minilm-l6-v2)"),
 }
 
 
@@ -33,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
-    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+    except (ValueError, OSError) as e:  # user errors (bad input, missing file, unknown name): one line, no traceback
         print(f"omnigpt {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,14 +1,28 @@
-"""``omnigpt serve --model DIR``: the OpenAI-compatible API and the chat page on uvicorn (127.0.0.1 by default)."""
+"""``omnigpt serve --model DIR|NAME``: the OpenAI-compatible API and the chat page on uvicorn (127.0.0.1 by default).
+
+``--model`` takes a checkpoint directory, a ``.gguf`` file or an offline name (``smollm2-135m-instruct``) and may be
+repeated to serve several chat models (the first is the page's default). Speech recognition (``whisper-tiny.en``,
+``whisper-base``) and embeddings (``all-minilm-l6-v2``) are served beside them and load on first use
+(``--offline-models none`` turns them off).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 
+DEFAULT_OFFLINE_MODELS = ("whisper-tiny.en", "whisper-base", "all-minilm-l6-v2")  # = serve.offline's (no import)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint directory (config.json, model.safetensors, tokenizer)")
-    p.add_argument("--name", default=None, help="model id clients send (default: the directory's name)")
+    p.add_argument("--model", required=True, action="append",
+                   help="checkpoint directory, .gguf file or offline name (smollm2-135m-instruct); repeatable")
+    p.add_argument("--name", action="append", default=None,
+                   help="model id clients send, one per --model in order (default: the directory's or name's)")
+    p.add_argument("--offline-models", default=",".join(DEFAULT_OFFLINE_MODELS),
+                   help="comma-separated speech/embedding models for /v1/audio/transcriptions and /v1/embeddings, "
+                        "loaded on first use (default: %(default)s; 'none' for none)")
+    p.add_argument("--max-audio-seconds", type=float, default=600.0, help="longer audio uploads get a 400")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("OMNIGPT_API_KEY"),
@@ -30,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from omnigpt.serve import ServeSettings, create_app, load_served_model
+    from omnigpt.serve.offline import OfflineModels
 
     for name in ("max_batch_size", "max_queue", "max_body_bytes", "default_max_tokens", "max_tokens_limit"):
         if getattr(args, name) < 1:
@@ -42,13 +57,22 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError("--threads must be >= 1")
         torch.set_num_threads(args.threads)
-    served = load_served_model(args.model, name=args.name, device=args.device, dtype=args.dtype)
+    names = args.name or []
+    if len(names) > len(args.model):
+        raise ValueError(f"{len(names)} --name values for {len(args.model)} --model values")
+    offline = tuple(n.strip() for n in args.offline_models.split(",") if n.strip() and n.strip() != "none")
+    if not args.max_audio_seconds > 0:
+        raise ValueError("--max-audio-seconds must be > 0")
+    served = [load_served_model(m, name=names[i] if i < len(names) else None, device=args.device, dtype=args.dtype)
+              for i, m in enumerate(args.model)]
     settings = ServeSettings(api_key=args.api_key or None, max_batch_size=args.max_batch_size,
                              max_queue=args.max_queue, batch_window_ms=args.batch_window_ms,
                              max_body_bytes=args.max_body_bytes,
-                             default_max_tokens=args.default_max_tokens, max_tokens_limit=args.max_tokens_limit)
-    app = create_app(served, settings)
-    print(f"omnigpt serve: {served.name} on http://{args.host}:{args.port}/ (API at /v1, "
-          f"{'API key required' if settings.api_key else 'no API key'})", flush=True)
+                             default_max_tokens=args.default_max_tokens, max_tokens_limit=args.max_tokens_limit,
+                             offline_models=offline, max_audio_seconds=args.max_audio_seconds)
+    app = create_app(served, settings, OfflineModels(offline, device=args.device))
+    print(f"omnigpt serve: {', '.join(m.name for m in served)}"
+          f"{' + ' + ', '.join(offline) + ' (on first use)' if offline else ''} on http://{args.host}:{args.port}/ "
+          f"(API at /v1, {'API key required' if settings.api_key else 'no API key'})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0

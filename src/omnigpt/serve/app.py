@@ -225,7 +225,7 @@ async def _media_answer(served: ServedModel, lock: threading.Lock, body: S.ChatC
                 raise APIError(400, f"The media could not be prepared for this model: {str(e)[:200]}",
                                param="messages", code="invalid_value") from None
             text = generate_answers(served.multimodal, served.processor, batch, max_new_tokens=prompt.max_new_tokens,
-                                    temperature=params.temperature, top_k=params.top_k, seed=params.seed)
+                                    temperature=params.temperature, top_k=params.top_k, seed=params.seed)[0]
         return text, int(batch["input_ids"].shape[1]), len(served.tokenizer.encode(text))
 
     text, prompt_tokens, completion_tokens = await asyncio.to_thread(run)
