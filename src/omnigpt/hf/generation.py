@@ -6,11 +6,12 @@ returns: a (B, P + N) LongTensor, the prompt as given (padding included) followe
 with ``pad_token_id`` after its EOS. Decoding itself is omnigpt's one KV-cache loop (``generate.decode``): this
 module only translates arguments and assembles the rows.
 
-Settings merge as in transformers: its global defaults (``max_length`` 20, greedy, ``top_k`` 50 when sampling,
+Settings merge as in transformers: its global defaults (20 new tokens, greedy, ``top_k`` 50 when sampling,
 ``top_p`` 1) ← the model's ``generation_config`` (``generation_config.json`` beside the weights, else the
 config's bos/eos/pad ids) ← a ``generation_config`` argument ← keyword arguments. Without ``attention_mask`` the
 mask is inferred as transformers does (pad tokens masked when the pad id is set and is not an EOS id); without
-``pad_token_id`` the first EOS id pads. ``do_sample=False`` ignores temperature/top-k/top-p, as transformers does.
+``pad_token_id`` the first EOS id pads. ``max_new_tokens`` wins over ``max_length`` (which counts the prompt);
+with neither set, 20 new tokens (fewer where the context ends), as transformers 5 does. ``do_sample=False`` ignores temperature/top-k/top-p, as transformers does.
 
 Deviations: beam search, constraints, logits processors, streamers, ``min_new_tokens`` and the other options
 omnigpt does not implement raise ``ValueError`` naming them (never silently ignored); neutral values (e.g.
@@ -42,7 +43,7 @@ class GenerationConfig:
     ``unsupported`` holds settings read from ``generation_config.json`` that omnigpt cannot honour; ``generate``
     raises on them unless the call overrides them with a neutral value."""
 
-    max_length: int = 20
+    max_length: int | None = None  # prompt included; None: 20 new tokens (transformers 5's model-agnostic default)
     max_new_tokens: int | None = None
     do_sample: bool = False
     temperature: float = 1.0
@@ -188,10 +189,15 @@ class GenerationMixin:
                 attention_mask = (ids != pad).long()
         elif tuple(attention_mask.shape) != (B, P):
             raise ValueError(f"attention_mask must have input_ids' shape {(B, P)}, got {tuple(attention_mask.shape)}")
-        max_new = gc.max_new_tokens if gc.max_new_tokens is not None else gc.max_length - P
-        if max_new <= 0:
-            raise ValueError(f"the prompt ({P} tokens) already reaches max_length={gc.max_length}: pass "
-                             f"max_new_tokens")
+        if gc.max_new_tokens is not None:
+            max_new = gc.max_new_tokens
+        elif gc.max_length is not None:
+            max_new = gc.max_length - P
+            if max_new <= 0:
+                raise ValueError(f"the prompt ({P} tokens) already reaches max_length={gc.max_length}: pass "
+                                 f"max_new_tokens")
+        else:
+            max_new = max(1, min(20, self.config.block_size - P))  # too long a prompt: the decoder says so
         if gc.do_sample:
             if gc.temperature is None or gc.temperature <= 0:
                 raise ValueError(f"do_sample=True needs temperature > 0, got {gc.temperature}")

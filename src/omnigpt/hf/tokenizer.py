@@ -91,14 +91,18 @@ class PreTrainedTokenizerFast:
     @classmethod
     def from_gguf(cls, path: str | Path, **kwargs: Any) -> PreTrainedTokenizerFast:
         """The tokenizer a GGUF file describes, with its bos/eos/pad tokens and chat template."""
+        from omnigpt.checkpoints.gguf import read_fields
         from omnigpt.text.gguf_tokenizer import GGUFTokenizer
 
         path = Path(path)
-        tok = GGUFTokenizer.from_gguf(path, gguf_reader(path))
+        reader = gguf_reader(path)
+        tok = GGUFTokenizer.from_gguf(path, reader)
+        unk = read_fields(reader, path, ["tokenizer.ggml.unknown_token_id"]).get("tokenizer.ggml.unknown_token_id")
         settings: dict[str, Any] = {"chat_template": tok.chat_template, "add_bos_token": tok.add_bos}
         for key, idx in (("bos_token", tok.bos_token_id), ("eos_token", tok.eos_token_id),
-                         ("pad_token", tok.pad_token_id)):
-            settings[key] = None if idx is None else tok.id_to_token(idx)
+                         ("unk_token", unk), ("pad_token", tok.pad_token_id)):
+            settings[key] = None if not isinstance(idx, int) or not 0 <= idx < tok.vocab_size \
+                else tok.id_to_token(idx)
         return cls.build(tok, settings, **kwargs)
 
     @classmethod
