@@ -47,7 +47,11 @@ class Stage:
         if progress is None:
             progress = (step - self.warmup) / max(self.steps - self.warmup, 1)
         coeff = 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))  # 1 → 0
-        return self.min_lr_ratio + coeff * (1.0 - self.min_lr_ratio)
+        if not self.lr:
+            return 0.0
+        # nanoGPT's get_lr, (min_lr + coeff · (lr − min_lr)) / lr, term for term: the same floats as its runs
+        min_lr = self.lr * self.min_lr_ratio
+        return (min_lr + coeff * (self.lr - min_lr)) / self.lr
 
 
 def module_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:

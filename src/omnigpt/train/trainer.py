@@ -286,9 +286,17 @@ class Trainer:
         return time.perf_counter() - self._t_stage, 60 * r.max_minutes * r.stages[self.stage_idx].steps / r.max_steps
 
     def _time_progress(self) -> float | None:
-        """Elapsed share of the current stage's time budget (None without one)."""
+        """Elapsed share of the current stage's time budget when, at the pace so far, the stage will not finish its
+        steps within it (the cosine then follows the clock); None when the budget does not bind (the schedule stays
+        a pure function of the step, so such runs repeat bit for bit)."""
         b = self._stage_budget()
-        return None if b is None else (b[0] / b[1] if b[1] > 0 else 1.0)
+        done = self.stage_step - self._stage_step_at_start
+        if b is None or done == 0:
+            return None
+        used, budget = b
+        if used + used / done * (self.r.stages[self.stage_idx].steps - self.stage_step) <= budget:
+            return None
+        return used / budget if budget > 0 else 1.0
 
     def _stage_overrun(self, steps_done: int) -> bool:
         """Whether one more step, at this stage's mean pace so far, would overrun its share of the budget."""
@@ -329,8 +337,8 @@ class Trainer:
         self._interrupted = bool(stats[1] > 0)
         self._stage_over = bool(stats[3] > 0)  # the stage's share of the time budget is used up (all ranks agree)
         clip = r.grad_clip if r.grad_clip > 0 else float("inf")
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        # In the module's own parameter order (the norm's float sum depends on it); frozen ones have no gradient.
+        norm = torch.nn.utils.clip_grad_norm_([p for p in self.train_module.parameters() if p.requires_grad], clip)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
         loss_val, norm_val = float(stats[0]), float(norm)
         if math.isfinite(loss_val) and math.isfinite(norm_val):
