@@ -92,6 +92,8 @@ class LoRALinear(Linear):
         for s in range(len(self.blocks)):  # peft: A ~ kaiming_uniform(a=√5) per adapter, B = 0
             nn.init.kaiming_uniform_(self.lora_A.data[s * rank : (s + 1) * rank], a=math.sqrt(5))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        rows = torch.cat([torch.arange(a, b, device=dev) for a, b in self.blocks])  # adapted rows, in block order
+        self.register_buffer("rows", rows, persistent=False)
         self.register_state_dict_post_hook(_export_merged)
         self.register_load_state_dict_pre_hook(_import_plain)
 
@@ -110,20 +112,22 @@ class LoRALinear(Linear):
     def merged_weight(self) -> Tensor:
         return (self.weight.detach().float() + self.delta_weight()).to(self.weight.dtype)
 
+    def full_B(self) -> Tensor:
+        """B laid out as (out, S·r): block s's rows hold B_s in columns s·r…(s+1)·r, zeros elsewhere — so the update
+        of every block is one matmul. Differentiable in ``lora_B`` (only the blocks receive gradient)."""
+        if self.blocks == [(0, self.out_features)]:
+            return self.lora_B
+        pieces, off = [], 0
+        for a, b in self.blocks:
+            pieces.append(self.lora_B[off : off + b - a])
+            off += b - a
+        diag = torch.block_diag(*pieces)  # (Σ rows, S·r)
+        return diag.new_zeros(self.out_features, diag.shape[1]).index_copy(0, self.rows, diag)
+
     def forward(self, x: Tensor) -> Tensor:
         y = super().forward(x)  # the frozen W (and bias): (..., out)
         z = F.linear(self.lora_dropout(x), self.lora_A) * self.scaling  # (..., S·r): scale the narrow tensor
-        if len(self.blocks) == 1 and self.blocks[0] == (0, self.out_features):
-            return y + F.linear(z, self.lora_B)
-        pieces, at, off, r = [], 0, 0, self.rank
-        for s, (a, b) in enumerate(self.blocks):  # untouched rows pass through; each block adds its own B_s A_s x
-            if a > at:
-                pieces.append(y[..., at:a])
-            pieces.append(y[..., a:b] + F.linear(z[..., s * r : (s + 1) * r], self.lora_B[off : off + b - a]))
-            at, off = b, off + b - a
-        if at < self.out_features:
-            pieces.append(y[..., at:])
-        return torch.cat(pieces, dim=-1)
+        return y + F.linear(z, self.full_B())  # (..., out)
 
 
 def _export_merged(module: LoRALinear, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
