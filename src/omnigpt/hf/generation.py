@@ -11,13 +11,16 @@ Settings merge as in transformers: its global defaults (20 new tokens, greedy, `
 config's bos/eos/pad ids) ← a ``generation_config`` argument ← keyword arguments. Without ``attention_mask`` the
 mask is inferred as transformers does (pad tokens masked when the pad id is set and is not an EOS id); without
 ``pad_token_id`` the first EOS id pads. ``max_new_tokens`` wins over ``max_length`` (which counts the prompt);
-with neither set, 20 new tokens (fewer where the context ends), as transformers 5 does. ``do_sample=False`` ignores temperature/top-k/top-p, as transformers does.
+with neither set, 20 new tokens (fewer where the context ends), as transformers 5 does. ``do_sample=False``
+ignores temperature/top-k/top-p, as transformers does.
 
 Deviations: beam search, constraints, logits processors, streamers, ``min_new_tokens`` and the other options
 omnigpt does not implement raise ``ValueError`` naming them (never silently ignored); neutral values (e.g.
 ``num_beams=1``) are accepted. Prompts longer than the model's context raise ``ContextOverflowError``.
 Sampling uses the global torch RNG, as in transformers (``torch.manual_seed`` makes it reproducible), or a private
-generator with omnigpt's extra ``seed=``. The repetition penalty counts only real prompt tokens, not left pads.
+generator with omnigpt's extra ``seed=``; with the same seed the draws equal transformers' until a row of the batch
+finishes (omnigpt then drops finished rows, so later draws differ). The repetition penalty counts only real prompt
+tokens, not left pads.
 """
 
 from __future__ import annotations
