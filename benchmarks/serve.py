@@ -34,7 +34,7 @@ import torch
 def build_small_model(root: Path) -> Path:
     """A random 6-layer, 384-wide GPT-2 with a byte-level BPE trained on a little text, saved like a checkpoint."""
     from omnigpt import GPT, GPTConfig
-    from omnigpt.checkpoints.hf import save_pretrained
+    from omnigpt.checkpoints.pretrained import save_pretrained
     from omnigpt.text.tokenizer import BPETokenizer
 
     corpus = root / "corpus.txt"

@@ -33,7 +33,7 @@ def make_model_dir(root: Path) -> Path:
     if "model" in _CACHE:
         return _CACHE["model"]
     from omnigpt import GPT, GPTConfig
-    from omnigpt.checkpoints import hf
+    from omnigpt.checkpoints.pretrained import save_pretrained
     from omnigpt.text.tokenizer import EOT, BPETokenizer
 
     corpus = root / "corpus.txt"
@@ -60,7 +60,7 @@ def make_model_dir(root: Path) -> Path:
         opt.step()
     model.eval()
     out = root / "tiny-chat"
-    hf.save_pretrained(model, out, tokenizer=tok)
+    save_pretrained(model, out, tokenizer=tok)
     assert EOT in tok.special_tokens
     _CACHE["model"] = out
     return out

@@ -388,7 +388,7 @@ def test_stream_text_ends_at_stop_string_and_eos():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from omnigpt.checkpoints.hf import save_pretrained
+    from omnigpt.checkpoints.pretrained import save_pretrained
     from omnigpt.text.tokenizer import CharTokenizer
 
     tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz .,")

@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from omnigpt.checkpoints.hf import CheckpointError, load_config, load_pretrained, save_pretrained
+from omnigpt.checkpoints.hf import CheckpointError, load_config, load_pretrained
+from omnigpt.checkpoints.pretrained import save_pretrained
 from omnigpt.config import GPTConfig
 from omnigpt.hf import (
     GPT2ForSequenceClassification,

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from omnigpt.checkpoints.io import atomic_directory, read_json_object, verify_manifest
+from omnigpt.checkpoints.io import read_json_object, verify_manifest
 from omnigpt.config import GPTConfig
 from omnigpt.models.gpt import GPT, GPTForSequenceClassification, GPTModel
 
@@ -497,12 +497,5 @@ def write_pretrained(model: AnyGPT, directory: str | Path, tokenizer: Tokenizer 
         tokenizer.save(d)
 
 
-def save_pretrained(model: AnyGPT, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
-    """Write an HF-compatible checkpoint directory atomically (temp dir, fsync, SHA-256 manifest, rename)."""
-    with atomic_directory(directory) as tmp:
-        write_pretrained(model, tmp, tokenizer)
-    return Path(directory)
-
-
 __all__ = ["CheckpointError", "config_from_dict", "hf_model_type", "hf_state_dict", "load_config", "load_pretrained",
-           "read_weights", "save_pretrained", "to_hf_config", "write_pretrained"]
+           "read_weights", "to_hf_config", "write_pretrained"]

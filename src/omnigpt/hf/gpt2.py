@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from omnigpt.checkpoints.hf import load_pretrained, not_local_error, save_pretrained
+from omnigpt.checkpoints.hf import load_pretrained, not_local_error
+from omnigpt.checkpoints.pretrained import save_pretrained
 from omnigpt.config import GPTConfig
 from omnigpt.hf.generation import GenerationConfig, GenerationMixin
 from omnigpt.hf.tokenizer import PreTrainedTokenizerFast
