@@ -5,7 +5,7 @@ them for ``configs/finetune-smollm2.yaml`` (``train.tasks.sft.SFTLoss``: hidden 
 entropy on assistant tokens; AdamW over ``parameter_groups``, fused; bf16 autocast, fp32 master weights):
 
 * full: every weight trains (134.5M parameters, 2 AdamW moments each);
-* LoRA: the recipe's adapters (rank 8 on q/k/v/o/gate/up/down: 4.9M parameters), the base frozen — no weight
+* LoRA: the recipe's adapters (rank 8 on q/k/v/o/gate/up/down: 2.44M parameters), the base frozen — no weight
   gradients and no optimizer state for it, so each step skips the weight-gradient GEMMs and the big AdamW update.
 
 Both see the same batches (the recipe's rows of step s, micro-batch ``--micro-batch``); steps are interleaved
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import time
@@ -54,6 +55,8 @@ def throughput(args: argparse.Namespace) -> None:
     recipe = load_recipe(RECIPE, ["--data.limit=2000", f"--batch_size={args.micro_batch}", "--out_dir=/tmp/unused"])
     torch.manual_seed(0)
     recipe_lora = recipe.model.lora
+    if args.lora_dropout is not None:
+        recipe_lora = dataclasses.replace(recipe_lora, dropout=args.lora_dropout)
     recipe.model.lora = None
     task = SFTTask(recipe)  # the pretrained model, plain
     full_model = task.model.train()
@@ -81,7 +84,7 @@ def throughput(args: argparse.Namespace) -> None:
                 times[name].append(time.perf_counter() - t0)
     tok = statistics.median(tokens)
     rate = {k: tok / statistics.median(v) for k, v in times.items()}
-    print(f"SmolLM2-135M-Instruct fine-tuning, {args.dtype}, micro-batch {args.micro_batch} "
+    print(f"SmolLM2-135M-Instruct fine-tuning, {args.dtype}, LoRA {recipe_lora}, micro-batch {args.micro_batch} "
           f"(median {tok:.0f} tokens incl. padding), {torch.get_num_threads()} threads, {args.steps} steps each")
     print(f"matmul peak this run: {matmul_peak(torch.bfloat16) / 1e9:.0f} GFLOP/s bf16, "
           f"{matmul_peak(torch.float32) / 1e9:.0f} fp32")
@@ -113,6 +116,7 @@ def main() -> None:
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--lora-dropout", type=float, default=None, help="override the recipe's lora.dropout")
     p.add_argument("--eval", nargs="?", const="base", default=None,
                    help="score the pretrained model ('base') or a checkpoint / run directory on the held-out set")
     args = p.parse_args()
