@@ -16,6 +16,15 @@ Quality (``--eval [DIR]``): the recipe's held-out conversations scored by the ta
 all of them, greedy answers to ``data.generate`` prompts: exact match, BLEU, three samples) for the pretrained model
 or a fine-tuned checkpoint directory — run it before and after ``omnigpt train configs/finetune-smollm2.yaml``.
 
+Measured here 2026-12-02 (2 threads on a shared, busy machine: matmul peak 330–390 GFLOP/s bf16 in these runs, about
+a fifth of a quiet one's; only side-by-side ratios compare): micro-batch 8 × ~58 tokens (464 with padding), LoRA
+332 tok/s vs full 269 tok/s (1.23×); with ``lora.dropout`` 0.05 LoRA 252 vs 260 (0.97×): one Bernoulli mask per
+adapted layer on CPU is 17% of a LoRA step (profiler), more than the weight-gradient GEMMs LoRA saves.
+Quality (``configs/finetune-smollm2.yaml``, 150 steps, 4 min 53 s wall on the same machine): held-out assistant loss
+3.374 → 1.745 (314 conversations, 3,362 answer tokens); exact match 0/32 → 1/32, BLEU 1.8 → 6.1; answers go from
+"2001: A Space Odyssey is a classic science fiction film that explores the human condition, with a focus on" to
+"1980 film by Arthur C. Clarke." (reference "1968 film by Stanley Kubrick."): the style is learnt, not the facts.
+
 Usage: ``python benchmarks/finetune.py [--steps 6] [--warmup 1] [--micro-batch 8] [--threads 2]``
        ``python benchmarks/finetune.py --eval [runs/finetune-smollm2]``
 """
