@@ -18,8 +18,8 @@ one A between q, k and v instead, as ``peft`` does on GPT-2's ``c_attn``):
 Deliberate deviation from ``peft``: a ``LoRALinear``'s ``state_dict()`` is its merged plain form — key ``weight`` =
 W + (α/r)·B A, no adapter keys — so a LoRA model saves as (and ``load_state_dict`` takes) an ordinary checkpoint of
 its architecture. Loading a plain weight sets W and zeroes B (the model then computes exactly the loaded function).
-The raw training state (W, A, B) is reached through ``lora_state_dict`` / ``LoRAWeights``, which the trainer keeps
-beside the model for exact resumes.
+The raw training state (W, A, B) is reached through ``lora_state_dict``; ``LoRAWeights`` exposes A and B, which
+the trainer keeps beside the model for exact resumes (W is the pretrained weight, rebuilt by the run).
 """
 
 from __future__ import annotations
@@ -219,15 +219,16 @@ def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 class LoRAWeights(nn.Module):
-    """The raw tensors of a model's LoRA layers (the same Parameters, not copies) under their own keys, so a trainer
-    that checkpoints a model's (merged) state dict can keep W, A and B beside it and resume exactly."""
+    """The adapters of a model's LoRA layers (the same Parameters, not copies) under their own keys, so a trainer
+    that checkpoints a model's (merged) state dict keeps A and B beside it; the frozen W comes back from the
+    pretrained model the run starts from."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.layers = nn.ModuleDict()
         for n, m in lora_layers(model).items():
             holder = nn.Module()
-            holder.weight, holder.lora_A, holder.lora_B = m.weight, m.lora_A, m.lora_B
+            holder.lora_A, holder.lora_B = m.lora_A, m.lora_B
             self.layers[n.replace(".", "/")] = holder
 
 

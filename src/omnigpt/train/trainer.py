@@ -121,7 +121,7 @@ class Trainer:
         self.resumed_from: Path | None = None
         loaded = None
         if resume and existing is not None:
-            self.model.load_state_dict(ts.load_model(existing).state_dict())
+            self.task.load_checkpoint(existing)
             loaded = ts.load_checkpoint_state(existing)
             self.resumed_from = existing
         if self.is_main and resume:

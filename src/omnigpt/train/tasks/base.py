@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from omnigpt.checkpoints.state import load_model
 from omnigpt.train.schedule import module_groups
 
 
@@ -31,6 +33,11 @@ class Task:
     @classmethod
     def prepare(cls, recipe: Any) -> None:
         """Prepare data on rank 0 (the other ranks wait, then read it)."""
+
+    def load_checkpoint(self, checkpoint: Path) -> None:
+        """Resume: put the saved model's weights into ``model`` (training-only modules come from
+        ``trainer_state/modules.pt`` afterwards)."""
+        self.model.load_state_dict(load_model(checkpoint).state_dict())
 
     def new_model(self) -> nn.Module:
         """A fresh model of the same configuration (FSDP gathers the trained weights into it)."""

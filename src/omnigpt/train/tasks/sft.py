@@ -13,8 +13,9 @@ row j of step s is a pure function of (seed, s): a seeded permutation per epoch,
 Model: ``model.pretrained`` (``checkpoints.registry.from_pretrained``: an offline name such as
 ``smollm2-135m-instruct`` or a model directory). With ``model.lora`` the base is frozen and ``models/lora.py``
 adapters are the one trained module, ``lora`` (stages and ``lr_scale`` name it); the saved checkpoint is the merged
-plain model, and the raw W, A, B of the adapted layers go to ``trainer_state/modules.pt`` (``LoRAWeights``) so a
-resume continues exactly. Without ``lora`` every weight trains (full fine-tuning).
+plain model and the adapters A, B go to ``trainer_state/modules.pt`` (``LoRAWeights``); a resume rebuilds the
+frozen base from ``model.pretrained`` and takes A, B from there, so it continues exactly. Without ``lora`` every
+weight trains (full fine-tuning).
 
 Evaluation: token-weighted loss on the assistant tokens of held-out conversations; at the end also greedy answers
 to ``data.generate`` held-out prompts, scored by exact match and BLEU against the references, with a few samples.
@@ -292,6 +293,12 @@ class SFTTask(Task):
 
     def new_model(self) -> GPT:
         return GPT(self.config)
+
+    def load_checkpoint(self, checkpoint: Path) -> None:
+        """With LoRA the saved model is merged; the frozen base is already the pretrained one and the adapters come
+        from ``trainer_state/modules.pt``. Full fine-tuning resumes from the saved weights."""
+        if self.lora is None:
+            super().load_checkpoint(checkpoint)
 
     def train_module(self) -> nn.Module:
         return SFTLoss(self.model, self.lora)
