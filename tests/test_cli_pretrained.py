@@ -21,7 +21,7 @@ from omnigpt.checkpoints import registry
 from omnigpt.cli.main import main
 from omnigpt.generate.decode import generate
 from omnigpt.generate.whisper import transcribe
-from omnigpt.serve.prompts import ChatTemplate
+from omnigpt.text.chat_template import ChatTemplate
 from omnigpt.text.pipelines import classify_image, embed_sentences
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")

@@ -295,7 +295,7 @@ def test_smollm2_tokenizer_isolates_every_numeral_like_llamacpp(smollm2, ref_tok
 
 
 def test_smollm2_chat_template_renders_like_transformers(smollm2, ref_tokenizer, tmp_path: Path) -> None:
-    from omnigpt.serve.prompts import ChatTemplate, load_chat_template
+    from omnigpt.text.chat_template import ChatTemplate, load_chat_template
 
     _, tokenizer, _ = smollm2
     ref_tok = ref_tokenizer

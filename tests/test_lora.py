@@ -22,10 +22,11 @@ from multimodal_helpers import assert_bit_identical, checkpoint_weights, kill_af
 from omnigpt.config import GPTConfig
 from omnigpt.models.gpt import GPT
 from omnigpt.models.lora import LoRAConfig, LoRALinear, apply_lora, lora_parameters, lora_state_dict, merge_lora
+from omnigpt.text.chat_template import ChatTemplate
 from omnigpt.train.recipe import RecipeError
 from omnigpt.train.schedule import build_optimizer
 from omnigpt.train.tasks import load_recipe
-from omnigpt.train.tasks.sft import ChatRenderer, SFTLoss, collate, encode_conversation
+from omnigpt.train.tasks.sft import SFTLoss, collate, encode_conversation
 from omnigpt.train.trainer import Trainer
 
 ALL_HF = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -184,7 +185,7 @@ def smollm2_tokenizer():
 
 def test_loss_mask_covers_only_the_assistant_turns(smollm2_tokenizer):
     tok = smollm2_tokenizer
-    render = ChatRenderer(tok.chat_template)
+    render = ChatTemplate(tok.chat_template).render
     messages = [{"role": "user", "content": "Describe Optics in one line."},
                 {"role": "assistant", "content": "Branch of physics that studies light."},
                 {"role": "user", "content": "And Peat?"},

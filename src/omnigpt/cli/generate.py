@@ -139,7 +139,7 @@ class _SpecialAware:
 
 def _chat_prompts(args: argparse.Namespace, tokenizer: Any, messages: list[str]) -> tuple[list[str], Any, list[str]]:
     """Each message rendered as one user turn through the model's chat template; the template's stop strings."""
-    from omnigpt.serve.prompts import DEFAULT_CHAT_TEMPLATE, DEFAULT_STOP, ChatTemplate, load_chat_template
+    from omnigpt.text.chat_template import DEFAULT_CHAT_TEMPLATE, DEFAULT_STOP, ChatTemplate, load_chat_template
 
     source = getattr(tokenizer, "chat_template", None)
     eos_id = tokenizer.eos_token_id

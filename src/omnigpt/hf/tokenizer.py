@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import torch
 from torch import Tensor
 
 from omnigpt.hf.sources import gguf_reader, locate
+from omnigpt.text.chat_template import ChatTemplateError, render_chat
 from omnigpt.text.tokenizer import CONFIG_FILE, Tokenizer, TokenizerError, load_tokenizer
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -354,70 +353,6 @@ def _check_decode_options(kwargs: dict[str, Any]) -> None:
     unknown = sorted(set(kwargs) - {"clean_up_tokenization_spaces"})
     if unknown:
         raise TypeError(f"decode: unsupported options {unknown}")
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Chat templates, rendered as transformers renders them
-
-
-class ChatTemplateError(ValueError):
-    """The template refused the messages (``raise_exception``) or could not be compiled or rendered."""
-
-
-@lru_cache(maxsize=16)
-def _compile(source: str) -> Any:
-    import jinja2
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment  # torch depends on jinja2
-
-    def raise_exception(message: str) -> None:
-        raise ChatTemplateError(str(message))
-
-    def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
-               sort_keys: bool = False) -> str:  # Jinja's own escapes HTML characters; transformers' does not
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    try:
-        return env.from_string(source)
-    except jinja2.TemplateError as e:
-        raise ChatTemplateError(f"the chat template does not compile: {e}") from None
-
-
-_CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "  # transformers' marker for the end of the message to continue
-
-
-def render_chat(source: str, messages: list[dict[str, Any]], *, add_generation_prompt: bool = False,
-                continue_final_message: bool = False, **variables: Any) -> str:
-    """One conversation rendered with chat template ``source`` (transformers' ``render_jinja_template``).
-    ``continue_final_message`` cuts the prompt right after the last message's text so the model continues it."""
-    import jinja2
-
-    messages = [{k: v for k, v in m.items() if v is not None} for m in messages]  # as transformers normalises them
-    if any(not isinstance(m.get("role"), str) for m in messages):
-        raise ChatTemplateError("every chat message needs a 'role' string")
-    final = None
-    if continue_final_message:
-        final = messages[-1].get("content")
-        if not isinstance(final, str):
-            raise ChatTemplateError("continue_final_message needs the final message's 'content' as text")
-        messages[-1] = {**messages[-1], "content": final + _CONTINUE_TAG}
-    try:
-        text = _compile(source).render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)
-    except ChatTemplateError:
-        raise
-    except (jinja2.TemplateError, TypeError, ValueError, KeyError) as e:
-        raise ChatTemplateError(f"the chat template failed to render these messages: {type(e).__name__}: {e}") \
-            from None
-    if final is not None:
-        tag = text.rfind(_CONTINUE_TAG.strip())
-        if tag < 0 or final.strip() not in text:
-            raise ChatTemplateError("continue_final_message: the template dropped the final message's text")
-        text = text[:tag] if text[tag:tag + len(_CONTINUE_TAG)] == _CONTINUE_TAG else text[:tag].rstrip()
-    return text
 
 
 __all__ = ["BatchEncoding", "ChatTemplateError", "PreTrainedTokenizerFast", "render_chat"]

@@ -76,7 +76,7 @@ class GGUFTokenizer(BPETokenizer):
                  pad_token_id: int | None = None, chat_template: str | None = None, add_bos: bool = False) -> None:
         super().__init__(backend)
         self._eos, self._bos, self._pad = eos_token_id, bos_token_id, pad_token_id
-        self.chat_template = chat_template  # Jinja source (render with omnigpt.serve.prompts.ChatTemplate)
+        self.chat_template = chat_template  # Jinja source (rendered by omnigpt.text.chat_template)
         self.add_bos = add_bos  # the file's tokenizer.ggml.add_bos_token: callers prepend bos_token_id when True
 
     @property
@@ -151,7 +151,7 @@ class GGUFTokenizer(BPETokenizer):
 
     def save(self, directory: str | Path) -> None:
         """``BPETokenizer``'s files, with this vocabulary's bos/eos/pad tokens and the chat template in
-        ``tokenizer_config.json`` (what ``transformers`` and ``serve.prompts.load_chat_template`` read)."""
+        ``tokenizer_config.json`` (what ``transformers`` and ``text.chat_template.load_chat_template`` read)."""
         super().save(directory)
         path = Path(directory) / CONFIG_FILE
         try:

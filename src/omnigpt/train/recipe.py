@@ -46,6 +46,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1 and (dataclasses.is_dataclass(options[0]) or typing.get_origin(options[0])):
+            return _coerce(value, options[0], where)  # an optional section: its own error names the inner key
         errors = []
         for a in args:
             if a is type(None):

@@ -130,6 +130,7 @@ class Trainer:
         if self.is_main and loaded is None and (self.out / "metrics.jsonl").exists():
             (self.out / "metrics.jsonl").unlink()  # a fresh start: the old curve belonged to an abandoned run
         self.train_module = self.task.train_module().to(self.device)
+        self._trainable = [p.requires_grad for p in self.train_module.parameters()]  # before stages freeze any
         self.fsdp = self.world > 1 and r.parallelism == "fsdp"
         if self.fsdp:
             from torch.distributed.fsdp import fully_shard
@@ -451,8 +452,8 @@ class Trainer:
             bar.close()
             for s, h in old.items():
                 signal.signal(s, h)
-            for p in self.train_module.parameters():  # stages froze some; the model leaves trainable
-                p.requires_grad_(True)
+            for p, trainable in zip(self.train_module.parameters(), self._trainable, strict=True):
+                p.requires_grad_(trainable)  # stages froze some: the model leaves as the task built it
         return TrainResult(step=self.step, train_loss=last_loss, val_loss=val_loss, eval=final,
                            wall_time=time.perf_counter() - t_start, tokens=self.tokens_seen,
                            nonfinite_steps=self.nonfinite_total,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from omnigpt.data.shards import split_of
 from omnigpt.kernels.losses import fused_linear_cross_entropy
 from omnigpt.models.gpt import GPT
 from omnigpt.models.lora import LoRAWeights, apply_lora, lora_parameters
+from omnigpt.text.chat_template import ChatTemplate
 from omnigpt.train import metrics
 from omnigpt.train.recipe import RecipeError
 from omnigpt.train.schedule import module_groups
@@ -97,25 +99,6 @@ def read_conversations(source: str) -> list[dict[str, Any]]:
     return out
 
 
-class ChatRenderer:
-    """A Jinja chat template in Jinja's immutable sandbox (``transformers``' way; the server's
-    ``serve.prompts.ChatTemplate`` renders the same way, but ``serve/`` sits above ``train/``)."""
-
-    def __init__(self, source: str) -> None:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        def raise_exception(message: str) -> None:
-            raise ValueError(f"chat template: {message}")
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-        env.globals["raise_exception"] = raise_exception
-        self.template = env.from_string(source)
-
-    def __call__(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-        return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt, bos_token="",
-                                    eos_token="")
-
-
 @dataclass
 class Example:
     input_ids: Tensor  # (T,) the whole rendered conversation
@@ -125,7 +108,8 @@ class Example:
     answer: str  # the last assistant turn's text
 
 
-def encode_conversation(tokenizer: Any, render: ChatRenderer, messages: list[dict[str, Any]], eos_id: int,
+def encode_conversation(tokenizer: Any, render: Callable[[list[dict[str, Any]], bool], str],
+                        messages: list[dict[str, Any]], eos_id: int,
                         max_len: int) -> Example | None:
     """Ids and assistant-only labels of one conversation; None when nothing trainable survives ``max_len``.
 
@@ -267,7 +251,7 @@ class SFTTask(Task):
             raise ValueError(f"data.max_len {r.data.max_len} exceeds the model's context ({self.config.block_size})")
         self.eos = int(tok.eos_token_id)
         self.pad = int(getattr(tok, "pad_token_id", None) or self.eos)
-        render = ChatRenderer(template)
+        render = ChatTemplate(template).render  # the renderer the tokenizers and the server use
         convs = read_conversations(r.data.source)[: r.data.limit]
         if r.data.system is not None:
             convs = [{**c, "messages": [{"role": "system", "content": r.data.system}, *c["messages"]]} for c in convs]
@@ -369,5 +353,5 @@ class SFTTask(Task):
                 "answers": len(preds), "samples": samples}
 
 
-__all__ = ["ChatRenderer", "Example", "SFTLoss", "SFTTask", "collate", "encode_conversation", "read_conversations",
+__all__ = ["Example", "SFTLoss", "SFTTask", "collate", "encode_conversation", "read_conversations",
            "wikipedia_conversations"]
