@@ -276,9 +276,10 @@ def test_failed_save_leaves_nothing_behind(tmp_path):
 def test_hub_name_without_local_directory_fails_fast_with_instructions():
     start = time.perf_counter()
     for cls in (GPT2Model, GPT2LMHeadModel):
-        with pytest.raises(OSError, match=r"not a local directory.*download") as err:
+        with pytest.raises(OSError, match=r"not a local directory.*GPT-2's weights ship in no package") as err:
             cls.from_pretrained("gpt2")
-        assert "hf download gpt2" in str(err.value)
+        assert "hf download gpt2" in str(err.value) and "'smollm2-135m-instruct'" in str(err.value)
+        assert "\n" not in str(err.value)  # one line
     assert time.perf_counter() - start < 1.0
     assert GPT2Tokenizer.from_pretrained("gpt2").encode("Hello world") == [15496, 995]  # the BPE is offline
 

@@ -107,11 +107,12 @@ def _offline_names() -> str:
     return ", ".join(f"{name!r}" for name in MODELS)
 
 
-def _not_found(name: str) -> OSError:
+def not_found(name: str) -> OSError:
     if name.split("/")[-1] in GPT2_HUB_NAMES:
         return OSError(f"{name!r} is not a local directory and not in the Hugging Face cache; GPT-2's weights ship "
                        f"in no package registry, so omnigpt cannot fetch them offline (pass a directory holding "
-                       f"them). Offline models: {_offline_names()}")
+                       f"them; with a network: `hf download {name} --local-dir ./{name.split('/')[-1]}`). "
+                       f"Offline models: {_offline_names()}")
     return OSError(f"{name!r} is not a local file or directory, not an offline model name, and not in the Hugging "
                    f"Face cache. Offline models: {_offline_names()}")
 
@@ -138,7 +139,7 @@ def from_pretrained(name_or_path: str | Path, **options: Any) -> Pretrained:
     cached = hf_cache_dir(name) if "/" in name or name in GPT2_HUB_NAMES else None
     if cached is not None:
         return _from_directory(cached, options)
-    raise _not_found(name)
+    raise not_found(name)
 
 
 def _from_directory(directory: Path, options: dict[str, Any]) -> Pretrained:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from omnigpt.checkpoints.hf import load_pretrained, not_local_error
+from omnigpt.checkpoints.hf import load_pretrained
 from omnigpt.checkpoints.pretrained import save_pretrained
 from omnigpt.config import GPTConfig
 from omnigpt.hf.generation import GenerationConfig, GenerationMixin
@@ -124,11 +124,19 @@ _HARMLESS = {"local_files_only", "trust_remote_code", "cache_dir", "low_cpu_mem_
 
 
 def _resolve(path: str | Path, download: bool) -> Path:
+    """A local directory, else the Hub id's copy in the local Hugging Face cache, else (only with ``download``) a
+    download; otherwise one line saying why (for GPT-2: its weights ship in no package registry) and which models
+    load offline."""
+    from omnigpt.checkpoints import registry
+
     p = Path(path)
     if p.is_dir():
         return p
+    cached = registry.hf_cache_dir(str(path))
+    if cached is not None:
+        return cached
     if not download:
-        raise not_local_error(str(path))
+        raise registry.not_found(str(path))
     from huggingface_hub import snapshot_download  # optional, only on this explicit request
 
     return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.txt"]))
