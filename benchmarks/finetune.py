@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import torch
+from train import matmul_peak  # benchmarks/train.py (this folder is on sys.path when run as a script)
 
 from omnigpt.models.lora import LoRAWeights, apply_lora
 from omnigpt.train.schedule import Stage, build_optimizer
@@ -47,17 +48,6 @@ from omnigpt.train.tasks import load_recipe
 from omnigpt.train.tasks.sft import SFTLoss, SFTTask
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "finetune-smollm2.yaml"
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 7) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.nn.functional.linear(a, b)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.nn.functional.linear(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
 
 
 def throughput(args: argparse.Namespace) -> None:

@@ -20,6 +20,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omnigpt.checkpoints.assets import fetch_package
 
@@ -59,18 +60,23 @@ BUILTIN: dict[str, tuple[str, Callable[[], Iterator[Document]]]] = {
 }
 
 
-def _jsonl(path: Path, text_field: str) -> Iterator[Document]:
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of every non-blank line of a JSON Lines file; a bad line names file and line."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-                raise ValueError(f"{path}:{lineno}: expected an object with a string field {text_field!r}")
-            yield Document(f"{path.name}:{lineno}", row[text_field])
+
+
+def _jsonl(path: Path, text_field: str) -> Iterator[Document]:
+    for lineno, row in iter_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+            raise ValueError(f"{path}:{lineno}: expected an object with a string field {text_field!r}")
+        yield Document(f"{path.name}:{lineno}", row[text_field])
 
 
 def resolve_source(source: str) -> list[Path] | None:

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from omnigpt.data.shards import split_of
+from omnigpt.data.sources import iter_jsonl
 from omnigpt.kernels.losses import fused_linear_cross_entropy
 from omnigpt.models.gpt import GPT
 from omnigpt.models.lora import LoRAWeights, apply_lora, lora_parameters
@@ -81,13 +82,7 @@ def read_conversations(source: str) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"data.source {source!r}: neither 'wikipedia-qa' nor an existing .jsonl file")
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for lineno, row in iter_jsonl(path):
         msgs = row.get("messages") if isinstance(row, dict) else None
         ok = isinstance(msgs, list) and msgs and all(
             isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
