@@ -2,7 +2,8 @@
 
 Load ``/``, see the model named in the header, send a message, and watch the assistant's reply arrive in several
 streamed pieces (the page counts SSE chunks in ``data-chunks``) and finish with the same text the API gives for
-the same request. Also: the Stop button cancels a long generation on the server.
+the same request. Also: the Stop button cancels a long generation on the server. The model picker, image
+attachments and microphone recording are in test_web_media.py.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def test_page_loads_and_names_the_model(page: Any) -> None:
     sync_api.expect(page.locator("#model-info")).to_contain_text("tiny-chat")
     assert page.title() == "omnigpt chat"
     assert page.locator("#image-label").is_hidden() and page.locator("#audio-label").is_hidden()  # text-only model
+    # One chat model and no speech model: no picker, no record button (test_web_media.py has both).
+    assert page.locator("#model").is_hidden() and page.locator("#record").is_hidden()
+    assert page.locator("#model option").all_inner_texts() == ["tiny-chat"]
 
 
 def test_sending_a_message_streams_the_reply(page: Any, server: tuple[str, Any]) -> None:
