@@ -329,6 +329,95 @@ def test_quantize_transposed_checkpoint_weights():
         assert (q(x) - ref).norm() < 0.15 * ref.norm()
 
 
+# ---------------------------------------------------------------------------------------------- batch-1 matvec plan
+
+
+def test_matvec_plan_is_bit_identical_to_linear_and_settles():
+    """kernels/matvec.py: every call, while measuring and after, returns F.linear's values bit for bit (the planner
+    keeps only exact cuts); each shape ends with a plan; the cuts themselves (leftover rows included) are products."""
+    import torch.nn.functional as F
+
+    from omnigpt.kernels.matvec import BLOCKS, MatvecPlanner, blocked_linear
+
+    torch.manual_seed(0)
+    planner = MatvecPlanner(repeats=2)
+    shapes = [(1001, 64, torch.float32, False), (384, 128, torch.float32, True), (512, 96, torch.bfloat16, True)]
+    with torch.no_grad():
+        for out_f, in_f, dtype, bias in shapes:  # 1001 rows: blocks of 496, 240, … leave rows for the extra call
+            w = torch.randn(out_f, in_f, dtype=dtype)
+            b = torch.randn(out_f, dtype=dtype) if bias else None
+            for _ in range(2 * len(BLOCKS) + 2):
+                x = torch.randn(1, 1, in_f, dtype=dtype)
+                y = planner.linear(x, w, b)
+                assert y.shape == (1, 1, out_f) and torch.equal(y, F.linear(x, w, b))
+            tol = 1e-5 if dtype == torch.float32 else 5e-2
+            for k in BLOCKS:
+                assert torch.allclose(blocked_linear(x[0], w, b, k).float(), F.linear(x[0], w, b).float(), atol=tol)
+    assert len(planner.plans) == 3 and set(planner.plans.values()) <= set(BLOCKS)
+    # Outside its domain it is F.linear: two rows, a transposed weight view, gradients on.
+    w, x, x2, wt = torch.randn(256, 64), torch.randn(1, 64), torch.randn(2, 64), torch.randn(64, 256).t()
+    with torch.no_grad():
+        assert torch.equal(planner.linear(x2, w), F.linear(x2, w))
+        assert torch.equal(planner.linear(x, wt), F.linear(x, wt))
+    w.requires_grad_(True)
+    planner.linear(x, w).sum().backward()
+    assert w.grad is not None and len(planner.plans) == 3  # nothing planned for these
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "llama-tiny"])
+def test_planned_decode_logits_bitwise_equal_the_plain_forward(name):
+    """generate()'s one-row forward (blocks and LM head through the matvec plan, KV cache) gives the same logits,
+    bit for bit, as model(...) without it — so greedy tokens are the ones decoding produced before the plan."""
+    from omnigpt.generate.decode import _last_logits
+    from omnigpt.kernels.matvec import MatvecPlanner, decode_planner
+
+    model = tiny(name, std=0.05, n_embd=128, vocab_size=1000)  # wide enough that rows can be cut into blocks
+    planner = MatvecPlanner(repeats=1)
+    prompt = torch.tensor([PROMPTS[0]])
+    plain_cache, planned_cache = make_kv_cache(model.config, 40), make_kv_cache(model.config, 40)
+    with torch.no_grad():
+        want = model(prompt, past_key_values=plain_cache, logits_to_keep=1).logits[:, -1]
+        got = _last_logits(model, prompt, attention_mask=None, position_ids=None, past_key_values=planned_cache,
+                           planner=planner)
+        for step in range(20):
+            assert torch.equal(got, want), step
+            tok = want.argmax(-1, keepdim=True)  # (1, 1)
+            pos = torch.tensor([[prompt.shape[1] + step]])
+            want = model(tok, past_key_values=plain_cache, logits_to_keep=1).logits[:, -1]
+            got = _last_logits(model, tok, attention_mask=None, position_ids=pos, past_key_values=planned_cache,
+                               planner=planner)
+    assert decode_planner() is None  # the plan is on only inside each call
+    assert any(k.endswith("/nobias") for k in planner.plans)  # the LM head went through it too
+    assert len(planner.plans) >= 4
+
+
+def test_generate_batch1_matches_full_forward_on_a_plannable_model():
+    """KV-cache decoding == re-running the full forward, with shapes the matvec plan cuts (two threads, as decoding
+    runs outside the tests) and a forced cut of every product into 2 blocks (values within 1e-5, same tokens)."""
+    from omnigpt.generate import decode
+    from omnigpt.kernels.matvec import MatvecPlanner
+
+    model = tiny("tiny-gpt2", std=0.05, n_embd=128, vocab_size=1000)
+    want = naive_greedy(model, PROMPTS[0], 25)
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert tokens(generate(model, [PROMPTS[0]], max_new_tokens=25, temperature=0))[0] == want
+        assert tokens(generate(model, [PROMPTS[0]], max_new_tokens=25, temperature=0))[0] == want  # plans settled
+    finally:
+        torch.set_num_threads(n)
+    forced = MatvecPlanner(plans={f"{i}x{o}/float32/{b}": 2 for i, o, b in
+                                  [(128, 384, "bias"), (128, 128, "bias"), (128, 512, "bias"), (512, 128, "bias"),
+                                   (128, 1000, "nobias")]})
+    cache = make_kv_cache(model.config, 40)
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.no_grad():
+        logits = decode._last_logits(model, ids, attention_mask=None, position_ids=None, past_key_values=cache,
+                                     planner=forced)
+        ref = model(ids).logits[:, -1]
+    assert torch.allclose(logits, ref, atol=1e-5) and int(logits.argmax()) == want[0]
+
+
 # ---------------------------------------------------------------------------------------------- text
 
 

@@ -15,8 +15,11 @@ Layers, bottom up:
   detokenisation and stop strings on top of this iterator.
 
 Speed (batch-1 decoding is memory-bound: every step reads every weight once): logits only for the last position,
-no masks when nothing is padded, one host sync per step; ``omnigpt.kernels.quantize.quantize_int8`` reads 4× fewer
-weight bytes. ``benchmarks/decode.py`` measures all of it against ``transformers``.
+no masks when nothing is padded, one host sync per step; at batch 1 every matrix–vector product (the blocks' and the
+LM head's) goes through ``omnigpt.kernels.matvec``'s per-shape plan, which reads nn.Linear's (out, in) fp32 weights on
+both cores (~2× MKL's one-core gemv here; bit-identical results, so greedy tokens do not change);
+``omnigpt.kernels.quantize`` reads 4× (int8) or ~7× (int4) fewer weight bytes. ``benchmarks/decode.py`` measures all
+of it against ``transformers``.
 
 Context overflow: the model has ``block_size`` learned positions. ``context_overflow="error"`` (default) raises
 ``ContextOverflowError`` naming the limit before any work is done; ``"slide"`` keeps the most recent 3/4 of the
@@ -34,8 +37,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from omnigpt.kernels.matvec import DEFAULT as MATVEC
+from omnigpt.kernels.matvec import MatvecPlanner, planned_decode
 from omnigpt.models.gpt import GPT, KVCache, make_kv_cache
 
 # ------------------------------------------------------------------------------------------------------------
@@ -250,6 +255,24 @@ def _positions(mask: Tensor) -> Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def _last_logits(model: GPT, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,
+                 attention_mask: Tensor | None, position_ids: Tensor | None, past_key_values: list[KVCache],
+                 planner: MatvecPlanner = MATVEC) -> Tensor:
+    """The logits of each row's last position (b, V): ``model(..., logits_to_keep=1).logits[:, -1]``, with the
+    one-row products (batch 1) going through the decode matvec plan — bit-identical, ~2× faster on CPU
+    (``omnigpt.kernels.matvec``). An omnigpt ``GPT`` runs its backbone here and its LM head through the plan too
+    (the head is a plain ``nn.Linear``, outside ``models.gpt.Linear``); a model with its own ``forward`` is called
+    whole."""
+    with planned_decode(planner):
+        if type(model).forward is not GPT.forward:
+            return model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         inputs_embeds=inputs_embeds, past_key_values=past_key_values, logits_to_keep=1).logits[:, -1]
+        out = model.transformer(input_ids, attention_mask, position_ids, inputs_embeds, past_key_values)
+        h, head = out.last_hidden_state[:, -1:], model.lm_head  # (b, 1, C), as GPT.forward with logits_to_keep=1
+        logits = planner.linear(h, head.weight, head.bias) if type(head) is nn.Linear else head(h)  # (b, 1, V)
+        return logits[:, -1]
+
+
 class _Batch:
     """The rows still generating: token and mask buffers (b, W) mirroring the KV cache's columns, the cache, the
     next position of each row and, for the repetition penalty, the tokens each row has seen (b, V).
@@ -291,10 +314,8 @@ class _Batch:
             p = min(self.prompt_embeds.shape[1] - self.dropped, n)
             prompt = self.prompt_embeds[:, self.dropped : self.dropped + p].to(tok_emb.dtype)
             x = {"input_ids": None, "inputs_embeds": torch.cat([prompt, tok_emb[:, p:]], dim=1)}
-        out = self.model(**x, attention_mask=m if self.padded else None,
-                         position_ids=_positions(m) if self.padded else None, past_key_values=self.caches,
-                         logits_to_keep=1)
-        return out.logits[:, -1]
+        return _last_logits(self.model, **x, attention_mask=m if self.padded else None,
+                            position_ids=_positions(m) if self.padded else None, past_key_values=self.caches)
 
     def append(self, tok: Tensor, keep: int) -> Tensor:
         """Feed each row's new token (b,); return the next logits (b, V). When the buffers are full (only with
@@ -312,10 +333,10 @@ class _Batch:
         self.n += 1
         if slide:  # positions changed: rebuild the cache from the window
             return self.encode()
-        out = self.model(tok[:, None], attention_mask=self.mask[:, : self.n] if self.padded else None,
-                         position_ids=self.next_pos, past_key_values=self.caches, logits_to_keep=1)
+        logits = _last_logits(self.model, tok[:, None], attention_mask=self.mask[:, : self.n] if self.padded else None,
+                              position_ids=self.next_pos, past_key_values=self.caches)
         self.next_pos = self.next_pos + 1
-        return out.logits[:, -1]
+        return logits
 
     def keep_rows(self, alive: list[int]) -> None:
         """Keep only active rows ``alive`` (indices into ``rows``): finished rows leave the batch."""

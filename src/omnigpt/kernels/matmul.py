@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from omnigpt.kernels.matvec import decode_planner
+
 Cut = tuple[str, int]  # ("M" rows | "N" columns, number of blocks); ("M", 1) is the plain single call
 CUTS: tuple[Cut, ...] = (("M", 1), ("M", 2), ("M", 4), ("M", 8), ("N", 2), ("N", 4), ("N", 8))
 MIN_FLOPS = 2e8  # smaller GEMMs (e.g. 256 × 768 × 512) run as one call, unmeasured
@@ -196,10 +198,14 @@ def planner_for(x: Tensor) -> MatmulPlanner | None:
 
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, same state dict) whose bf16 CPU training GEMMs follow the active matmul plan
-    (``omnigpt.kernels.matmul``: the trainer measures, per shape, whether oneDNN runs the GEMM faster in blocks)."""
+    (``omnigpt.kernels.matmul``: the trainer measures, per shape, whether oneDNN runs the GEMM faster in blocks), and
+    whose one-row products inside ``generate`` follow the decode plan (``omnigpt.kernels.matvec``)."""
 
     def forward(self, x: Tensor) -> Tensor:
         planner = planner_for(x)
-        if planner is None:
-            return F.linear(x, self.weight, self.bias)
-        return planned_linear(x, self.weight, self.bias, planner)
+        if planner is not None:
+            return planned_linear(x, self.weight, self.bias, planner)
+        decoding = decode_planner()  # inside generate(): one-row products through the matvec plan (bit-identical)
+        if decoding is not None and x.numel() == self.in_features:
+            return decoding.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
