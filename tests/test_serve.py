@@ -361,7 +361,7 @@ def test_a_failure_after_the_headers_is_an_error_chunk_then_done(server: tuple[s
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("simulated device failure at 0xdeadbeef in /secret/path")
 
-    served.model.forward = broken  # type: ignore[method-assign]
+    served.model.transformer.forward = broken  # type: ignore[method-assign]  # the backbone every decode path runs
     try:
         r = httpx.post(server[0] + COMP, json={"model": MODEL, "prompt": "The", "max_tokens": 3}, timeout=30)
         assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
@@ -374,7 +374,7 @@ def test_a_failure_after_the_headers_is_an_error_chunk_then_done(server: tuple[s
         with pytest.raises(openai.APIError):
             list(client.chat.completions.create(model=MODEL, messages=USER, stream=True))
     finally:
-        del served.model.forward
+        del served.model.transformer.forward
     assert client.completions.create(model=MODEL, prompt="The", max_tokens=2).choices[0].text is not None
 
 
