@@ -2,7 +2,8 @@
 
 GPT-2-small architecture with random weights (the same weights in both: converted omnigpt → HF, so their greedy
 tokens agree in fp32), a 16-token prompt, 128 new tokens, fp32 and bf16 weights, plus omnigpt's weight-only int8
-and int4 (``omnigpt.kernels.quantize``; the last line compares each side's fastest batch-1 configuration).
+and int4 (``omnigpt.kernels.quantize``; a summary line compares each side's fastest batch-1 configuration, the last
+one lists the matrix–vector plans ``omnigpt.kernels.matvec`` chose for batch 1).
 Runs are interleaved (omnigpt, transformers, omnigpt, …) and the median is reported, because the machine is
 shared and noisy. The memory-bandwidth bound is the measured copy bandwidth (bytes read + written per second)
 divided by the weight bytes one decoding step reads (every matrix once: blocks + LM head).
@@ -22,6 +23,7 @@ import torch
 
 from omnigpt import GPT, GPTConfig
 from omnigpt.generate.decode import generate
+from omnigpt.kernels.matvec import DEFAULT as MATVEC
 from omnigpt.kernels.quantize import quantize
 
 
@@ -153,6 +155,7 @@ def main() -> None:
     (o_cfg, o_tps), (h_cfg, h_tps) = (max(best[s].items(), key=lambda kv: kv[1]) for s in ("omnigpt", "transformers"))
     print(f"batch 1, best vs best: omnigpt ({o_cfg}) {o_tps:.1f} tok/s vs transformers ({h_cfg}) {h_tps:.1f} tok/s"
           f" = {o_tps / h_tps:.2f}x (target >= 2x)", flush=True)
+    print(f"omnigpt's batch-1 matvec plans (in x out/dtype/bias: row blocks, 1 = F.linear): {MATVEC.plans}")
 
 
 def _copy(model: GPT, dtype: torch.dtype) -> GPT:
