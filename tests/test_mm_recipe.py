@@ -133,7 +133,7 @@ def test_bad_multimodal_recipes_fail_before_training_naming_the_key(data, tmp_pa
     assert "data.train: list at least one" in error(data={"train": []})
     assert "weight must be > 0" in error(data={"train": [{"dir": str(data / "fmnist"), "weight": 0}]})
     assert "unknown AudioConfig preset 'audio-huge'" in error(model={"audio": "audio-huge"})
-    assert "task: must be one of ['lm', 'multimodal', 'contrastive'" in error(task="vision")
+    assert "task: unknown task 'vision'; tasks: lm, multimodal, contrastive" in error(task="vision")
     assert "needs model.vision and/or model.audio" in error(model={"text": {"preset": "tiny-gpt2"}})
     assert "model.ctc_weight" in error(model={"vision": "tiny-vit", "ctc_weight": 0.5})  # needs an audio encoder
     # The same through the command line: exit 2, one line naming the key, nothing trained.

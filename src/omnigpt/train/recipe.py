@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,6 @@ from typing import Any, Literal
 import yaml
 
 from omnigpt.config import GPTConfig
-from omnigpt.data.shards import DataSpec
 from omnigpt.models.lora import LoRAConfig
 from omnigpt.train.schedule import Stage
 
@@ -252,10 +252,10 @@ class Recipe:
     """One training run of any task. Batch sizes count sequences (lm: windows of block_size tokens; multimodal:
     conversations; contrastive: pairs)."""
 
-    task: str = "lm"  # lm | multimodal | contrastive
+    task: str = "lm"  # a name in train.tasks.TASKS (lm, multimodal, contrastive, sft, classify, seq2seq, ...)
     out_dir: str = "runs/default"  # metrics.jsonl, loss.png, recipe.json, checkpoints/step_NNNNNN/
-    data: Any = None  # the task's data section: DataSpec (lm), MMDataSpec (multimodal, contrastive)
-    model: Any = None  # lm: {"preset": name, **GPTConfig overrides}; multimodal/contrastive: MMModelSpec
+    data: Any = None  # the task's data section, of its type ``Task.data_spec``
+    model: Any = None  # the task's model section, of its type ``Task.model_spec``
     seed: int = 1337
     threads: int | None = None  # torch.set_num_threads; fix it for bit-reproducible CPU runs
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -295,15 +295,6 @@ class Recipe:
 
     def accumulation(self, world_size: int) -> int:
         return self.batch_size // (self.micro(world_size) * world_size)
-
-
-# The data and model sections of each task (the model section of lm is a preset + GPTConfig overrides mapping).
-SECTIONS: dict[str, tuple[type, Any]] = {
-    "lm": (DataSpec, dict[str, Any]),
-    "multimodal": (MMDataSpec, MMModelSpec),
-    "contrastive": (MMDataSpec, MMModelSpec),
-    "sft": (SFTDataSpec, SFTModelSpec),
-}
 
 
 def validate(r: Recipe, world_size: int = 1) -> None:
@@ -384,22 +375,22 @@ def read_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
     return _merge(raw, extra)
 
 
-def parse_recipe(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
-                 world_size: int = 1) -> Recipe:
-    """Read, override, type-check and validate a recipe of any task. Raises ``RecipeError`` (a ValueError); the
-    task's own checks follow in ``train.tasks.load_recipe``."""
+def parse_recipe(sections: Callable[[str], tuple[type, Any]], path: str | Path | None = None,
+                 overrides: list[str] | dict[str, Any] | None = None, world_size: int = 1) -> Recipe:
+    """Read, override, type-check and validate a recipe of any task. ``sections(task)`` gives the task's data and
+    model section types (``Task.data_spec``, ``Task.model_spec``; ``train.tasks.load_recipe`` passes them). Raises
+    ``RecipeError`` (a ValueError); the task's own checks follow in ``train.tasks.load_recipe``."""
     raw = dict(read_recipe(path, overrides))
     task = raw.get("task", "lm")
-    if task not in SECTIONS:
-        raise RecipeError(f"task: must be one of {list(SECTIONS)}, got {task!r}")
-    data_type, model_type = SECTIONS[task]
+    try:
+        data_type, model_type = sections(task)
+    except ValueError as e:
+        raise RecipeError(f"task: {e}") from None
     data, model = raw.pop("data", {}), raw.pop("model", None)
     recipe = _build(Recipe, raw, "recipe")
     recipe.data = _coerce(data if data is not None else {}, data_type, "data")
-    if task == "lm":
-        recipe.model = _coerce(model if model is not None else {"preset": "gpt2"}, model_type, "model")
-    else:
-        recipe.model = _coerce(model if model is not None else {}, model_type, "model")
+    default_model = {"preset": "gpt2"} if task == "lm" else {}
+    recipe.model = _coerce(model if model is not None else default_model, model_type, "model")
     validate(recipe, world_size)
     return recipe
 

@@ -39,13 +39,20 @@ def task_class(name: str) -> type[Task]:
     return getattr(importlib.import_module(module), cls)
 
 
+def sections(name: str) -> tuple[type, Any]:
+    """The data and model section types of task ``name`` (each task declares its own)."""
+    cls = task_class(name)
+    return cls.data_spec, cls.model_spec
+
+
 def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
                 world_size: int = 1) -> Recipe:
-    """Read, override, type-check and validate a recipe of any task (``recipe.parse_recipe``), then let the task
-    check what only it can (model presets, the modules its stages name). Raises ``RecipeError`` (a ValueError)."""
-    recipe = parse_recipe(path, overrides, world_size)
+    """Read, override, type-check and validate a recipe of any task (``recipe.parse_recipe`` with the task's own
+    section types), then let the task check what only it can (model presets, the modules its stages name).
+    Raises ``RecipeError`` (a ValueError)."""
+    recipe = parse_recipe(sections, path, overrides, world_size)
     task_class(recipe.task).check_recipe(recipe)
     return recipe
 
 
-__all__ = ["TASKS", "LossOf", "Task", "load_recipe", "task_class"]
+__all__ = ["TASKS", "LossOf", "Task", "load_recipe", "sections", "task_class"]

@@ -16,6 +16,8 @@ class Task:
     """Base class: the hooks the ``Trainer`` calls (see the module docstring)."""
 
     name: ClassVar[str]
+    data_spec: ClassVar[type]  # the recipe's ``data:`` section (a dataclass; train/recipe.py checks its types)
+    model_spec: ClassVar[Any]  # the recipe's ``model:`` section (a dataclass, or a mapping type)
     unused_parameters: ClassVar[bool] = False  # DDP: some steps leave trained parameters without gradient
     model_prefix: ClassVar[str] = "model."  # where ``model`` sits inside ``train_module()``'s state dict
 

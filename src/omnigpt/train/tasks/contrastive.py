@@ -21,7 +21,7 @@ from omnigpt.models.contrastive import ContrastiveModel, zero_shot_classifier, z
 from omnigpt.models.multimodal import image_processor_kwargs
 from omnigpt.text.processors import Processor, ProcessorConfig
 from omnigpt.train import metrics
-from omnigpt.train.recipe import MMSource, RecipeError, contrastive_config
+from omnigpt.train.recipe import MMDataSpec, MMModelSpec, MMSource, RecipeError, contrastive_config
 from omnigpt.train.tasks.base import LossOf, Task
 from omnigpt.train.tasks.multimodal import build_tokenizer, check_sources, check_stage_modules
 
@@ -87,6 +87,7 @@ def retrieval_metrics(model: ContrastiveModel, processor: Any, sources: Sequence
 
 class ContrastiveTask(Task):
     name = "contrastive"
+    data_spec, model_spec = MMDataSpec, MMModelSpec
 
     @classmethod
     def check_recipe(cls, r: Any) -> None:

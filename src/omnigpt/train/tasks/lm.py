@@ -57,6 +57,7 @@ def ensure_data(spec: DataSpec, progress: bool) -> Path:
 
 class LMTask(Task):
     name = "lm"
+    data_spec, model_spec = DataSpec, dict[str, Any]  # model: {"preset": name, **GPTConfig overrides}
 
     @classmethod
     def check_recipe(cls, r: Any) -> None:

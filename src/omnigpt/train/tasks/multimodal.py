@@ -25,7 +25,7 @@ from omnigpt.models.multimodal import MultimodalGPT
 from omnigpt.text.gpt2_vocab import gpt2_tokenizer
 from omnigpt.text.processors import Processor, ProcessorConfig
 from omnigpt.train import metrics
-from omnigpt.train.recipe import MMSource, RecipeError, multimodal_config
+from omnigpt.train.recipe import MMDataSpec, MMModelSpec, MMSource, RecipeError, multimodal_config
 from omnigpt.train.schedule import module_groups
 from omnigpt.train.tasks.base import LossOf, Task
 
@@ -143,6 +143,7 @@ def build_tokenizer(r: Any, texts: Sequence[str]) -> Any:
 
 class MultimodalTask(Task):
     name = "multimodal"
+    data_spec, model_spec = MMDataSpec, MMModelSpec
     unused_parameters = True  # an image-only batch gives the audio encoder no gradient
 
     @classmethod

@@ -41,7 +41,7 @@ from omnigpt.models.gpt import GPT
 from omnigpt.models.lora import LoRAWeights, apply_lora, lora_parameters
 from omnigpt.text.chat_template import ChatTemplate
 from omnigpt.train import metrics
-from omnigpt.train.recipe import RecipeError
+from omnigpt.train.recipe import RecipeError, SFTDataSpec, SFTModelSpec
 from omnigpt.train.schedule import module_groups
 from omnigpt.train.tasks.base import Task
 
@@ -192,6 +192,7 @@ def chat_template_of(tokenizer: Any, source: Path) -> str | None:
 
 class SFTTask(Task):
     name = "sft"
+    data_spec, model_spec = SFTDataSpec, SFTModelSpec
 
     @classmethod
     def check_recipe(cls, r: Any) -> None:
