@@ -6,6 +6,10 @@ checkpoint is used).
 * Text models: full-pass loss, perplexity and bits per byte (``omnigpt.train.evaluate``). The data is ``--data DIR``
   (prepared shards), ``--text FILE ...`` (raw text, tokenized with the checkpoint's tokenizer), or, for omnigpt
   checkpoints, the data directory of the recipe that trained it.
+* Application runs (``classify``, ``seq2seq``, ``image-classify``, ``igpt``, ... — every task whose class overrides
+  ``Task.evaluate_run``): the task's metrics on its held-out test split under their usual names (``accuracy``,
+  ``macro_f1``, ``rougeL``, ``bleu``, ...), the baselines measured in the same call under ``baselines``, and pictures
+  or sample tables, all written into the run directory (``--out DIR`` to choose) with ``eval.json``.
 * Multimodal / contrastive models (``omnigpt.train.tasks``): generated answers scored by exact match, BLEU and
   WER, or zero-shot accuracy and recall@k, on ``--data DIR`` (a prepared multimodal directory, ``--split``
   default test) or the recipe's ``data.eval`` sources. One JSON line is printed and written to ``eval.json`` in
@@ -24,8 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="prepared data directory (default: the one the checkpoint was trained on)")
     p.add_argument("--text", nargs="+", help="raw text files to evaluate instead of prepared data")
     p.add_argument("--split", help="text: val (default) or train; multimodal: the split file read (default test)")
-    p.add_argument("--limit", type=int, help="multimodal: at most this many items per evaluation source")
-    p.add_argument("--out", help="multimodal: where to write the metrics JSON (default: RUN/eval.json)")
+    p.add_argument("--limit", type=int, help="multimodal / applications: at most this many evaluation items")
+    p.add_argument("--out", help="where to write eval.json (multimodal: the file; applications: a directory; "
+                   "default: the run directory)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--block-size", type=int, help="context per window (default: the model's)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
@@ -43,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     ckpt = resolve_checkpoint(args.checkpoint)
     verify_manifest(ckpt)
     config = json.loads((ckpt / "config.json").read_text()) if (ckpt / "config.json").is_file() else {}
+    task = application_task(ckpt)
+    if task is not None:
+        return run_application(args, ckpt, task)
     if config.get("model_type") in ("omnigpt-multimodal", "omnigpt-contrastive"):
         return run_multimodal(args, ckpt)
     split = args.split or "val"
@@ -72,6 +80,33 @@ def run(args: argparse.Namespace) -> int:
         bpb = f"{result.bits_per_byte:.4f}" if result.bits_per_byte is not None else "n/a"
         print(f"{ckpt} on {source}: loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, "
               f"bits/byte {bpb} ({result.tokens:,} tokens, {result.windows:,} windows, full pass)")
+    return 0
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """runs/NAME/checkpoints/step_N → runs/NAME; a bare model directory is its own run directory."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
+
+
+def application_task(ckpt: Path) -> type | None:
+    """The task class that trained ``ckpt`` when it evaluates checkpoints itself (``Task.evaluate_run``)."""
+    from omnigpt.train.tasks import TASKS, task_class
+    from omnigpt.train.tasks.base import Task
+
+    state = ckpt / "trainer_state" / "state.json"
+    name = json.loads(state.read_text()).get("task") if state.is_file() else None
+    if name not in TASKS:
+        return None
+    cls = task_class(name)
+    return cls if cls.evaluate_run.__func__ is not Task.evaluate_run.__func__ else None
+
+
+def run_application(args: argparse.Namespace, ckpt: Path, task: type) -> int:
+    out = Path(args.out) if args.out else run_dir_of(ckpt)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"checkpoint": str(ckpt), "task": task.name, **task.evaluate_run(ckpt, out, args.limit)}
+    (out / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
     return 0
 
 

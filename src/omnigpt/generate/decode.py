@@ -408,3 +408,22 @@ def _decode(model: GPT, ids: Tensor | None, embeds: Tensor | None, mask: Tensor,
                 batch.keep_rows(alive)
                 tok = tok[alive]
             logits = batch.append(tok, keep)
+
+
+@torch.no_grad()
+def greedy_ids(model: GPT, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+               stop_token_ids: Sequence[int] = (), batch_size: int = 16) -> list[list[int]]:
+    """Greedy continuations of many prompts, ``batch_size`` at a time, stop tokens left out. Each batch's budget is
+    cut to what its longest prompt leaves of the context, so a long prompt never raises."""
+    stops, out = set(stop_token_ids), []
+    for i in range(0, len(prompts), batch_size):
+        chunk = [list(p) for p in prompts[i : i + batch_size]]
+        budget = max(0, min(max_new_tokens, model.config.block_size - max(map(len, chunk))))
+        got: list[list[int]] = [[] for _ in chunk]
+        with generate(model, chunk, max_new_tokens=budget, temperature=0.0, stop_token_ids=list(stops)) as gen:
+            for step in gen:
+                for j, t in enumerate(step.tokens):
+                    if t is not None and t not in stops:
+                        got[j].append(t)
+        out += got
+    return out

@@ -89,14 +89,17 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 # Self-attention
 
 
-def attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, dropout_p: float = 0.0) -> Tensor:
-    """softmax(QKᵀ/√d_k)V, written out. q (B, nh, T, hs), k/v (B, nh, S, hs), mask (B|1, 1, T, S) bool."""
+def attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, dropout_p: float = 0.0,
+                        return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """softmax(QKᵀ/√d_k)V, written out. q (B, nh, T, hs), k/v (B, nh, S, hs), mask (B|1, 1, T, S) bool.
+    ``return_weights``: also return the attention weights (B, nh, T, S) that multiplied V."""
     att = (q @ k.transpose(-2, -1)) * scale  # (B, nh, T, S): QKᵀ/√d_k, one score per query-key pair
     att = att.masked_fill(~mask, float("-inf"))  # a masked key gets probability exactly 0
     att = torch.softmax(att.float(), dim=-1).to(q.dtype)  # softmax in fp32 for stability under bf16
     if dropout_p > 0.0:
         att = F.dropout(att, p=dropout_p)
-    return att @ v  # (B, nh, T, hs): each query's weighted average of the values
+    y = att @ v  # (B, nh, T, hs): each query's weighted average of the values
+    return (y, att) if return_weights else y
 
 
 class CausalSelfAttention(nn.Module):
@@ -125,9 +128,11 @@ class CausalSelfAttention(nn.Module):
         self.causal = config.causal
 
     def forward(self, x: Tensor, q_pos: Tensor, padding: Tensor | None = None, cache: KVCache | None = None,
-                rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                rope: tuple[Tensor, Tensor] | None = None, output_attentions: bool = False,
+                ) -> Tensor | tuple[Tensor, Tensor]:
         """x (B, T, C); q_pos (T,) absolute positions; padding (B, S) True = real token; cache: past keys/values;
-        rope: cos, sin (B|1, T, hs) of the tokens' positions when the model uses rotary embeddings."""
+        rope: cos, sin (B|1, T, hs) of the tokens' positions when the model uses rotary embeddings.
+        ``output_attentions``: take the reference path and also return its weights (B, nh, T, S) (HF's flag)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split([C, self.kv_size, self.kv_size], dim=2)  # (B, T, C), 2 × (B, T, nkv·hs)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
@@ -144,8 +149,9 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         mask: Tensor | None = None
         is_causal = False
+        eager = self.implementation == "eager" or output_attentions  # the formula written out (reference path)
         if not self.causal:  # an encoder: every real key is visible, only padding is masked
-            if key_padding is not None or self.implementation == "eager":
+            if key_padding is not None or eager:
                 mask = torch.ones(1, 1, T, k.shape[2], dtype=torch.bool, device=x.device)
                 if key_padding is not None:
                     mask = mask & key_padding[:, None, None, :]  # (B, 1, T, S)
@@ -158,21 +164,23 @@ class CausalSelfAttention(nn.Module):
         gqa = self.n_kv_head != self.n_head
         fused_backward = is_causal and dropout_p == 0.0 and q.dtype == torch.bfloat16 and q.device.type == "cpu" \
             and torch.is_grad_enabled() and q.requires_grad
-        if gqa and (self.implementation == "eager" or fused_backward):  # these paths want one KV head per query
+        att: Tensor | None = None
+        if gqa and (eager or fused_backward):  # these paths want one KV head per query
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, S, hs)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             gqa = False
-        if self.implementation == "eager":
+        if eager:
             if mask is None:
                 mask = build_attention_mask(q_pos, k_pos, None, None)
-            y = attention_reference(q, k, v, mask, self.scale, dropout_p)
+            y, att = attention_reference(q, k, v, mask, self.scale, dropout_p, return_weights=True)
         elif fused_backward:
             y = flash_attention_fp32_backward(q, k, v, self.scale)  # training under CPU bf16 autocast
         else:  # enable_gqa: SDPA maps query head j to KV head j // (nh / nkv) itself, without copying K and V
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
                                                scale=self.scale, enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side: (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        out = self.resid_dropout(self.c_proj(y))
+        return (out, att) if output_attentions else out
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -235,14 +243,25 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, q_pos: Tensor | None = None, padding: Tensor | None = None,
-                cache: KVCache | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                cache: KVCache | None = None, rope: tuple[Tensor, Tensor] | None = None,
+                output_attentions: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """The layer's output (B, T, C); with ``output_attentions`` also its attention weights (B, nh, T, S)."""
         if q_pos is None:  # encoders call block(x) or block(x, padding=...): positions 0..T-1
             q_pos = torch.arange(x.shape[1], device=x.device)
+        att = None
         if self.pre_ln:  # GPT-2: x + f(LN(x)); the residual stream itself is never normalised
-            x = x + self.attn(self.ln_1(x), q_pos, padding, cache, rope)
-            return x + self.mlp(self.ln_2(x))
-        x = self.ln_1(x + self.attn(x, q_pos, padding, cache, rope))  # GPT-1: LN(x + f(x))
-        return self.ln_2(x + self.mlp(x))
+            a = self.attn(self.ln_1(x), q_pos, padding, cache, rope, output_attentions)
+            if output_attentions:
+                a, att = a
+            x = x + a
+            x = x + self.mlp(self.ln_2(x))
+        else:
+            a = self.attn(x, q_pos, padding, cache, rope, output_attentions)
+            if output_attentions:
+                a, att = a
+            x = self.ln_1(x + a)  # GPT-1: LN(x + f(x))
+            x = self.ln_2(x + self.mlp(x))
+        return (x, att) if output_attentions else x
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -327,6 +346,7 @@ class GPTOutput:
     logits: Tensor | None = None  # (B, T, V) for the LM, (B, num_labels) for classification
     loss: Tensor | None = None
     hidden_states: tuple[Tensor, ...] | None = None  # embeddings + each block's output, when asked
+    attentions: tuple[Tensor, ...] | None = None  # each layer's softmax(QKᵀ/√d_k) (B, nh, T, S), when asked
     past_key_values: list[KVCache] | None = None
 
 
@@ -394,7 +414,10 @@ class GPTModel(nn.Module):
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                 position_ids: Tensor | None = None, inputs_embeds: Tensor | None = None,
-                past_key_values: list[KVCache] | None = None, output_hidden_states: bool = False) -> GPTOutput:
+                past_key_values: list[KVCache] | None = None, output_hidden_states: bool = False,
+                output_attentions: bool = False) -> GPTOutput:
+        """``output_attentions``: run every layer's attention on the reference path (the formula written out, as
+        ``attn_implementation="eager"``) and return its weights; the default path is untouched."""
         past = past_key_values[0].pos if past_key_values else 0
         B, T, padded = self._check_inputs(input_ids, inputs_embeds, past, attention_mask, position_ids)
         device = self.wte.weight.device
@@ -413,16 +436,22 @@ class GPTModel(nn.Module):
         padding = attention_mask.bool() if padded else None  # (B, past + T), True = real token
 
         hidden: list[Tensor] = []
+        attentions: list[Tensor] = []
         for i, block in enumerate(self.h):
             if output_hidden_states:
                 hidden.append(x)
-            x = block(x, q_pos, padding, past_key_values[i] if past_key_values else None, rope)
+            cache = past_key_values[i] if past_key_values else None
+            if output_attentions:
+                x, att = block(x, q_pos, padding, cache, rope, output_attentions=True)
+                attentions.append(att)
+            else:
+                x = block(x, q_pos, padding, cache, rope)
         if self.ln_f is not None:
             x = self.ln_f(x)
         if output_hidden_states:
             hidden.append(x)
         return GPTOutput(last_hidden_state=x, hidden_states=tuple(hidden) if output_hidden_states else None,
-                         past_key_values=past_key_values)
+                         past_key_values=past_key_values, attentions=tuple(attentions) if output_attentions else None)
 
 
 def _host_values(input_ids: Tensor | None, position_ids: Tensor | None,
@@ -477,12 +506,13 @@ class GPT(nn.Module):
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                 position_ids: Tensor | None = None, labels: Tensor | None = None,
                 inputs_embeds: Tensor | None = None, past_key_values: list[KVCache] | None = None,
-                output_hidden_states: bool = False, logits_to_keep: int = 0) -> GPTOutput:
+                output_hidden_states: bool = False, logits_to_keep: int = 0,
+                output_attentions: bool = False) -> GPTOutput:
         """Logits (B, T, V); with ``labels`` (B, T) also the mean next-token loss. Labels are shifted inside, as in
         ``transformers``: position t predicts labels[t + 1]; -100 marks positions without a target.
         ``logits_to_keep=k`` computes logits only for the last k positions (generation needs just one)."""
         out = self.transformer(input_ids, attention_mask, position_ids, inputs_embeds, past_key_values,
-                               output_hidden_states)
+                               output_hidden_states, output_attentions)
         h = out.last_hidden_state
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
@@ -504,8 +534,10 @@ def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
 class GPTForSequenceClassification(nn.Module):
     """GPT backbone + a linear ``score`` on the last real token (HF: GPT2ForSequenceClassification).
 
-    The pooled position is the last one the attention mask marks real, else the last non-``pad_token_id``
-    token, else the last position. One label → regression (MSE), more → single-label cross-entropy."""
+    The pooled position is ``sequence_lengths - 1`` when given (right-padded batches need no attention mask:
+    causal attention never lets a real token see the padding after it), else the last one the attention mask marks
+    real, else the last non-``pad_token_id`` token, else the last position. One label → regression (MSE), more →
+    single-label cross-entropy."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -516,13 +548,16 @@ class GPTForSequenceClassification(nn.Module):
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                 position_ids: Tensor | None = None, labels: Tensor | None = None,
-                inputs_embeds: Tensor | None = None, output_hidden_states: bool = False) -> GPTOutput:
+                inputs_embeds: Tensor | None = None, output_hidden_states: bool = False,
+                sequence_lengths: Tensor | None = None) -> GPTOutput:
         out = self.transformer(input_ids, attention_mask, position_ids, inputs_embeds,
                                output_hidden_states=output_hidden_states)
         h = out.last_hidden_state  # (B, T, C)
         B, T = h.shape[:2]
         idx = torch.arange(T, device=h.device)
-        if attention_mask is not None:
+        if sequence_lengths is not None:
+            last = sequence_lengths.to(h.device) - 1
+        elif attention_mask is not None:
             last = (idx * attention_mask.to(h.device).bool()).argmax(-1)  # rightmost real token
         elif input_ids is not None and self.config.pad_token_id is not None:
             last = (idx * (input_ids != self.config.pad_token_id)).argmax(-1)

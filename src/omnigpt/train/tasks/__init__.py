@@ -29,6 +29,10 @@ TASKS: dict[str, str] = {
     "multimodal": "omnigpt.train.tasks.multimodal:MultimodalTask",
     "contrastive": "omnigpt.train.tasks.contrastive:ContrastiveTask",
     "sft": "omnigpt.train.tasks.sft:SFTTask",
+    "classify": "omnigpt.train.tasks.classify:ClassifyTask",
+    "seq2seq": "omnigpt.train.tasks.seq2seq:Seq2SeqTask",
+    "image-classify": "omnigpt.train.tasks.image_classify:ImageClassifyTask",
+    "igpt": "omnigpt.train.tasks.igpt:IGPTTask",
 }
 
 

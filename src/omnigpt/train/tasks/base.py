@@ -55,6 +55,12 @@ class Task:
                  ) -> dict[str, Any]:
         raise NotImplementedError
 
+    @classmethod
+    def evaluate_run(cls, checkpoint: Path, out: Path, limit: int | None = None) -> dict[str, Any]:
+        """``omnigpt eval``: the task's metrics of a saved checkpoint on its held-out test data, with the same-run
+        ``baselines``; pictures and sample tables go into the directory ``out``. Returns what ``eval.json`` holds."""
+        raise NotImplementedError(f"task {cls.name!r} has no checkpoint evaluation")
+
 
 class LossOf(nn.Module):
     """``model(**batch).loss`` as a module (what DDP wraps), with the model's parameter groups."""

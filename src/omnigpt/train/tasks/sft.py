@@ -321,22 +321,11 @@ class SFTTask(Task):
 
     def answers(self, prompts: list[list[int]], max_new_tokens: int | None = None) -> list[str]:
         """Greedy answers (up to the end-of-turn token) to prompts of token ids, 16 at a time."""
-        from omnigpt.generate.decode import generate
+        from omnigpt.generate.decode import greedy_ids
 
-        want = max_new_tokens or self.r.data.max_new_tokens
-        out: list[str] = []
-        for i in range(0, len(prompts), 16):
-            chunk = prompts[i : i + 16]
-            budget = min(want, self.config.block_size - max(map(len, chunk)))
-            got: list[list[int]] = [[] for _ in chunk]
-            with generate(self.model, chunk, max_new_tokens=max(budget, 0), temperature=0.0,
-                          stop_token_ids=[self.eos]) as gen:
-                for step in gen:
-                    for j, t in enumerate(step.tokens):
-                        if t is not None and t != self.eos:
-                            got[j].append(t)
-            out += [self.tokenizer.decode(g, skip_special_tokens=True).strip() for g in got]
-        return out
+        got = greedy_ids(self.model, prompts, max_new_tokens=max_new_tokens or self.r.data.max_new_tokens,
+                         stop_token_ids=[self.eos])
+        return [self.tokenizer.decode(g, skip_special_tokens=True).strip() for g in got]
 
     def answer_metrics(self, examples: list[Example]) -> dict[str, Any]:
         preds = self.answers([e.prompt for e in examples])
