@@ -1,12 +1,13 @@
 """Same-run baselines for the language applications: what a model has to beat, computed on the same split.
 
 * Classification: the majority class of the train split; TF-IDF n-grams + logistic regression (scikit-learn) — the
-  linear text classifier of the literature (e.g. Joachims 1998; fastText's baselines). Character 1–3-grams for the
-  Chinese reviews (no word segmentation needed); word 1–2-grams for BBC topics, which scored higher on the
-  validation split (tfidf_word_1_2: 0.991 accuracy vs tfidf_char_1_3: 0.982).
+  linear text classifier of the literature (e.g. Joachims 1998; fastText's baselines). Character 1–3-grams for
+  both sets: the Chinese reviews need no word segmentation that way, and on BBC topics word 1–2-grams scored lower
+  on the validation split (accuracy 0.973 vs 0.982 for characters, any C in the grid).
   ``sublinear_tf`` (1 + log tf) and ``min_df=2`` as usual; the inverse regularisation strength C is chosen on the
   validation split from a small grid (the vectoriser is fitted once; each C is one more logistic regression),
-  then the model fitted on train only predicts the evaluated split.
+  and the model fitted on train with the best C predicts the evaluated split. liblinear for two classes (7× faster
+  than lbfgs on the reviews, same accuracy), lbfgs (multinomial) for more.
 * Summarization: lead-1, the article's first sentence cut to the median reference length in words of the train
   split (the classic news baseline, See et al. 2017 use lead-3 for multi-sentence summaries; a headline is one
   short sentence).
@@ -24,15 +25,14 @@ import statistics
 from collections import Counter
 from collections.abc import Sequence
 
-from omnigpt.data.textsets import (CLASSIFICATION_SETS, PAIR_SETS, TextPair, load_classification, load_pairs,
-                                   split_items)
+from omnigpt.data.textsets import CLASSIFICATION_SETS, PAIR_SETS, TextPair, load_classification, load_pairs, split_items
 from omnigpt.train.metrics import classification_scores, rouge_scores, translation_scores
 
 C_GRID = (1.0, 4.0, 16.0)  # inverse L2 strength tried on the validation split
 DEFAULT_C = 4.0  # when no validation split is given
 # name -> (analyzer, ngram_range) of the TF-IDF baseline; chosen on the validation split (see the module docstring)
 TFIDF_CONFIG: dict[str, tuple[str, tuple[int, int]]] = {"sentiment-zh": ("char", (1, 3)),
-                                                        "topic-bbc": ("word", (1, 2))}
+                                                        "topic-bbc": ("char", (1, 3))}
 
 
 def majority_class(train_labels: Sequence[str], n: int) -> list[str]:
@@ -62,14 +62,22 @@ def tfidf_logreg(train_texts: Sequence[str], train_labels: Sequence[str], test_t
     vectorizer = TfidfVectorizer(analyzer=analyzer, ngram_range=tuple(ngram_range), sublinear_tf=True, min_df=2)
     x_train = vectorizer.fit_transform(train_texts)  # (N, V) sparse
 
+    solver = "liblinear" if len(set(train_labels)) == 2 else "lbfgs"  # liblinear has no multinomial loss
+
     def fit(c: float) -> LogisticRegression:
-        return LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x_train, list(train_labels))
+        return LogisticRegression(C=c, solver=solver, max_iter=2000, random_state=seed).fit(x_train, list(train_labels))
 
     if C is None and val_texts is not None and val_labels is not None and len(val_texts):
         x_val = vectorizer.transform(val_texts)
-        scored = [(sum(p == t for p, t in zip(fit(c).predict(x_val), val_labels, strict=True)), -c) for c in C_GRID]
-        C = -max(scored)[1]
-    model = fit(DEFAULT_C if C is None else C)
+        best = None  # (validation accuracy, -C, model): ties go to the smaller C
+        for c in C_GRID:
+            m = fit(c)
+            hits = sum(p == t for p, t in zip(m.predict(x_val), val_labels, strict=True))
+            if best is None or (hits, -c) > best[:2]:
+                best = (hits, -c, m)
+        model = best[2]
+    else:
+        model = fit(DEFAULT_C if C is None else C)
     if not len(test_texts):
         return []
     return [str(p) for p in model.predict(vectorizer.transform(test_texts))]

@@ -1,6 +1,8 @@
-"""Task metrics for multimodal evaluation: accuracy, recall@k, exact match, corpus BLEU-4, word error rate.
+"""Task metrics: accuracy, recall@k, exact match, corpus BLEU-4, word error rate (pure Python / NumPy), and for
+the language applications thin wrappers over the field's reference packages — scikit-learn (accuracy, macro-F1,
+confusion matrix), Google's ``rouge-score`` (ROUGE-1/2/L) and sacreBLEU (BLEU, chrF) — imported on first use.
 
-Pure Python / NumPy, no model code, so ``omnigpt eval``, the benchmarks and the tests share one definition.
+No model code, so ``omnigpt eval``, the benchmarks and the tests share one definition.
 
 * BLEU follows Papineni et al. (2002) as sacrebleu computes it without smoothing: corpus-level clipped n-gram
   precisions for n = 1…4 (counts summed over all sentences before dividing), their geometric mean, times the
@@ -120,10 +122,67 @@ def word_error_rate(hypotheses: Sequence[str], references: Sequence[str], normal
     return errors / words
 
 
+def classification_scores(predictions: Sequence[str], targets: Sequence[str], labels: Sequence[str]) -> dict:
+    """``{"accuracy", "macro_f1"}`` (fractions in [0, 1]) by scikit-learn; macro-F1 averages the F1 of every label in
+    ``labels`` (a label never predicted nor present scores 0). A prediction outside ``labels`` counts as wrong."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    _check_labels(predictions, targets, labels)
+    return {"accuracy": float(accuracy_score(targets, predictions)),
+            "macro_f1": float(f1_score(targets, predictions, labels=list(labels), average="macro", zero_division=0))}
+
+
+def confusion(predictions: Sequence[str], targets: Sequence[str], labels: Sequence[str]) -> list[list[int]]:
+    """Confusion matrix (scikit-learn): row i = true label ``labels[i]``, column j = predicted ``labels[j]``."""
+    from sklearn.metrics import confusion_matrix
+
+    _check_labels(predictions, targets, labels)
+    return confusion_matrix(targets, predictions, labels=list(labels)).astype(int).tolist()
+
+
+def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict:
+    """``{"rouge1", "rouge2", "rougeL"}``: mean F1 × 100 over the pairs, by ``rouge_score.RougeScorer`` with the
+    Porter stemmer (its tokenizer lower-cases and keeps only ``[a-z0-9]`` runs: English text)."""
+    from rouge_score.rouge_scorer import RougeScorer
+
+    _same_length(predictions, references)
+    if not predictions:
+        raise ValueError("ROUGE of an empty set is undefined")
+    keys = ("rouge1", "rouge2", "rougeL")
+    scorer = RougeScorer(list(keys), use_stemmer=True)
+    totals = dict.fromkeys(keys, 0.0)
+    for pred, ref in zip(predictions, references, strict=True):
+        score = scorer.score(ref, pred)  # (target, prediction) order
+        for k in keys:
+            totals[k] += score[k].fmeasure
+    return {k: 100.0 * v / len(predictions) for k, v in totals.items()}
+
+
+def translation_scores(predictions: Sequence[str], references: Sequence[str]) -> dict:
+    """``{"bleu", "chrf"}``: sacreBLEU's ``corpus_bleu`` (tokenizer 13a, exponential smoothing) and ``corpus_chrf``
+    (character 6-grams, beta 2), one reference per prediction, on sacreBLEU's 0–100 scale."""
+    import sacrebleu
+
+    _same_length(predictions, references)
+    if not predictions:
+        raise ValueError("BLEU of an empty set is undefined")
+    hyps, refs = list(predictions), [list(references)]
+    return {"bleu": float(sacrebleu.corpus_bleu(hyps, refs).score),
+            "chrf": float(sacrebleu.corpus_chrf(hyps, refs).score)}
+
+
+def _check_labels(predictions: Sequence[str], targets: Sequence[str], labels: Sequence[str]) -> None:
+    _same_length(predictions, targets)
+    if not predictions:
+        raise ValueError("scores of an empty set are undefined")
+    if unknown := sorted(set(targets) - set(labels)):
+        raise ValueError(f"targets hold labels not in labels: {unknown[:5]}; labels: {list(labels)}")
+
+
 def _same_length(a: Sequence[object], b: Sequence[object]) -> None:
     if len(a) != len(b):
         raise ValueError(f"got {len(a)} predictions for {len(b)} references")
 
 
-__all__ = ["accuracy", "corpus_bleu", "edit_distance", "exact_match", "normalize_text", "recall_at_k",
-           "word_error_rate"]
+__all__ = ["accuracy", "classification_scores", "confusion", "corpus_bleu", "edit_distance", "exact_match",
+           "normalize_text", "recall_at_k", "rouge_scores", "translation_scores", "word_error_rate"]
