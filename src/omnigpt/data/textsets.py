@@ -139,7 +139,7 @@ def _summarize_bbc() -> list[TextPair]:
     for a in _bbc_articles():
         headline, _, body = a.text.partition("\n")
         if headline.strip() and body.strip():
-            pairs.append(TextPair(a.key, _normalise(body), headline.strip(), a.key))
+            pairs.append(TextPair(a.key, _normalise(body), _normalise(headline), a.key))
     return pairs
 
 
