@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
         "GPT2ForSequenceClassification", "GPT2LMHeadModel", "GPT2Model", "GPT2Tokenizer", "GPT2TokenizerFast",
         "OpenAIGPTLMHeadModel", "OpenAIGPTModel")},
     "AutoModel": "omnigpt.hf.auto", "AutoModelForCausalLM": "omnigpt.hf.auto", "AutoTokenizer": "omnigpt.hf.auto",
+    "pipeline": "omnigpt.hf.pipelines",
     "LlamaForCausalLM": "omnigpt.hf.llama", "LlamaModel": "omnigpt.hf.llama",
     "PreTrainedTokenizerFast": "omnigpt.hf.tokenizer", "GenerationConfig": "omnigpt.hf.generation",
     "Trainer": "omnigpt.train.trainer", "train": "omnigpt.train.trainer", "load_recipe": "omnigpt.train.tasks",

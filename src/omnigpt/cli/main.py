@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "transcribe": ("omnigpt.cli.transcribe", "speech to text with Whisper (whisper-tiny.en, whisper-base)"),
     "classify-image": ("omnigpt.cli.classify_image", "ImageNet top-k classes of an image (mobilenet-v2)"),
     "embed": ("omnigpt.cli.embed", "sentence embeddings or their cosine similarities (all-minilm-l6-v2)"),
+    "run": ("omnigpt.cli.run", "one pipeline call: sentiment, summarization, translation, text generation, ..."),
+    "study": ("omnigpt.cli.study", "GPT-1/2/3/Llama at equal compute, attention heat maps: a regenerable report"),
 }
 
 

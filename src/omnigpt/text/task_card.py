@@ -57,7 +57,7 @@ def classification_ids(card: dict[str, Any], tokenizer: Any, text: str) -> list[
 
 def end_token_id(tokenizer: Any) -> int:
     """``<|endoftext|>`` when the tokenizer has it, else its end-of-sequence token."""
-    specials = tokenizer.special_tokens() if hasattr(tokenizer, "special_tokens") else {}
+    specials = getattr(tokenizer, "special_tokens", None) or {}
     if EOT in specials:
         return specials[EOT]
     eos = getattr(tokenizer, "eos_token_id", None)

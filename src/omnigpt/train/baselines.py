@@ -115,13 +115,13 @@ def copy_source(sources: Sequence[str]) -> list[str]:
     return list(sources)
 
 
-def classification_baselines(name: str, split: str = "test") -> dict[str, dict[str, float]]:
+def classification_baselines(name: str, split: str = "test", limit: int | None = None) -> dict[str, dict[str, float]]:
     """``{"majority": {...}, "tfidf_<analyzer>_<lo>_<hi>_logreg": {...}}`` with ``{"accuracy", "macro_f1"}`` each:
     fitted on the train split of set ``name``, scored on ``split`` (C tuned on val, unless ``split`` is val)."""
     if name not in TFIDF_CONFIG:
         raise ValueError(f"unknown classification set {name!r}; valid: {', '.join(CLASSIFICATION_SETS)}")
     labels, items = load_classification(name)
-    train, test = split_items(items, "train"), split_items(items, split)
+    train, test = split_items(items, "train"), split_items(items, split)[:limit]  # the items a model was scored on
     if not test:
         raise ValueError(f"split {split!r} of {name} is empty")
     val = split_items(items, "val") if split != "val" else []

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from omnigpt.generate.classify import collate, predict
 from omnigpt.models.gpt import GPTForSequenceClassification
 from omnigpt.models.lora import LoRAWeights, apply_lora, lora_parameters
 from omnigpt.text.task_card import EOT, classification_ids, task_card
@@ -33,6 +34,7 @@ from omnigpt.train.schedule import module_groups
 from omnigpt.train.tasks.base import Task
 from omnigpt.train.tasks.text_apps import (
     AppModelSpec,
+    bf16,
     check_model_spec,
     load_base,
     tokenizer_dir,
@@ -51,16 +53,6 @@ class ClassifyDataSpec:
     limit: int | None = None  # the first N training items (quick runs, tests)
 
 
-def collate(rows: list[Tensor], labels: list[int], pad: int) -> dict[str, Tensor]:
-    """Right-padded (B, T) ids, their lengths and labels."""
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-    return {"input_ids": ids, "sequence_lengths": torch.tensor([len(r) for r in rows]),
-            "labels": torch.tensor(labels, dtype=torch.long)}
-
-
 class ClassifierLoss(nn.Module):
     """Cross-entropy of the classifier; with LoRA the adapters and the head are the trained modules."""
 
@@ -76,21 +68,6 @@ class ClassifierLoss(nn.Module):
 
     def forward(self, input_ids: Tensor, sequence_lengths: Tensor, labels: Tensor) -> Tensor:
         return self.model(input_ids, sequence_lengths=sequence_lengths, labels=labels).loss
-
-
-@torch.no_grad()
-def predict(model: GPTForSequenceClassification, rows: list[list[int]], pad: int,
-            batch_size: int = 32) -> Tensor:
-    """Class probabilities (N, K) of token rows (``text.task_card.classification_ids``), batched by length."""
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    probs = torch.empty(len(rows), model.config.num_labels)
-    dev = model.score.weight.device
-    for i in range(0, len(order), batch_size):
-        idx = order[i : i + batch_size]
-        b = collate([torch.tensor(rows[j]) for j in idx], [0] * len(idx), pad)
-        logits = model(b["input_ids"].to(dev), sequence_lengths=b["sequence_lengths"]).logits
-        probs[idx] = logits.float().softmax(-1).cpu()
-    return probs
 
 
 class ClassifyTask(Task):
@@ -203,12 +180,11 @@ class ClassifyTask(Task):
         """Test-split accuracy and macro-F1, the same-run baselines, and ``confusion.png``."""
         import time
 
-        from omnigpt.checkpoints.state import load_model
         from omnigpt.data.textsets import load_classification, split_items
-        from omnigpt.text.tokenizer import load_tokenizer
+        from omnigpt.hf.pipelines import load_model
         from omnigpt.train import baselines, figures, metrics
 
-        model, tok = load_model(checkpoint), load_tokenizer(checkpoint)
+        model, tok, _ = load_model(checkpoint)
         card = task_card(model.config)
         if card.get("pipeline") != "text-classification":
             raise ValueError(f"{checkpoint}: not a text classifier (task card {card})")
@@ -216,7 +192,8 @@ class ClassifyTask(Task):
         test = split_items(items, "test")[:limit]
         t0 = time.perf_counter()
         rows = [classification_ids(card, tok, x.text) for x in test]
-        probs = predict(model, rows, rows[0][-1] if rows else 0)
+        with bf16():
+            probs = predict(model, rows)
         preds = [labels[int(i)] for i in probs.argmax(-1)]
         seconds = time.perf_counter() - t0
         targets = [x.label for x in test]
@@ -225,7 +202,7 @@ class ClassifyTask(Task):
                               f"{card['dataset']} test ({len(test)} items): accuracy {scores['accuracy']:.3f}")
         return {"dataset": card["dataset"], "split": "test", "items": len(test), **scores,
                 "seconds": round(seconds, 1),
-                "baselines": baselines.classification_baselines(card["dataset"], "test")}
+                "baselines": baselines.classification_baselines(card["dataset"], "test", limit)}
 
 
-__all__ = ["ClassifierLoss", "ClassifyDataSpec", "ClassifyTask", "collate", "predict"]
+__all__ = ["ClassifierLoss", "ClassifyDataSpec", "ClassifyTask"]

@@ -36,6 +36,7 @@ from omnigpt.train.tasks.base import Task
 from omnigpt.train.tasks.sft import Example, SFTLoss, collate, encode_conversation
 from omnigpt.train.tasks.text_apps import (
     AppModelSpec,
+    bf16,
     check_model_spec,
     load_base,
     tokenizer_dir,
@@ -162,7 +163,7 @@ class Seq2SeqTask(Task):
             self.lora = LoRAWeights(self.model)
         pairs = load_pairs(d.dataset)
         self.train_set = [self.example(p.source, p.target) for p in split_items(pairs, "train")[: d.limit]]
-        self.val_pairs = pick(split_items(pairs, "val"), 512)
+        self.val_pairs = pick(split_items(pairs, "val"), 256)
         self.val_set = [self.example(p.source, p.target) for p in self.val_pairs]
         longest = max(len(e.input_ids) for e in self.train_set)
         if longest > self.config.block_size:
@@ -231,22 +232,22 @@ class Seq2SeqTask(Task):
     @classmethod
     def evaluate_run(cls, checkpoint: Path, out: Path, limit: int | None = None) -> dict[str, Any]:
         """Greedy outputs for ``limit`` test pairs (default 300, spread over the split), their scores, the baselines
-        on the same pairs, the base chat model zero-shot (chat format), and ``samples.md``."""
-        from omnigpt.checkpoints.state import load_model
+        on the same pairs, the base chat model zero-shot (chat format), and ``samples.md``. Generation runs under
+        bf16 autocast, as the trainer's evaluations do (fp32 master weights)."""
         from omnigpt.data.textsets import load_pairs, split_items
-        from omnigpt.text.tokenizer import load_tokenizer
+        from omnigpt.hf.pipelines import load_model
         from omnigpt.train import baselines, figures
 
-        model, tok = load_model(checkpoint), load_tokenizer(checkpoint)
+        model, tok, template = load_model(checkpoint)
         card = task_card(model.config)
         if card.get("pipeline") not in ("summarization", "translation"):
             raise ValueError(f"{checkpoint}: not a summarization or translation model (task card {card})")
-        template = getattr(tok, "chat_template", None)
         dataset = card["dataset"]
         pairs = pick(split_items(load_pairs(dataset), "test"), 300 if limit is None else limit)
         sources, refs = [p.source for p in pairs], [p.target for p in pairs]
         t0 = time.perf_counter()
-        outputs = generate_outputs(model, tok, card, sources, template)
+        with bf16():
+            outputs = generate_outputs(model, tok, card, sources, template)
         result: dict[str, Any] = {"dataset": dataset, "split": "test", "items": len(pairs),
                                   **score(dataset, outputs, refs), "seconds": round(time.perf_counter() - t0, 1)}
         result["baselines"] = baselines.pair_baselines(dataset, pairs=pairs)
@@ -257,7 +258,8 @@ class Seq2SeqTask(Task):
 
             pre = from_pretrained(card["base"])
             t0 = time.perf_counter()
-            zero = generate_outputs(pre.model, tok, card, sources, template)
+            with bf16():
+                zero = generate_outputs(pre.model, tok, card, sources, template)
             result["baselines"][f"{card['base']}_zero_shot"] = {**score(dataset, zero, refs),
                                                                  "seconds": round(time.perf_counter() - t0, 1)}
             for row, z in zip(rows, zero, strict=False):
