@@ -2,7 +2,7 @@
 (directly or around a loop), lazy imports inside functions included — ``import`` under ``if TYPE_CHECKING:`` is the
 one exemption (it never runs).
 
-    config < kernels < models < checkpoints < text < data < generate < hf < train < serve < cli
+    config < kernels < models < checkpoints < text < data < generate < hf < train < study < serve < cli
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "omnigpt"
-LAYERS = ["config", "kernels", "models", "checkpoints", "text", "data", "generate", "hf", "train", "serve", "cli"]
+LAYERS = ["config", "kernels", "models", "checkpoints", "text", "data", "generate", "hf", "train", "study", "serve",
+          "cli"]
 
 
 def module_name(path: Path, root: Path = SRC) -> str:
