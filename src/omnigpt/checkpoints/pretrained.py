@@ -42,11 +42,25 @@ def _contrastive() -> tuple[type, type]:
     return ContrastiveConfig, ContrastiveModel
 
 
+def _image_classifier() -> tuple[type, type]:
+    from omnigpt.models.vision import ImageClassifierConfig, ViTForImageClassification
+
+    return ImageClassifierConfig, ViTForImageClassification
+
+
+def _igpt() -> tuple[type, type]:
+    from omnigpt.models.igpt import IGPT, IGPTConfig
+
+    return IGPTConfig, IGPT
+
+
 # model_type → () -> (config class with from_dict/to_dict, model class taking the config). Imported on use so that
 # loading a GPT does not import every family.
 MODEL_TYPES: dict[str, Callable[[], tuple[type, type]]] = {
     "omnigpt-multimodal": _multimodal,
     "omnigpt-contrastive": _contrastive,
+    "omnigpt-image-classifier": _image_classifier,
+    "omnigpt-igpt": _igpt,
 }
 
 

@@ -3,7 +3,7 @@
 ``--model`` takes a checkpoint directory, a ``.gguf`` file or an offline name (``smollm2-135m-instruct``) and may be
 repeated to serve several chat models (the first is the page's default). Speech recognition (``whisper-tiny.en``,
 ``whisper-base``) and embeddings (``all-minilm-l6-v2``) are served beside them and load on first use
-(``--offline-models none`` turns them off).
+(``--offline-models none`` turns them off). ``--image-model RUN`` adds an iGPT run at ``/v1/images/generations``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline-models", default=",".join(DEFAULT_OFFLINE_MODELS),
                    help="comma-separated speech/embedding models for /v1/audio/transcriptions and /v1/embeddings, "
                         "loaded on first use (default: %(default)s; 'none' for none)")
+    p.add_argument("--image-model", action="append", default=[],
+                   help="an igpt run directory to serve at /v1/images/generations (its id: the directory's name); "
+                        "repeatable")
     p.add_argument("--max-audio-seconds", type=float, default=600.0, help="longer audio uploads get a 400")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
@@ -70,7 +73,12 @@ def run(args: argparse.Namespace) -> int:
                              max_body_bytes=args.max_body_bytes,
                              default_max_tokens=args.default_max_tokens, max_tokens_limit=args.max_tokens_limit,
                              offline_models=offline, max_audio_seconds=args.max_audio_seconds)
-    app = create_app(served, settings, OfflineModels(offline, device=args.device))
+    images = None
+    if args.image_model:
+        from omnigpt.serve.images import ImageModels
+
+        images = ImageModels.load(args.image_model, device=args.device)
+    app = create_app(served, settings, OfflineModels(offline, device=args.device), images)
     print(f"omnigpt serve: {', '.join(m.name for m in served)}"
           f"{' + ' + ', '.join(offline) + ' (on first use)' if offline else ''} on http://{args.host}:{args.port}/ "
           f"(API at /v1, {'API key required' if settings.api_key else 'no API key'})", flush=True)

@@ -39,6 +39,8 @@ PIPELINES: dict[str, str] = {
     "summarization": "omnigpt.hf.pipelines:SummarizationPipeline",
     "translation": "omnigpt.hf.pipelines:TranslationPipeline",
     "text-generation": "omnigpt.hf.pipelines:TextGenerationPipeline",
+    "image-classification": "omnigpt.hf.vision_pipelines:image_classification",
+    "text-to-image": "omnigpt.hf.vision_pipelines:text_to_image",
 }
 ALIASES = {"sentiment-analysis": "text-classification"}
 

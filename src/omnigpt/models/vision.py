@@ -77,6 +77,10 @@ class VisionConfig(PresetConfig):
     use_cls_token: bool = True
     dropout: float = 0.0
     layer_norm_epsilon: float = 1e-5
+    # > 0: a convolutional stem of this many channels (two 3×3 convs + GELU at full resolution) before the patch
+    # embedding, as in "Early Convolutions Help Transformers See Better" (Xiao et al. 2021): same tokens, better
+    # optimisation at small data and compute. 0: the plain ViT patchify.
+    conv_stem: int = 0
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -124,8 +128,15 @@ class ViT(nn.Module):
         super().__init__()
         self.config = config
         C = config.n_embd
+        cin = config.in_channels
+        self.stem = None
+        if config.conv_stem:
+            s = config.conv_stem
+            self.stem = nn.Sequential(nn.Conv2d(cin, s, 3, padding=1), nn.GELU(), nn.Conv2d(s, s, 3, padding=1),
+                                      nn.GELU())
+            cin = s
         # A conv with kernel = stride = patch size is "split into patches, flatten, one Linear" in one op.
-        self.patch_embed = nn.Conv2d(config.in_channels, C, kernel_size=config.patch_size, stride=config.patch_size)
+        self.patch_embed = nn.Conv2d(cin, C, kernel_size=config.patch_size, stride=config.patch_size)
         n_pos = config.num_patches + (1 if config.use_cls_token else 0)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, C)) if config.use_cls_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, C))
@@ -134,6 +145,10 @@ class ViT(nn.Module):
         self.h = encoder_blocks(config.n_layer, C, config.n_head, hidden, config.dropout, config.layer_norm_epsilon)
         self.ln_post = nn.LayerNorm(C, eps=config.layer_norm_epsilon)
         init_encoder_weights(self, config.n_layer)
+        if self.stem is not None:  # convs feeding GELUs keep PyTorch's fan-in init (0.02 would shrink them ~50×)
+            for m in self.stem:
+                if isinstance(m, nn.Conv2d):
+                    m.reset_parameters()
         nn.init.normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
@@ -149,7 +164,10 @@ class ViT(nn.Module):
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
             raise ValueError(f"pixel_values must have shape (N, {', '.join(map(str, expected))}), "
                              f"got {tuple(pixel_values.shape)}")
-        x = self.patch_embed(pixel_values.to(self.pos_embed.dtype))  # (B, C, H/p, W/p)
+        x = pixel_values.to(self.pos_embed.dtype)
+        if self.stem is not None:
+            x = self.stem(x)  # (B, conv_stem, H, W)
+        x = self.patch_embed(x)  # (B, C, H/p, W/p)
         x = x.flatten(2).transpose(1, 2)  # (B, N, C), patches in raster order
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, C)
@@ -160,3 +178,76 @@ class ViT(nn.Module):
         if self.cls_token is not None:
             return EncoderOutput(last_hidden_state=x[:, 1:], pooler_output=x[:, 0])
         return EncoderOutput(last_hidden_state=x, pooler_output=x.mean(dim=1))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Image classification: the ViT plus a linear head (the ``image-classify`` task; Dosovitskiy et al. 2021, §3.1)
+
+IMAGE_CLASSIFIER_TYPE = "omnigpt-image-classifier"
+
+
+@dataclass(frozen=True)
+class ImageClassifierConfig(PresetConfig):
+    """A ViT + linear classifier over ``labels``. ``pixel_mean``/``pixel_std`` normalise inputs in [0, 1] (the
+    training set's statistics; preprocessing reads them from here so a saved model classifies raw images)."""
+
+    name: str = "custom"
+    vision: VisionConfig = VisionConfig()
+    labels: tuple[str, ...] = ()
+    pool: str = "cls"  # "cls": the CLS token (needs use_cls_token); "mean": the mean of the patch tokens
+    head_dropout: float = 0.0
+    pixel_mean: float = 0.0
+    pixel_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        if len(self.labels) < 2:
+            raise ValueError(f"ImageClassifierConfig({self.name!r}): needs at least 2 labels, got {self.labels}")
+        if self.pool not in ("cls", "mean") or (self.pool == "cls" and not self.vision.use_cls_token):
+            raise ValueError(f"ImageClassifierConfig({self.name!r}): pool must be 'mean', or 'cls' with a CLS token")
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def _presets(cls) -> Mapping[str, ImageClassifierConfig]:
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": IMAGE_CLASSIFIER_TYPE, **super().to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImageClassifierConfig:
+        d = dict(d)
+        if d.pop("model_type", IMAGE_CLASSIFIER_TYPE) != IMAGE_CLASSIFIER_TYPE:
+            raise ValueError(f"config is not an {IMAGE_CLASSIFIER_TYPE} config")
+        return cls(**{**d, "vision": VisionConfig.from_dict(d["vision"]), "labels": tuple(d["labels"])})
+
+
+@dataclass
+class ImageClassifierOutput:
+    logits: Tensor  # (B, num_labels)
+    features: Tensor  # (B, C): the pooled vector the head reads (the feature space of Fréchet distances)
+    loss: Tensor | None = None
+
+
+class ViTForImageClassification(nn.Module):
+    """``ViT`` → pooled vector (CLS or mean of patches) → dropout → ``head`` (Linear C → num_labels).
+
+    The head starts at zero (the ViT paper's fine-tuning head init): the first logits are uniform, loss = ln K."""
+
+    def __init__(self, config: ImageClassifierConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vit = ViT(config.vision)
+        self.drop = nn.Dropout(config.head_dropout)
+        self.head = nn.Linear(config.vision.n_embd, config.num_labels)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, pixel_values: Tensor, labels: Tensor | None = None) -> ImageClassifierOutput:
+        out = self.vit(pixel_values)
+        feats = out.pooler_output if self.config.pool == "cls" else out.last_hidden_state.mean(dim=1)  # (B, C)
+        logits = self.head(self.drop(feats))  # (B, K)
+        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        return ImageClassifierOutput(logits=logits, features=feats, loss=loss)

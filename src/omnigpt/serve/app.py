@@ -35,6 +35,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 from omnigpt.serve import schemas as S
 from omnigpt.serve.engine import Engine, Event, Failed, Finished, Overloaded, Row, TextDelta
 from omnigpt.serve.errors import APIError, BodyLimitMiddleware, install_error_handlers
+from omnigpt.serve.images import ImageGenerationRequest, ImageModels, ImagesResponse, generate_images
 from omnigpt.serve.model import (
     MultimodalPrompt,
     ServedModel,
@@ -71,9 +72,10 @@ _SSE = {"text/event-stream": {"schema": {"type": "string"}}}
 
 
 def create_app(served: ServedModel | Sequence[ServedModel], settings: ServeSettings | None = None,
-               offline: OfflineModels | None = None) -> FastAPI:
+               offline: OfflineModels | None = None, images: ImageModels | None = None) -> FastAPI:
     """An app serving one or several chat models (the first is the page's default) and ``settings.offline_models``
-    (or ``offline``); the engines' worker threads start and stop with the app's lifespan."""
+    (or ``offline``), plus ``images`` (iGPT runs: ``/v1/images/generations`` exists only with them); the engines'
+    worker threads start and stop with the app's lifespan."""
     settings = settings or ServeSettings()
     all_served = [served] if isinstance(served, ServedModel) else list(served)
     if not all_served:
@@ -136,7 +138,7 @@ def create_app(served: ServedModel | Sequence[ServedModel], settings: ServeSetti
                         batched_rows_total=sum(e.batched_rows_total for e in es))
 
     def cards() -> list[S.ModelCard]:
-        return [m.card() for m in all_served] + offline.cards(served.created)
+        return [m.card() for m in all_served] + offline.cards(served.created) + (images.cards() if images else [])
 
     @app.get("/v1/models", response_model=S.ModelList, responses=_ERRORS)
     async def list_models() -> S.ModelList:
@@ -189,6 +191,11 @@ def create_app(served: ServedModel | Sequence[ServedModel], settings: ServeSetti
     @app.post("/v1/embeddings", response_model=S.EmbeddingList, responses=_ERRORS)
     async def create_embeddings(body: S.EmbeddingRequest) -> S.EmbeddingList:
         return await embeddings(offline, body)
+
+    if images is not None:
+        @app.post("/v1/images/generations", response_model=ImagesResponse, responses=_ERRORS)
+        async def images_generations(body: ImageGenerationRequest) -> ImagesResponse:
+            return await generate_images(images, body)
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema without the 422 it adds everywhere: this server answers validation errors with 400."""
