@@ -274,6 +274,14 @@ def test_text_to_image_pipeline_shapes(runs: dict[str, Path]) -> None:
     assert [len(x) for x in draw(["T-shirt/top", "bag"])] == [1, 1]
 
 
+def test_registered_in_omnigpt_pipeline(runs: dict[str, Path]) -> None:
+    from omnigpt.hf.pipelines import pipeline
+
+    img = pipeline("text-to-image", model=str(runs["igpt"]))("Bag", seed=1)[0]["image"]
+    top = pipeline("image-classification", model=str(runs["vit"]), top_k=2)(img)
+    assert len(top) == 2 and top[0]["label"] in FASHION_MNIST_CLASSES
+
+
 # ------------------------------------------------------------------------------------------------------------
 # POST /v1/images/generations through the official client
 
