@@ -39,8 +39,8 @@ ROWS: list[tuple[str, str, list[str], list[int], str]] = [
      "SmolLM2-135M-Instruct + LoRA"),
 ]
 # rows whose evaluation generates with SmolLM2 (and its zero-shot baseline): fewer test items, spread over the split
-EVAL_ARGS = {"summarize-bbc": ["--limit", "120"], "summarize-wiki": ["--limit", "120"],
-             "translate-en-es-smollm2": ["--limit", "120"]}
+EVAL_ARGS = {"summarize-bbc": ["--limit", "64"], "summarize-wiki": ["--limit", "64"],
+             "translate-en-es-smollm2": ["--limit", "64"]}
 METRICS = ("accuracy", "macro_f1", "rouge1", "rouge2", "rougeL", "bleu", "chrf")
 
 
