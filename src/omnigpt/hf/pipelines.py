@@ -15,7 +15,8 @@
 so the pipeline prompts it the way it was trained. Without a card a chat model (SmolLM2-Instruct, the default for
 text generation, summarization and translation) is prompted zero-shot with an instruction. One input gives a list
 with one dict, a list of inputs a list of dicts (text generation: a list of lists), as in transformers.
-Other tasks (image classification, text-to-image, speech) register in ``PIPELINES`` the same way.
+``automatic-speech-recognition`` runs Whisper (``whisper-tiny.en`` by default); image classification and
+text-to-image live in ``hf/vision_pipelines.py`` and register in ``PIPELINES`` the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ PIPELINES: dict[str, str] = {
     "summarization": "omnigpt.hf.pipelines:SummarizationPipeline",
     "translation": "omnigpt.hf.pipelines:TranslationPipeline",
     "text-generation": "omnigpt.hf.pipelines:TextGenerationPipeline",
+    "automatic-speech-recognition": "omnigpt.hf.pipelines:SpeechRecognitionPipeline",
     "image-classification": "omnigpt.hf.vision_pipelines:image_classification",
     "text-to-image": "omnigpt.hf.vision_pipelines:text_to_image",
 }
@@ -201,6 +203,39 @@ class TextGenerationPipeline(Pipeline):
         return rows[0] if single else rows
 
 
+class SpeechRecognitionPipeline:
+    """Whisper (``whisper-tiny.en`` by default, ``whisper-base``, or a Whisper directory): ``{"text"}`` for one
+    recording (a path or a 16 kHz waveform), a list of those for a list — transformers' shapes."""
+
+    task = "automatic-speech-recognition"
+
+    def __init__(self, model: str | Path | None = None, device: str | None = None, language: str | None = None,
+                 beam_size: int = 1) -> None:
+        from omnigpt.checkpoints.registry import from_pretrained
+        from omnigpt.models.whisper import Whisper
+
+        self.name = str(model or "whisper-tiny.en")
+        pre = from_pretrained(self.name)
+        if not isinstance(pre.model, Whisper):
+            raise ValueError(f"model {self.name} is a {type(pre.model).__name__}, not a Whisper speech recognizer")
+        self.model = pre.model.to(torch.device(device)) if device else pre.model
+        self.tokenizer, self.language, self.beam_size = pre.preprocessor, language, beam_size
+
+    def __call__(self, inputs: Any) -> Any:
+        from omnigpt.generate.whisper import transcribe
+
+        single = isinstance(inputs, str | Path) or (hasattr(inputs, "ndim") and inputs.ndim == 1)
+        out = []
+        for i, audio in enumerate([inputs] if single else list(inputs)):
+            try:
+                result = transcribe(self.model, self.tokenizer, audio, language=self.language,
+                                    beam_size=self.beam_size)
+            except ValueError as e:
+                raise ValueError(f"input {i} ({audio if isinstance(audio, str | Path) else 'array'}): {e}") from None
+            out.append({"text": result.text.strip()})
+        return out[0] if single else out
+
+
 def resolve_task(task: str) -> tuple[str, dict[str, str]]:
     """(registry name, keyword arguments) of a transformers task name (``translation_en_to_es`` → translation)."""
     if task.startswith("translation_"):
@@ -223,5 +258,6 @@ def pipeline(task: str, model: str | Path | None = None, device: str | None = No
     return getattr(importlib.import_module(module), factory)(model=model, device=device, **extra, **kwargs)
 
 
-__all__ = ["ALIASES", "PIPELINES", "Pipeline", "SummarizationPipeline", "TextClassificationPipeline",
+__all__ = ["ALIASES", "PIPELINES", "Pipeline", "SpeechRecognitionPipeline", "SummarizationPipeline",
+           "TextClassificationPipeline",
            "TextGenerationPipeline", "TranslationPipeline", "load_model", "pipeline", "resolve_task"]
