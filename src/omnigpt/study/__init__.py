@@ -20,6 +20,7 @@ numbers do not depend on how many run at once.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import time
@@ -106,7 +107,7 @@ def run_study(out: Path | str, mode: Literal["quick", "full"] = "quick", plan: S
             f.write(json.dumps(r) + "\n")
 
     # 3. Multimodal at equal steps: the alignment stage, or not.
-    mm_note = ""
+    mm_rows: list[dict[str, Any]] = []
     if plan.mm_steps:
         from omnigpt.data.multimodal import prepare_fashion_mnist
 
@@ -119,8 +120,8 @@ def run_study(out: Path | str, mode: Literal["quick", "full"] = "quick", plan: S
             recipe = mm_recipe(plan, str(mm_dir), str(out / "runs" / name), staged)
             (out / "recipes" / f"{name}.json").write_text(json.dumps(recipe, indent=1) + "\n")
             mm_specs.append({"name": name, "staged": staged, "recipe": recipe})
-        mm = _map(mm_run, mm_specs, plan.workers)
-        (out / "multimodal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mm))
+        mm_rows = _map(mm_run, mm_specs, plan.workers)
+        (out / "multimodal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mm_rows))
         mm_note = ("The vision tower is a ViT trained from scratch in both runs; the pretrained MobileNetV2 variant is "
                    "left out: that tower is not wired into recipes yet.")
     else:
@@ -138,7 +139,9 @@ def run_study(out: Path | str, mode: Literal["quick", "full"] = "quick", plan: S
             "wall_s": round(time.perf_counter() - t0, 1), "machine": f"{platform.machine()} CPU, "
             f"{plan.workers or 1} worker process(es) × 1 thread", "setup": setup, "middle": mid.name,
             "block_size": plan.block_size, "attention_text": ATTENTION_TEXT, "lr_source": lr_source,
-            "lr": lr, "mm_note": mm_note, "families": list(FAMILIES)}
+            "lr": lr, "mm_note": mm_note, "families": list(FAMILIES), "sizes": [x.name for x in plan.sizes],
+            "cpu_s": round(sum(r.get("cpu_s", 0.0) for r in rows + mm_rows), 1),
+            "load_avg": [round(x, 2) for x in os.getloadavg()]}
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return build_report(out)
 

@@ -81,14 +81,13 @@ def _table(header: list[str], body: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def final_loss_table(grid: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+def final_loss_table(grid: list[dict[str, Any]], sizes: list[str]) -> tuple[list[str], list[list[Any]]]:
     """One row per family and size: params, FLOPs, lr, each seed's val loss and mean ± spread."""
     seeds = sorted({r["seed"] for r in grid})
     header = ["family", "size", "params", "FLOPs", "lr", *[f"val loss (seed {s})" for s in seeds], "mean ± spread"]
     by = defaultdict(dict)
     for r in grid:
         by[(r["family"], r["size"])][r["seed"]] = r
-    sizes = list(dict.fromkeys(r["size"] for r in grid))
     body = []
     for fam in FAMILIES:
         for size in sizes:
@@ -109,6 +108,7 @@ def build_report(out: Path) -> Path:
     rows = read_jsonl(out / "results.jsonl")
     grid = [r for r in rows if r["kind"] == "grid"]
     fams = [f for f in FAMILIES if any(r["family"] == f for r in grid)]
+    sizes = [s for s in meta["sizes"] if any(r["size"] == s for r in grid)]  # smallest first
     fits = {}
     for fam in fams:
         pts = [r for r in grid if r["family"] == fam]
@@ -116,16 +116,18 @@ def build_report(out: Path) -> Path:
             fits[fam] = fit_power_law([r["flops"] for r in pts], [r["val_loss"] for r in pts])
     plot_loss_vs_compute(grid, fits, out / "loss_vs_compute.png")
     md = [f"# The article's claims, measured ({meta['mode']})", "",
-          f"Command: `{meta['command']}`  ", f"Wall time: {meta['wall_s'] / 60:.1f} min on {meta['machine']}.", "",
+          f"Command: `{meta['command']}`  ",
+          f"Wall time: {meta['wall_s'] / 60:.1f} min on {meta['machine']} (load average {meta['load_avg'][0]} at the "
+          f"end: other processes shared the cores); CPU time of the runs: {meta['cpu_s'] / 60:.1f} min.", "",
           meta["setup"], "", "## Architecture at equal budget", "",
           "![loss vs compute](loss_vs_compute.png)", "", "Final validation loss (nats/token) by family, size and seed:",
-          "", _table(*final_loss_table(grid)), "",
+          "", _table(*final_loss_table(grid, sizes)), "",
           "Power-law fits L(C) = a·C^(−α) (least squares on log L vs log C over every size and seed; no irreducible "
           "term):", "",
           _table(["family", "α", "std. error of α", "a", "R²", "points"],
                  [[f, f"{fits[f].alpha:.4f}", f"{fits[f].alpha_se:.4f}", f"{fits[f].a:.4g}", f"{fits[f].r2:.3f}",
                    fits[f].n] for f in fams if f in fits]), ""]
-    largest = list(dict.fromkeys(r["size"] for r in grid))[-1] if grid else None
+    largest = sizes[-1] if sizes else None
     md += [f"Pairwise, at the largest size ({largest}), seeds compared:", ""]
     for a, b in combinations(fams, 2):
         la = [r["val_loss"] for r in grid if r["family"] == a and r["size"] == largest]
