@@ -199,7 +199,7 @@ class ClassifyTask(Task):
         targets = [x.label for x in test]
         scores = metrics.classification_scores(preds, targets, labels)
         figures.confusion_png(metrics.confusion(preds, targets, labels), labels, out / "confusion.png",
-                              f"{card['dataset']} test ({len(test)} items): accuracy {scores['accuracy']:.3f}")
+                              f"{card['dataset']} test, {len(test)} items\naccuracy {scores['accuracy']:.3f}")
         return {"dataset": card["dataset"], "split": "test", "items": len(test), **scores,
                 "seconds": round(seconds, 1),
                 "baselines": baselines.classification_baselines(card["dataset"], "test", limit)}
