@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from omnigpt.generate.classify import collate, predict
 from omnigpt.models.gpt import GPTForSequenceClassification
 from omnigpt.models.lora import LoRAWeights, apply_lora, lora_parameters
-from omnigpt.text.task_card import EOT, classification_ids, task_card
+from omnigpt.text.task_card import EOT, classification_ids, end_token_id, task_card
 from omnigpt.train.recipe import RecipeError
 from omnigpt.train.schedule import module_groups
 from omnigpt.train.tasks.base import Task
@@ -105,7 +105,7 @@ class ClassifyTask(Task):
 
         self.labels, items = load_classification(r.data.dataset)
         base, tok, _ = load_base(r, [EOT])
-        cfg = base.config.replace(num_labels=len(self.labels), dropout=base.config.dropout)
+        cfg = base.config.replace(num_labels=len(self.labels))
         if r.data.max_tokens > cfg.block_size:
             raise ValueError(f"data.max_tokens {r.data.max_tokens} exceeds the model's context ({cfg.block_size})")
         model = GPTForSequenceClassification(cfg)  # a fresh score head; the decoder's weights come from `base`
@@ -118,7 +118,7 @@ class ClassifyTask(Task):
         if r.model.lora is not None:
             apply_lora(model.transformer, r.model.lora)  # freezes the decoder; B = 0, outputs unchanged
             self.lora = LoRAWeights(model.transformer)
-        self.pad = classification_ids(task_card(self.config), tok, "")[-1]
+        self.pad = end_token_id(tok)  # any id would do: padding sits after the position the head reads
         index = {name: i for i, name in enumerate(self.labels)}
 
         def encode(split: str) -> tuple[list[list[int]], list[int]]:
