@@ -259,5 +259,5 @@ def pipeline(task: str, model: str | Path | None = None, device: str | None = No
 
 
 __all__ = ["ALIASES", "PIPELINES", "Pipeline", "SpeechRecognitionPipeline", "SummarizationPipeline",
-           "TextClassificationPipeline",
-           "TextGenerationPipeline", "TranslationPipeline", "load_model", "pipeline", "resolve_task"]
+           "TextClassificationPipeline", "TextGenerationPipeline", "TranslationPipeline", "load_model", "pipeline",
+           "resolve_task"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from omnigpt.checkpoints.state import load_model
+from omnigpt.train.recipe import RecipeError
 from omnigpt.train.schedule import module_groups
 
 
@@ -62,6 +64,37 @@ class Task:
         raise NotImplementedError(f"task {cls.name!r} has no checkpoint evaluation")
 
 
+def check_stage_modules(r: Any, modules: Sequence[str], owner: str = "task") -> None:
+    """Every module a stage trains or scales is one of ``modules`` (the names ``parameter_groups`` gives)."""
+    for i, st in enumerate(r.stages):
+        for key, names in (("train", st.train or ()), ("lr_scale", st.lr_scale)):
+            if unknown := sorted(set(names) - set(modules)):
+                raise RecipeError(f"stages[{i}] ({st.name}).{key}: unknown module {unknown[0]!r}; this {owner}'s "
+                                  f"modules: {', '.join(modules)}")
+
+
+class EpochOrder:
+    """Which of ``n`` items row g of a run reads (g = step × batch_size + j): a seeded permutation per epoch, from
+    a private generator (the global RNG is untouched), so a batch is a pure function of (seed, step) whatever the
+    world size or resume point. The current epoch's permutation is cached."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def __call__(self, g: int) -> int:
+        epoch, i = divmod(g, self.n)
+        if self._perm is None or self._perm[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(self.n, generator=gen))
+        return int(self._perm[1][i])
+
+    def rows(self, step: int, start: int, count: int, batch_size: int) -> list[int]:
+        """Item indices of rows ``start … start+count-1`` of step ``step``'s global batch."""
+        first = step * batch_size + start
+        return [self(g) for g in range(first, first + count)]
+
+
 class LossOf(nn.Module):
     """``model(**batch).loss`` as a module (what DDP wraps), with the model's parameter groups."""
 
@@ -76,4 +109,4 @@ class LossOf(nn.Module):
         return self.model(**batch).loss
 
 
-__all__ = ["LossOf", "Task"]
+__all__ = ["EpochOrder", "LossOf", "Task", "check_stage_modules"]

@@ -31,7 +31,7 @@ from omnigpt.models.lora import LoRAWeights, apply_lora, lora_parameters
 from omnigpt.text.task_card import EOT, classification_ids, end_token_id, task_card
 from omnigpt.train.recipe import RecipeError
 from omnigpt.train.schedule import module_groups
-from omnigpt.train.tasks.base import Task
+from omnigpt.train.tasks.base import EpochOrder, Task, check_stage_modules
 from omnigpt.train.tasks.text_apps import (
     AppModelSpec,
     bf16,
@@ -84,12 +84,7 @@ class ClassifyTask(Task):
         if r.data.max_tokens < 2:
             raise RecipeError(f"data.max_tokens: must be >= 2, got {r.data.max_tokens}")
         check_model_spec(r)
-        modules = ["lora", "score"] if r.model.lora is not None else ["transformer", "score"]
-        for i, st in enumerate(r.stages):
-            for key, names in (("train", st.train or ()), ("lr_scale", st.lr_scale)):
-                if unknown := sorted(set(names) - set(modules)):
-                    raise RecipeError(f"stages[{i}] ({st.name}).{key}: unknown module {unknown[0]!r}; this task's "
-                                      f"modules: {', '.join(modules)}")
+        check_stage_modules(r, ["lora", "score"] if r.model.lora is not None else ["transformer", "score"])
 
     @classmethod
     def prepare(cls, r: Any) -> None:
@@ -130,7 +125,7 @@ class ClassifyTask(Task):
             self.train_rows, self.train_labels = self.train_rows[: r.data.limit], self.train_labels[: r.data.limit]
         self.val_rows, self.val_labels = encode("val")
         self.tokens_per_step = round(r.batch_size * sum(map(len, self.train_rows)) / len(self.train_rows))
-        self._perm: tuple[int, Tensor] | None = None
+        self.order = EpochOrder(len(self.train_rows), r.seed)
 
     def new_model(self) -> GPTForSequenceClassification:
         return GPTForSequenceClassification(self.config)
@@ -150,17 +145,9 @@ class ClassifyTask(Task):
         return ClassifierLoss(self.model, self.lora)
 
     def batch(self, step: int, start: int, count: int) -> dict[str, Tensor]:
-        n = len(self.train_rows)
-        rows, labels = [], []
-        for g in range(step * self.r.batch_size + start, step * self.r.batch_size + start + count):
-            epoch, i = divmod(g, n)
-            if self._perm is None or self._perm[0] != epoch:
-                gen = torch.Generator().manual_seed(self.r.seed * 1_000_003 + epoch)
-                self._perm = (epoch, torch.randperm(n, generator=gen))
-            j = int(self._perm[1][i])
-            rows.append(torch.tensor(self.train_rows[j]))
-            labels.append(self.train_labels[j])
-        return collate(rows, labels, self.pad)
+        rows = self.order.rows(step, start, count, self.r.batch_size)
+        return collate([torch.tensor(self.train_rows[j]) for j in rows], [self.train_labels[j] for j in rows],
+                       self.pad)
 
     @torch.no_grad()
     def evaluate(self, limit: int | None, dtype: torch.dtype | None, loss_module: nn.Module | None,

@@ -23,7 +23,7 @@ from omnigpt.text.processors import Processor, ProcessorConfig
 from omnigpt.train import metrics
 from omnigpt.train.recipe import MMDataSpec, MMModelSpec, MMSource, RecipeError, contrastive_config
 from omnigpt.train.tasks.base import LossOf, Task
-from omnigpt.train.tasks.multimodal import build_tokenizer, check_sources, check_stage_modules
+from omnigpt.train.tasks.multimodal import build_tokenizer, check_model_stages, check_sources
 
 
 @torch.no_grad()
@@ -94,7 +94,7 @@ class ContrastiveTask(Task):
         check_sources(r)
         if r.model.ctc_weight:
             raise RecipeError("model.ctc_weight: only multimodal recipes with an audio encoder have a CTC head")
-        check_stage_modules(r, ContrastiveModel(contrastive_config(r.model)))
+        check_model_stages(r, ContrastiveModel(contrastive_config(r.model)))
 
     def __init__(self, r: Any) -> None:
         super().__init__(r)

@@ -27,7 +27,7 @@ from omnigpt.text.processors import Processor, ProcessorConfig
 from omnigpt.train import metrics
 from omnigpt.train.recipe import MMDataSpec, MMModelSpec, MMSource, RecipeError, multimodal_config
 from omnigpt.train.schedule import module_groups
-from omnigpt.train.tasks.base import LossOf, Task
+from omnigpt.train.tasks.base import LossOf, Task, check_stage_modules
 
 
 class AudioCTC(nn.Module):
@@ -127,14 +127,9 @@ def check_sources(r: Any) -> None:
         raise RecipeError(f"data.max_new_tokens: must be positive, got {r.data.max_new_tokens}")
 
 
-def check_stage_modules(r: Any, module: nn.Module) -> None:
+def check_model_stages(r: Any, module: nn.Module) -> None:
     """Every module a stage trains or scales exists in the model (names come from the model itself)."""
-    modules = sorted(module_groups(module))
-    for i, st in enumerate(r.stages):
-        for key, names in (("train", st.train or ()), ("lr_scale", st.lr_scale)):
-            if unknown := sorted(set(names) - set(modules)):
-                raise RecipeError(f"stages[{i}] ({st.name}).{key}: unknown module {unknown[0]!r}; this model's "
-                                  f"modules: {', '.join(modules)}")
+    check_stage_modules(r, sorted(module_groups(module)), owner="model")
 
 
 def build_tokenizer(r: Any, texts: Sequence[str]) -> Any:
@@ -155,7 +150,7 @@ class MultimodalTask(Task):
             raise RecipeError(f"model.ctc_weight: must be >= 0, and > 0 only with an audio encoder "
                               f"(got {r.model.ctc_weight})")
         model = MultimodalGPT(multimodal_config(r.model))  # built on the CPU once, to ask it its module names
-        check_stage_modules(r, AudioCTC(model, r.model.ctc_weight) if r.model.ctc_weight > 0 else model)
+        check_model_stages(r, AudioCTC(model, r.model.ctc_weight) if r.model.ctc_weight > 0 else model)
 
     def __init__(self, r: Any) -> None:
         super().__init__(r)

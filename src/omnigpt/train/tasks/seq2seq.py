@@ -27,13 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from omnigpt.kernels.losses import fused_linear_cross_entropy
 from omnigpt.models.gpt import GPT
 from omnigpt.models.lora import LoRAWeights, apply_lora
 from omnigpt.text.task_card import EOT, SEP, cut, prompt_ids, source_messages, stop_ids, task_card
 from omnigpt.train.recipe import RecipeError
-from omnigpt.train.tasks.base import Task
-from omnigpt.train.tasks.sft import Example, SFTLoss, collate, encode_conversation
+from omnigpt.train.tasks.base import EpochOrder, Task, check_stage_modules
+from omnigpt.train.tasks.sft import Example, SFTLoss, collate, encode_conversation, target_loss
 from omnigpt.train.tasks.text_apps import (
     AppModelSpec,
     bf16,
@@ -124,12 +123,7 @@ class Seq2SeqTask(Task):
         if d.instruction is not None and "{text}" not in d.instruction:
             raise RecipeError("data.instruction: must contain {text} (where the source goes)")
         check_model_spec(r)
-        modules = ["lora"] if r.model.lora is not None else ["transformer"]
-        for i, st in enumerate(r.stages):
-            for key, names in (("train", st.train or ()), ("lr_scale", st.lr_scale)):
-                if unknown := sorted(set(names) - set(modules)):
-                    raise RecipeError(f"stages[{i}] ({st.name}).{key}: unknown module {unknown[0]!r}; this task's "
-                                      f"modules: {', '.join(modules)}")
+        check_stage_modules(r, ["lora"] if r.model.lora is not None else ["transformer"])
 
     @classmethod
     def prepare(cls, r: Any) -> None:
@@ -171,7 +165,7 @@ class Seq2SeqTask(Task):
                              f"than the model's context ({self.config.block_size})")
         self.tokens_per_step = round(r.batch_size * sum(len(e.input_ids) for e in self.train_set)
                                      / len(self.train_set))
-        self._perm: tuple[int, Tensor] | None = None
+        self.order = EpochOrder(len(self.train_set), r.seed)
 
     def example(self, source: str, target: str) -> Example:
         if self.format == "sep":
@@ -196,14 +190,8 @@ class Seq2SeqTask(Task):
         return SFTLoss(self.model, self.lora)
 
     def batch(self, step: int, start: int, count: int) -> dict[str, Tensor]:
-        n, rows = len(self.train_set), []
-        for g in range(step * self.r.batch_size + start, step * self.r.batch_size + start + count):
-            epoch, i = divmod(g, n)
-            if self._perm is None or self._perm[0] != epoch:
-                gen = torch.Generator().manual_seed(self.r.seed * 1_000_003 + epoch)
-                self._perm = (epoch, torch.randperm(n, generator=gen))
-            rows.append(self.train_set[int(self._perm[1][i])])
-        return collate(rows, self.pad)
+        rows = self.order.rows(step, start, count, self.r.batch_size)
+        return collate([self.train_set[i] for i in rows], self.pad)
 
     @torch.no_grad()
     def evaluate(self, limit: int | None, dtype: torch.dtype | None, loss_module: nn.Module | None,
@@ -212,15 +200,8 @@ class Seq2SeqTask(Task):
         ``data.generate`` val pairs, scored."""
         was = self.model.training
         self.model.eval()
-        total, n = 0.0, 0
-        examples = self.val_set[:limit]
-        for i in range(0, len(examples), 16):
-            b = collate(examples[i : i + 16], self.pad)
-            h = self.model.transformer(b["input_ids"]).last_hidden_state
-            k = int((b["labels"][:, 1:] != -100).sum())
-            total += float(fused_linear_cross_entropy(h[:, :-1], self.model.lm_head.weight, b["labels"][:, 1:])) * k
-            n += k
-        out: dict[str, Any] = {"val_loss": total / max(n, 1), "val_tokens": n}
+        loss, n = target_loss(self.model, self.val_set[:limit], self.pad)
+        out: dict[str, Any] = {"val_loss": loss, "val_tokens": n}
         if limit is None and self.r.data.generate:
             pairs = pick(self.val_pairs, self.r.data.generate)
             outputs = generate_outputs(self.model, self.tokenizer, self.card, [p.source for p in pairs],

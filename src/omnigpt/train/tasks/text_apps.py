@@ -18,7 +18,6 @@ The task card (``text/task_card.py``, saved in ``config.extra["task"]``) travels
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,31 +84,16 @@ def load_base(r: Any, specials: list[str]) -> tuple[GPT, Any, str | None]:
         except ValueError as e:
             raise RecipeError(f"model.config: {e}") from None
         return GPT(cfg), tok, None
-    path = Path(m.init_from)
-    if path.exists():
-        from omnigpt.checkpoints.state import load_model, resolve_checkpoint
+    from omnigpt.hf.pipelines import load_model
 
-        ckpt = resolve_checkpoint(path)
-        model = load_model(ckpt)
-        if not isinstance(model, GPT):
-            raise ValueError(f"model.init_from {m.init_from}: a {type(model).__name__}, not a GPT language model")
-        tok = load_tokenizer(ckpt)
-        cfg_file = ckpt / "tokenizer_config.json"
-        template = json.loads(cfg_file.read_text()).get("chat_template") if cfg_file.is_file() else None
-    else:
-        from omnigpt.checkpoints.registry import from_pretrained
-        from omnigpt.train.tasks.sft import chat_template_of
+    model, tok, template = load_model(m.init_from)  # a run, a checkpoint directory or an offline name
+    if not isinstance(model, GPT):
+        raise ValueError(f"model.init_from {m.init_from}: a {type(model).__name__}, not a GPT language model")
+    if template is not None:
+        from omnigpt.text.gguf_tokenizer import GGUFTokenizer
 
-        pre = from_pretrained(m.init_from)
-        if not isinstance(pre.model, GPT):
-            raise ValueError(f"model.init_from {m.init_from!r} is a {type(pre.model).__name__}, not a GPT")
-        model, tok = pre.model, pre.preprocessor
-        template = chat_template_of(tok, Path(pre.source))
-        if template is not None:
-            from omnigpt.text.gguf_tokenizer import GGUFTokenizer
-
-            if not isinstance(tok, GGUFTokenizer):  # keep the template in the checkpoints this run writes
-                tok = GGUFTokenizer(tok.backend, eos_token_id=tok.eos_token_id, chat_template=template)
+        if not isinstance(tok, GGUFTokenizer):  # keep the template (and eos) in the checkpoints this run writes
+            tok = GGUFTokenizer(tok.backend, eos_token_id=tok.eos_token_id, chat_template=template)
     missing = [s for s in specials if s not in (getattr(tok, "special_tokens", None) or {})]
     if missing and template is None:
         raise ValueError(f"model.init_from {m.init_from}: its tokenizer lacks the special tokens {missing}")
