@@ -54,6 +54,12 @@ def _igpt() -> tuple[type, type]:
     return IGPTConfig, IGPT
 
 
+def _audio_classifier() -> tuple[type, type]:
+    from omnigpt.models.audio_classifier import AudioClassifier, AudioClassifierConfig
+
+    return AudioClassifierConfig, AudioClassifier
+
+
 # model_type → () -> (config class with from_dict/to_dict, model class taking the config). Imported on use so that
 # loading a GPT does not import every family.
 MODEL_TYPES: dict[str, Callable[[], tuple[type, type]]] = {
@@ -61,6 +67,7 @@ MODEL_TYPES: dict[str, Callable[[], tuple[type, type]]] = {
     "omnigpt-contrastive": _contrastive,
     "omnigpt-image-classifier": _image_classifier,
     "omnigpt-igpt": _igpt,
+    "omnigpt-audio-classifier": _audio_classifier,  # voice commands (train/tasks/audio_classify.py)
 }
 
 

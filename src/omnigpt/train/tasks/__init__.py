@@ -13,6 +13,7 @@ kind overrides the batch and the loss, never the loop):
 
 Registered tasks: ``lm`` (``tasks/lm.py``), ``multimodal`` (``tasks/multimodal.py``), ``contrastive``
 (``tasks/contrastive.py``).
+``audio-classify`` (``tasks/audio_classify.py``): voice commands trained on synthetic speech.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ TASKS: dict[str, str] = {
     "seq2seq": "omnigpt.train.tasks.seq2seq:Seq2SeqTask",
     "image-classify": "omnigpt.train.tasks.image_classify:ImageClassifyTask",
     "igpt": "omnigpt.train.tasks.igpt:IGPTTask",
+    "audio-classify": "omnigpt.train.tasks.audio_classify:AudioClassifyTask",
 }
 
 
