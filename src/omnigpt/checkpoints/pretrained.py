@@ -54,6 +54,12 @@ def _igpt() -> tuple[type, type]:
     return IGPTConfig, IGPT
 
 
+def _pix2seq() -> tuple[type, type]:
+    from omnigpt.models.pix2seq import Pix2Seq, Pix2SeqConfig
+
+    return Pix2SeqConfig, Pix2Seq
+
+
 def _audio_classifier() -> tuple[type, type]:
     from omnigpt.models.audio_classifier import AudioClassifier, AudioClassifierConfig
 
@@ -67,6 +73,7 @@ MODEL_TYPES: dict[str, Callable[[], tuple[type, type]]] = {
     "omnigpt-contrastive": _contrastive,
     "omnigpt-image-classifier": _image_classifier,
     "omnigpt-igpt": _igpt,
+    "omnigpt-pix2seq": _pix2seq,  # object detection (train/tasks/detect.py)
     "omnigpt-audio-classifier": _audio_classifier,  # voice commands (train/tasks/audio_classify.py)
 }
 

@@ -43,6 +43,7 @@ PIPELINES: dict[str, str] = {
     "automatic-speech-recognition": "omnigpt.hf.pipelines:SpeechRecognitionPipeline",
     "image-classification": "omnigpt.hf.vision_pipelines:image_classification",
     "text-to-image": "omnigpt.hf.vision_pipelines:text_to_image",
+    "object-detection": "omnigpt.hf.detection_pipeline:object_detection",
     "audio-classification": "omnigpt.hf.audio_pipelines:audio_classification",
 }
 ALIASES = {"sentiment-analysis": "text-classification"}

@@ -34,6 +34,7 @@ TASKS: dict[str, str] = {
     "seq2seq": "omnigpt.train.tasks.seq2seq:Seq2SeqTask",
     "image-classify": "omnigpt.train.tasks.image_classify:ImageClassifyTask",
     "igpt": "omnigpt.train.tasks.igpt:IGPTTask",
+    "detect": "omnigpt.train.tasks.detect:DetectTask",
     "audio-classify": "omnigpt.train.tasks.audio_classify:AudioClassifyTask",
 }
 
