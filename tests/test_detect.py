@@ -249,3 +249,38 @@ def test_object_detection_pipeline_shape_and_bad_input(tmp_path: Path) -> None:
     save_pretrained(clf, tmp_path / "clf")
     with pytest.raises(ValueError, match="not an object detector"):
         pipeline("object-detection", model=tmp_path / "clf")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The task
+
+
+@needs_fmnist
+def test_detect_task_trains_and_evaluates(tmp_path: Path) -> None:
+    """The task through the one Trainer (a few steps), then ``evaluate_run``: metric names, baselines, picture."""
+    pytest.importorskip("skimage", reason="needs scikit-image (backgrounds)")
+    from omnigpt.train.recipe import RecipeError
+    from omnigpt.train.tasks import load_recipe, task_class
+    from omnigpt.train.trainer import train
+
+    data = {"image_size": 32, "min_scale": 10, "max_scale": 20, "max_objects": 3, "val_scenes": 8,
+            "test_scenes": 12, "item_limit": 2000}
+    r = load_recipe(overrides={"task": "detect", "out_dir": str(tmp_path / "run"), "batch_size": 8, "max_steps": 3,
+                               "warmup": 1, "eval_interval": 3, "log_interval": 1, "matmul_plan": "off",
+                               "progress": False, "threads": 1, "data": data,
+                               "model": {"vision": {"n_layer": 1, "n_embd": 32, "n_head": 2},
+                                         "gpt": {"n_layer": 1, "n_embd": 32, "n_head": 2}}})
+    res = train(r)
+    assert res.step == 3 and {"val_loss", "val_map50", "val_map"} <= set(res.eval)
+    task = task_class("detect")
+    t = task(r)
+    a, b, full = t.batch(2, 0, 3), t.batch(2, 3, 5), t.batch(2, 0, 8)  # rows do not depend on the split
+    assert torch.equal(torch.cat([a["targets"], b["targets"]]), full["targets"])
+    out = task.evaluate_run(Path(res.checkpoint), tmp_path / "eval", limit=10)
+    assert 0 <= out["map"] <= out["map50"] <= 1 and set(out["baselines"]) == {"prior_boxes", "segments_logreg"}
+    assert all(0 <= v["map50"] <= 1 for v in out["baselines"].values())
+    assert (tmp_path / "eval" / "boxes.png").is_file()
+    with pytest.raises(RecipeError, match="model.gpt: unknown key 'depth'"):
+        load_recipe(overrides={"task": "detect", "max_steps": 1, "model": {"gpt": {"depth": 3}}})
+    with pytest.raises(RecipeError, match="max_scale"):
+        load_recipe(overrides={"task": "detect", "max_steps": 1, "data": {"image_size": 32}})
