@@ -14,6 +14,7 @@ kind overrides the batch and the loss, never the loop):
 Registered tasks: ``lm`` (``tasks/lm.py``), ``multimodal`` (``tasks/multimodal.py``), ``contrastive``
 (``tasks/contrastive.py``).
 ``audio-classify`` (``tasks/audio_classify.py``): voice commands trained on synthetic speech.
+``detect`` (``tasks/detect.py``): object detection as tokens (Pix2Seq) on composed scenes.
 """
 
 from __future__ import annotations
