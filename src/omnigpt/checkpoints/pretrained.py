@@ -60,6 +60,12 @@ def _pix2seq() -> tuple[type, type]:
     return Pix2SeqConfig, Pix2Seq
 
 
+def _whisper() -> tuple[type, type]:
+    from omnigpt.models.whisper import Whisper, WhisperConfig
+
+    return WhisperConfig, Whisper
+
+
 def _audio_classifier() -> tuple[type, type]:
     from omnigpt.models.audio_classifier import AudioClassifier, AudioClassifierConfig
 
@@ -74,6 +80,7 @@ MODEL_TYPES: dict[str, Callable[[], tuple[type, type]]] = {
     "omnigpt-image-classifier": _image_classifier,
     "omnigpt-igpt": _igpt,
     "omnigpt-pix2seq": _pix2seq,  # object detection (train/tasks/detect.py)
+    "omnigpt-whisper": _whisper,  # converted or fine-tuned Whisper (train/tasks/whisper_finetune.py)
     "omnigpt-audio-classifier": _audio_classifier,  # voice commands (train/tasks/audio_classify.py)
 }
 

