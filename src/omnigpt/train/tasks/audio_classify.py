@@ -147,15 +147,18 @@ def linear_baselines(train_x: Tensor, train_y: list[str], test_x: Tensor, test_y
     from omnigpt.train.baselines import majority_class
     from omnigpt.train.metrics import classification_scores
 
-    out: dict[str, Any] = {"majority_class": classification_scores(majority_class(train_y, len(test_y)), test_y,
-                                                                   labels)}
+    def rounded(scores: dict[str, float]) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in scores.items()}
+
+    out: dict[str, Any] = {"majority_class": rounded(classification_scores(majority_class(train_y, len(test_y)),
+                                                                           test_y, labels))}
     for kind in ("logmel", "mfcc"):
         t0 = time.perf_counter()
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=0.1))
         with threadpool_limits(1):
             clf.fit(summary_features(train_x, kind), train_y)
             pred = [str(p) for p in clf.predict(summary_features(test_x, kind))]
-        out[f"{kind}_logreg"] = {**classification_scores(pred, test_y, labels),
+        out[f"{kind}_logreg"] = {**rounded(classification_scores(pred, test_y, labels)),
                                  "seconds": round(time.perf_counter() - t0, 1)}
     return out
 
