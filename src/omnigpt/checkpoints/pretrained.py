@@ -54,6 +54,12 @@ def _igpt() -> tuple[type, type]:
     return IGPTConfig, IGPT
 
 
+def _mobilenet_classifier() -> tuple[type, type]:
+    from omnigpt.models.mobilenet import MobileNetClassifierConfig, MobileNetV2ForImageClassification
+
+    return MobileNetClassifierConfig, MobileNetV2ForImageClassification
+
+
 def _pix2seq() -> tuple[type, type]:
     from omnigpt.models.pix2seq import Pix2Seq, Pix2SeqConfig
 
@@ -79,6 +85,7 @@ MODEL_TYPES: dict[str, Callable[[], tuple[type, type]]] = {
     "omnigpt-contrastive": _contrastive,
     "omnigpt-image-classifier": _image_classifier,
     "omnigpt-igpt": _igpt,
+    "omnigpt-mobilenet-classifier": _mobilenet_classifier,  # fine-tuned MobileNetV2 (train/tasks/image_classify.py)
     "omnigpt-pix2seq": _pix2seq,  # object detection (train/tasks/detect.py)
     "omnigpt-whisper": _whisper,  # converted or fine-tuned Whisper (train/tasks/whisper_finetune.py)
     "omnigpt-audio-classifier": _audio_classifier,  # voice commands (train/tasks/audio_classify.py)

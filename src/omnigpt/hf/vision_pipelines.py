@@ -1,13 +1,15 @@
 """Vision pipelines in Hugging Face's shapes: ``"image-classification"`` and ``"text-to-image"``.
 
 * ``image_classification(model, device, top_k=5)`` → ``classify(inputs)``. ``model`` is an ``image-classify`` run
-  (or checkpoint) directory — a ViT trained by ``train/tasks/image_classify.py`` — or None / ``"mobilenet-v2"``
-  for torchvision's pretrained ImageNet MobileNetV2 (``text.pipelines.classify_image``). An input is a path, a PIL
-  image or a uint8/float array ((H, W) grey or (H, W, 3) RGB; floats in [0, 1]). One input returns
-  ``[{"label", "score"}, ...]`` (top_k, best first), a list returns one such list per input — what
-  ``transformers.pipeline("image-classification")`` returns. Files that are not images are refused with a
-  ``ProcessorError`` (a ValueError) naming the file. The ViT sees what it was trained on: the image in grey,
-  resized to its input size, normalised with the training set's statistics (Fashion-MNIST: light object on black).
+  (or checkpoint) directory — a ViT or a fine-tuned MobileNetV2 trained by ``train/tasks/image_classify.py``, whose
+  labels are the run's classes — or None / ``"mobilenet-v2"`` for torchvision's pretrained ImageNet MobileNetV2
+  (``text.pipelines.classify_image``). An input is a path, a PIL image or a uint8/float array ((H, W) grey or
+  (H, W, 3) RGB; floats in [0, 1]). One input returns ``[{"label", "score"}, ...]`` (top_k, best first), a list
+  returns one such list per input — what ``transformers.pipeline("image-classification")`` returns. Files that are
+  not images are refused with a ``ProcessorError`` (a ValueError) naming the file. The ViT sees what it was trained
+  on: the image in grey, resized to its input size, normalised with the training set's statistics (Fashion-MNIST:
+  light object on black); a fine-tuned MobileNetV2 sees its training rendering (``data.imagesets.render``:
+  transparency on white, fitted into its square input, ImageNet normalisation).
 * ``text_to_image(model, device)`` → ``draw(prompt, num_images=1, seed=None, temperature=None)``. ``model`` is an
   ``igpt`` run; ``prompt`` is one of its class names (case and punctuation ignored) and an unknown one is a
   ValueError naming the valid classes. Returns ``[{"image": PIL.Image}, ...]`` (grey, the model's size).
@@ -25,7 +27,9 @@ from PIL import Image
 
 from omnigpt.checkpoints.pretrained import load_pretrained
 from omnigpt.checkpoints.state import resolve_checkpoint
+from omnigpt.data.imagesets import render
 from omnigpt.models.igpt import IGPT, dequantize
+from omnigpt.models.mobilenet import MobileNetV2ForImageClassification
 from omnigpt.models.vision import ViTForImageClassification
 from omnigpt.text.processors import ImageInput, load_image
 
@@ -78,6 +82,21 @@ class ViTClassifier:
         return out[0] if single else out
 
 
+class FineTunedMobileNetClassifier(ViTClassifier):
+    """A fine-tuned MobileNetV2 checkpoint (``image-classify`` with ``backbone: mobilenet-v2``) as a pipeline
+    callable: the same call and output as ``ViTClassifier``, with the run's own preprocessing and labels."""
+
+    def __init__(self, model: MobileNetV2ForImageClassification, device: str = "cpu", top_k: int = 5) -> None:
+        self.model, self.device = model.to(device).eval(), device
+        self.top_k = top_k
+
+    def preprocess(self, image: ImageInput | np.ndarray) -> torch.Tensor:
+        cfg = self.model.config
+        rgb = render(as_pil(image), cfg.image_size, cfg.background)  # (S, S, 3) uint8
+        x = torch.from_numpy(rgb.astype(np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S) in [0, 1]
+        return (x - torch.tensor(cfg.pixel_mean)[:, None, None]) / torch.tensor(cfg.pixel_std)[:, None, None]
+
+
 class MobileNetClassifier:
     """The pretrained ImageNet MobileNetV2 (``text.pipelines.classify_image``) with the same call shape."""
 
@@ -95,12 +114,15 @@ class MobileNetClassifier:
 
 def image_classification(model: str | None = None, device: str | None = None, top_k: int = 5,
                          **kwargs: Any) -> ViTClassifier | MobileNetClassifier:
-    """The ``"image-classification"`` pipeline: an image-classify run directory, or MobileNetV2 (the default)."""
+    """The ``"image-classification"`` pipeline: an image-classify run directory (ViT or fine-tuned MobileNetV2), or
+    the ImageNet MobileNetV2 (the default)."""
     if kwargs:
         raise TypeError(f"image-classification: unexpected options {sorted(kwargs)}")
     if model is None or model == MOBILENET:
         return MobileNetClassifier(top_k)
     loaded = load_pretrained(resolve_checkpoint(model), map_location=device or "cpu")
+    if isinstance(loaded, MobileNetV2ForImageClassification):
+        return FineTunedMobileNetClassifier(loaded, device or "cpu", top_k)
     if not isinstance(loaded, ViTForImageClassification):
         raise ValueError(f"{model}: not an image classifier (it holds a {type(loaded).__name__}); pass an "
                          f"image-classify run or {MOBILENET!r}")
@@ -153,5 +175,5 @@ def text_to_image(model: str | None = None, device: str | None = None, temperatu
     return ImageGenerator(loaded, device or "cpu", temperature)
 
 
-__all__ = ["ImageGenerator", "MobileNetClassifier", "ViTClassifier", "as_pil", "image_classification",
-           "text_to_image"]
+__all__ = ["FineTunedMobileNetClassifier", "ImageGenerator", "MobileNetClassifier", "ViTClassifier", "as_pil",
+           "image_classification", "text_to_image"]

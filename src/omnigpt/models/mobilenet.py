@@ -3,7 +3,8 @@
 Reading order: ``ConvBNReLU`` (conv → BatchNorm → ReLU6), ``InvertedResidual`` (1×1 expand → 3×3 depthwise →
 1×1 linear projection, a skip connection when the shape allows), ``MobileNetV2Config`` + presets, ``MobileNetV2``
 (stem, 17 inverted residual blocks, a 1×1 conv to 1280 channels, global average pooling, dropout + linear head),
-and ``MobileNetV2Encoder``, which hands the 7×7 feature map to a multimodal decoder as 49 tokens.
+``MobileNetV2Encoder``, which hands the 7×7 feature map to a multimodal decoder as 49 tokens, and
+``MobileNetV2ForImageClassification``, a new head over a frozen, partly frozen or trained backbone (fine-tuning).
 
 Reference: torchvision's ``models/mobilenetv2.py``. Module names are torchvision's own (``features.N.conv.M``,
 ``classifier.1``), so its ImageNet checkpoint (``IMAGENET1K_V1``: 71.9% top-1) loads strictly with no key map;
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omnigpt.config import PresetConfig
-from omnigpt.models.vision import EncoderOutput
+from omnigpt.models.vision import EncoderOutput, ImageClassifierOutput
 
 # ------------------------------------------------------------------------------------------------------------
 # Building blocks
@@ -231,11 +232,124 @@ class MobileNetV2Encoder(nn.Module):
         return EncoderOutput(last_hidden_state=tokens, pooler_output=pooled)
 
 
+# ------------------------------------------------------------------------------------------------------------
+# Fine-tuning: a new head over a frozen, partly frozen or fully trained backbone
+
+MOBILENET_CLASSIFIER_TYPE = "omnigpt-mobilenet-classifier"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet normalisation, which the pretrained weights expect
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FREEZE_MODES = ("all", "partial", "none")
+
+
+@dataclass(frozen=True)
+class MobileNetClassifierConfig(PresetConfig):
+    """MobileNetV2 with a head over ``labels``, and which part of the backbone (``features``) stays fixed.
+
+    ``freeze``: "all" — every ``features`` module is frozen (weights and BatchNorm statistics), only the head
+    trains (a linear probe with dropout); "partial" — the last ``train_blocks`` modules of ``features`` train too
+    (4: the 1×1 conv to 1280 channels and the three blocks before it, features.15–18 at the ImageNet setting);
+    "none" — everything trains. ``pixel_mean``/``pixel_std`` normalise RGB in [0, 1]; ``background`` is the colour
+    transparent pixels are composited onto. Preprocessing reads all three from here, so a saved run classifies
+    raw image files."""
+
+    name: str = "custom"
+    mobilenet: MobileNetV2Config = MOBILENET_PRESETS["mobilenet-v2"]
+    labels: tuple[str, ...] = ()
+    freeze: str = "none"
+    train_blocks: int = 4
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
+    pixel_std: tuple[float, float, float] = IMAGENET_STD
+    background: tuple[int, int, int] = (255, 255, 255)
+
+    def __post_init__(self) -> None:
+        if len(self.labels) < 2:
+            raise ValueError(f"MobileNetClassifierConfig({self.name!r}): needs at least 2 labels, got {self.labels}")
+        if self.freeze not in FREEZE_MODES:
+            raise ValueError(f"MobileNetClassifierConfig({self.name!r}): freeze must be one of {FREEZE_MODES}, got "
+                             f"{self.freeze!r}")
+        n = self.num_feature_modules
+        if self.freeze == "partial" and not 1 <= self.train_blocks < n:
+            raise ValueError(f"MobileNetClassifierConfig({self.name!r}): train_blocks must be in [1, {n - 1}] "
+                             f"(features has {n} modules), got {self.train_blocks}")
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_size(self) -> int:
+        return self.mobilenet.image_size
+
+    @property
+    def num_feature_modules(self) -> int:
+        """Modules in ``features``: the stem, one per inverted residual block, the last 1×1 conv (19 for ImageNet)."""
+        return 2 + sum(n for _, _, n, _ in self.mobilenet.setting)
+
+    @classmethod
+    def _presets(cls) -> Mapping[str, MobileNetClassifierConfig]:
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": MOBILENET_CLASSIFIER_TYPE, **super().to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MobileNetClassifierConfig:
+        d = dict(d)
+        if d.pop("model_type", MOBILENET_CLASSIFIER_TYPE) != MOBILENET_CLASSIFIER_TYPE:
+            raise ValueError(f"config is not an {MOBILENET_CLASSIFIER_TYPE} config")
+        return cls(**{**d, "mobilenet": MobileNetV2Config.from_dict(d["mobilenet"]), "labels": tuple(d["labels"]),
+                      "pixel_mean": tuple(d["pixel_mean"]), "pixel_std": tuple(d["pixel_std"]),
+                      "background": tuple(d["background"])})
+
+
+class MobileNetV2ForImageClassification(nn.Module):
+    """``MobileNetV2`` whose ``classifier`` (dropout + Linear 1280 → K) is new, with ``config.freeze`` applied.
+
+    Frozen modules get ``requires_grad_(False)`` and stay in eval mode whatever ``train()`` is called with, so their
+    BatchNorm running statistics do not move either: a frozen backbone leaves training bit-identical.
+    ``parameter_groups`` names only what trains (``backbone``: the unfrozen ``features`` modules; ``head``), so the
+    trainer's optimizer never sees a frozen weight. Returns the ViT classifier's ``ImageClassifierOutput``."""
+
+    def __init__(self, config: MobileNetClassifierConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.mobilenet = MobileNetV2(config.mobilenet.replace(num_classes=config.num_labels))
+        for m in self.frozen_modules():
+            m.requires_grad_(False)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        f = self.mobilenet.features
+        n = {"all": len(f), "partial": len(f) - self.config.train_blocks, "none": 0}[self.config.freeze]
+        return list(f[:n])
+
+    def train(self, mode: bool = True) -> MobileNetV2ForImageClassification:
+        super().train(mode)
+        for m in self.frozen_modules():
+            m.eval()  # frozen BatchNorms normalise with their (pretrained) running statistics and never update them
+        return self
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        backbone = [p for m in self.mobilenet.features if m not in self.frozen_modules() for p in m.parameters()]
+        return {**({"backbone": backbone} if backbone else {}), "head": list(self.mobilenet.classifier.parameters())}
+
+    def load_backbone(self, state_dict: Mapping[str, Tensor]) -> None:
+        """Copy ``features.*`` of a torchvision-named MobileNetV2 state dict (e.g. the ImageNet one), strictly; the
+        head keeps its fresh init."""
+        feats = {k.removeprefix("features."): v for k, v in state_dict.items() if k.startswith("features.")}
+        self.mobilenet.features.load_state_dict(feats, strict=True)
+
+    def forward(self, pixel_values: Tensor, labels: Tensor | None = None) -> ImageClassifierOutput:
+        pooled, _ = self.mobilenet.features_and_map(pixel_values)  # (B, 1280)
+        logits = self.mobilenet.classifier(pooled)  # (B, K)
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        return ImageClassifierOutput(logits=logits, features=pooled, loss=loss)
+
+
 def count_state_values(model: nn.Module) -> int:
     """Numbers in the state dict: parameters plus BatchNorm running statistics and their step counters."""
     return sum(t.numel() for t in model.state_dict().values())
 
 
-__all__ = ["MOBILENET_PRESETS", "ConvBNReLU", "InvertedResidual", "MobileNetV2", "MobileNetV2Config",
-           "MobileNetV2Encoder", "count_state_values", "make_divisible"]
-
+__all__ = ["FREEZE_MODES", "IMAGENET_MEAN", "IMAGENET_STD", "MOBILENET_CLASSIFIER_TYPE", "MOBILENET_PRESETS",
+           "ConvBNReLU", "InvertedResidual", "MobileNetClassifierConfig", "MobileNetV2", "MobileNetV2Config",
+           "MobileNetV2Encoder", "MobileNetV2ForImageClassification", "count_state_values", "make_divisible"]

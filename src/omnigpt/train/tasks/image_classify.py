@@ -1,18 +1,29 @@
-"""The ``image-classify`` task: a Vision Transformer trained from scratch to classify Fashion-MNIST.
+"""The ``image-classify`` task: a Vision Transformer from scratch on Fashion-MNIST, or MobileNetV2 fine-tuned on a
+small real set (clip art).
 
-Model: ``models.vision.ViTForImageClassification`` — the ViT encoder (patch embedding + the decoder's own ``Block``
-with ``causal=False``) and a linear head on the CLS token (or the mean of the patch tokens). Data: Debian's
+Models (``model.backbone``): ``vit`` — ``models.vision.ViTForImageClassification``, the ViT encoder (patch embedding
++ the decoder's own ``Block`` with ``causal=False``) and a linear head on the CLS token (or the mean of the patch
+tokens); ``mobilenet-v2`` — ``models.mobilenet.MobileNetV2ForImageClassification``, a new head over torchvision's
+ImageNet MobileNetV2 (``init: pretrained``) or a randomly initialised one (``init: scratch``), with ``freeze: all``
+(only the head trains), ``partial`` (the last ``train_blocks`` backbone modules too) or ``none``. Both train with
+cross-entropy, optionally label-smoothed (``model.label_smoothing``).
+
+Data ``fashion-mnist``: Debian's
 ``dataset-fashion-mnist`` (Zalando's IDX files, read by ``data.multimodal.load_fashion_mnist``): the 60,000
 training images minus ``val_size`` held out by a permutation fixed by seed 0 (so every run validates on the same
 images), and the official 10,000-image test set, read only by ``evaluate_run`` (``omnigpt eval``) and the final
 evaluation. Training rows are a pure function of (seed, global sample index): an epoch-wise seeded permutation,
 then per image a random shift of up to ``max_shift`` pixels (zero padding) and a horizontal flip — DeiT-style
-augmentation cut down to what 28×28 grey clothes allow.
+augmentation cut down to what 28×28 grey clothes allow. Data ``openclipart``: Debian ``openclipart-png``, ten
+category folders (``data/imagesets.py``: deduplicated by content, split by a hash of each image into train / val /
+test, rendered on white at the model's input size); the same shift (white fill) and flip augmentation.
 
 Evaluation: accuracy and loss on the validation images every ``eval_interval`` steps (the curve in
 ``metrics.jsonl``); ``omnigpt eval RUN`` → ``accuracy`` and ``macro_f1`` on the test set (scikit-learn's), a
-confusion-matrix PNG, the validation-accuracy curve, and two baselines fitted in the same call on the same
-training pixels: nearest centroid and multinomial logistic regression (scikit-learn).
+confusion-matrix PNG, the validation-accuracy curve, and baselines fitted in the same call on the same training
+images. Fashion-MNIST: nearest centroid and multinomial logistic regression on pixels; clip art: the majority class
+and logistic regression on the frozen ImageNet MobileNetV2's pooled 1280-d features (the linear-probe ceiling a
+frozen backbone's head has to reach, without dropout or augmentation).
 """
 
 from __future__ import annotations
@@ -29,49 +40,96 @@ import torch
 from torch import Tensor, nn
 
 from omnigpt.checkpoints.state import load_model
+from omnigpt.data.imagesets import CLIPART_CLASSES, CLIPART_DIR, ImageFolderSet, load_image_folder
 from omnigpt.data.multimodal import FASHION_MNIST_CLASSES, load_fashion_mnist
+from omnigpt.models.mobilenet import (
+    MobileNetClassifierConfig,
+    MobileNetV2Config,
+    MobileNetV2ForImageClassification,
+)
 from omnigpt.models.vision import ImageClassifierConfig, VisionConfig, ViTForImageClassification
 from omnigpt.train.recipe import RecipeError
-from omnigpt.train.tasks.base import LossOf, Task
+from omnigpt.train.schedule import module_groups
+from omnigpt.train.tasks.base import Task
+from omnigpt.train.tasks.image_eval import confusion_png, feature_baselines, pixel_baselines, plot_curve, scores
 
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530  # the training images' pixel mean and std (in [0, 1])
 
 
 @dataclass
 class ImageDataSpec:
-    """Fashion-MNIST from Debian ``dataset-fashion-mnist``; validation images come out of the training split."""
+    """Fashion-MNIST from Debian ``dataset-fashion-mnist`` (validation images come out of the training split), or
+    a category-folder set (``openclipart``: Debian ``openclipart-png``) split by image into train / val / test."""
 
-    dataset: Literal["fashion-mnist"] = "fashion-mnist"
-    val_size: int = 5000  # training images held out for the periodic evaluation (a fixed permutation, seed 0)
-    limit: int | None = None  # the first N training (and test) images only: quick trials and tests
+    dataset: Literal["fashion-mnist", "openclipart"] = "fashion-mnist"
+    val_size: int = 5000  # fashion-mnist: training images held out for the periodic evaluation (permutation, seed 0)
+    limit: int | None = None  # fashion-mnist: the first N training (and test) images only: quick trials and tests
     max_shift: int = 2  # augmentation: random translation by up to this many pixels (0: none)
     flip: bool = True  # augmentation: horizontal flip with probability 1/2
+    root: str | None = None  # openclipart: the folder of class folders (None: /usr/share/openclipart/png)
+    classes: list[str] | None = None  # openclipart: class folders (None: the ten of data.imagesets.CLIPART_CLASSES)
+    val_fraction: float = 0.1  # openclipart: share of images (by content hash) for validation
+    test_fraction: float = 0.2  # openclipart: share for the test split (read by ``omnigpt eval`` only)
+    split_seed: int = 0  # openclipart: the hash split's seed (fixed: every run sees the same test images)
 
 
 @dataclass
 class ImageModelSpec:
-    """A ViT preset (``models.vision.VISION_PRESETS``) with ``VisionConfig`` overrides, and the head."""
+    """The backbone and its head. ``vit``: a ViT preset (``models.vision.VISION_PRESETS``) with ``VisionConfig``
+    overrides; ``mobilenet-v2``: a MobileNetV2 preset at ``image_size``, ImageNet-pretrained or from scratch, with
+    ``freeze`` deciding what trains."""
 
-    preset: str = "vit-fmnist"
-    vision: dict[str, Any] = field(default_factory=dict)  # e.g. {patch_size: 4, n_layer: 6}
-    pool: Literal["cls", "mean"] = "cls"
-    head_dropout: float = 0.0
+    backbone: Literal["vit", "mobilenet-v2"] = "vit"
+    preset: str | None = None  # None: vit-fmnist / mobilenet-v2
+    vision: dict[str, Any] = field(default_factory=dict)  # vit: e.g. {patch_size: 4, n_layer: 6}
+    pool: Literal["cls", "mean"] = "cls"  # vit
+    head_dropout: float = 0.0  # vit (MobileNetV2 keeps its own dropout 0.2 before the head)
+    init: Literal["pretrained", "scratch"] = "pretrained"  # mobilenet-v2: torchvision's ImageNet weights or random
+    freeze: Literal["all", "partial", "none"] = "all"  # mobilenet-v2: what of the backbone stays fixed
+    train_blocks: int = 4  # mobilenet-v2, freeze partial: trained backbone modules, counted from the top
+    image_size: int = 160  # mobilenet-v2: input side in pixels
+    label_smoothing: float = 0.0  # cross-entropy target smoothing (Szegedy et al. 2016), both backbones
 
 
-def classifier_config(spec: ImageModelSpec, labels: tuple[str, ...]) -> ImageClassifierConfig:
+AnyClassifierConfig = ImageClassifierConfig | MobileNetClassifierConfig
+AnyClassifier = ViTForImageClassification | MobileNetV2ForImageClassification
+
+
+def classifier_config(spec: ImageModelSpec, labels: tuple[str, ...]) -> AnyClassifierConfig:
+    if spec.backbone == "mobilenet-v2":
+        return mobilenet_config(spec, labels)
     valid = [f.name for f in dataclasses.fields(VisionConfig) if f.name != "name"]
     if unknown := [k for k in spec.vision if k not in valid]:
         raise RecipeError(f"model.vision: unknown key {unknown[0]!r}; valid keys: {', '.join(valid)}")
     try:
-        vision = VisionConfig.from_name(spec.preset, **spec.vision)
+        vision = VisionConfig.from_name(spec.preset or "vit-fmnist", **spec.vision)
         return ImageClassifierConfig(name="recipe", vision=vision, labels=labels, pool=spec.pool,
                                      head_dropout=spec.head_dropout, pixel_mean=FMNIST_MEAN, pixel_std=FMNIST_STD)
     except (TypeError, ValueError) as e:
         raise RecipeError(f"model: {e}") from None
 
 
-def to_pixels(images: Tensor | np.ndarray, config: ImageClassifierConfig) -> Tensor:
-    """uint8 (N, H, W) grey images → normalised (N, 1, H, W) float32, resized to the model's input size."""
+def mobilenet_config(spec: ImageModelSpec, labels: tuple[str, ...]) -> MobileNetClassifierConfig:
+    if spec.vision:
+        raise RecipeError("model.vision: ViT settings do not apply to backbone mobilenet-v2")
+    preset = spec.preset or "mobilenet-v2"
+    if spec.init == "pretrained" and preset != "mobilenet-v2":
+        raise RecipeError(f"model.init: pretrained weights exist for preset 'mobilenet-v2' only, not {preset!r}")
+    try:
+        net = MobileNetV2Config.from_name(preset, image_size=spec.image_size)
+        return MobileNetClassifierConfig(name="recipe", mobilenet=net, labels=labels, freeze=spec.freeze,
+                                         train_blocks=spec.train_blocks)
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"model: {e}") from None
+
+
+def to_pixels(images: Tensor | np.ndarray, config: AnyClassifierConfig) -> Tensor:
+    """uint8 images → the model's normalised float32 input. ViT: (N, H, W) grey → (N, 1, S, S), resized to its
+    input size; MobileNetV2: (N, S, S, 3) RGB (rendered at its size) → (N, 3, S, S) with ImageNet's mean/std."""
+    if isinstance(config, MobileNetClassifierConfig):
+        x = torch.tensor(np.asarray(images), dtype=torch.float32).div(255.0).permute(0, 3, 1, 2)  # (N, 3, S, S)
+        mean, std = torch.tensor(config.pixel_mean)[:, None, None], torch.tensor(config.pixel_std)[:, None, None]
+        return (x - mean) / std
     x = torch.tensor(np.asarray(images), dtype=torch.float32).div(255.0)[:, None]  # (N, 1, H, W) in [0, 1]
     size = config.vision.image_size
     if x.shape[-2:] != (size, size):
@@ -85,13 +143,15 @@ def split_train_val(n: int, val_size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[val_size:]), np.sort(perm[:val_size])
 
 
-def augment(images: np.ndarray, keys: list[int], seed: int, max_shift: int, flip: bool) -> np.ndarray:
-    """Shift each image by (dy, dx) ∈ [-max_shift, max_shift]² (zero fill) and flip it left–right with p = 1/2;
-    image i's draw depends only on (seed, keys[i]), whatever batch or process it lands in."""
+def augment(images: np.ndarray, keys: list[int], seed: int, max_shift: int, flip: bool, fill: int = 0) -> np.ndarray:
+    """Shift each image (N, H, W) or (N, H, W, C) by (dy, dx) ∈ [-max_shift, max_shift]² (``fill`` the uncovered
+    pixels) and flip it left–right with p = 1/2; image i's draw depends only on (seed, keys[i]), whatever batch or
+    process it lands in."""
     out = np.zeros_like(images)
-    H, W = images.shape[1:]
+    H, W = images.shape[1:3]
     s = max_shift
-    padded = np.pad(images, ((0, 0), (s, s), (s, s)))
+    pad = ((0, 0), (s, s), (s, s)) + ((0, 0),) * (images.ndim - 3)
+    padded = np.pad(images, pad, constant_values=fill)
     for i, key in enumerate(keys):
         rng = np.random.default_rng([seed, key])
         dy, dx = rng.integers(0, 2 * s + 1, size=2) if s else (0, 0)
@@ -101,7 +161,7 @@ def augment(images: np.ndarray, keys: list[int], seed: int, max_shift: int, flip
 
 
 @torch.no_grad()
-def predict(model: ViTForImageClassification, pixels: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
+def predict(model: AnyClassifier, pixels: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
     """(logits (N, K) float32, pooled features (N, C)) in batches, in eval mode."""
     was = model.training
     model.eval()
@@ -115,83 +175,28 @@ def predict(model: ViTForImageClassification, pixels: Tensor, batch_size: int = 
     return torch.cat(logits), torch.cat(feats)
 
 
-def scores(pred: np.ndarray, target: np.ndarray, k: int) -> dict[str, float]:
-    """Accuracy and macro-F1 (scikit-learn's, over all ``k`` classes)."""
-    from sklearn.metrics import accuracy_score, f1_score
+class ClassifierLoss(nn.Module):
+    """Cross-entropy of ``model``'s logits, with optional label smoothing; the model's parameter groups (a frozen
+    MobileNetV2 backbone names only what trains)."""
 
-    return {"accuracy": round(float(accuracy_score(target, pred)), 4),
-            "macro_f1": round(float(f1_score(target, pred, labels=list(range(k)), average="macro",
-                                             zero_division=0)), 4)}
+    def __init__(self, model: nn.Module, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.model, self.label_smoothing = model, label_smoothing
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return module_groups(self.model)
 
-def pixel_baselines(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                    k: int) -> dict[str, Any]:
-    """Nearest centroid and multinomial logistic regression on raw pixels in [0, 1], fitted here on the same
-    training images (scikit-learn): the floor a learned model has to clear."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neighbors import NearestCentroid
-    from threadpoolctl import threadpool_limits
-
-    Xtr = train_x.reshape(len(train_x), -1).astype(np.float32) / 255.0
-    Xte = test_x.reshape(len(test_x), -1).astype(np.float32) / 255.0
-    out: dict[str, Any] = {}
-    for name, clf in (("nearest_centroid", NearestCentroid()),
-                      ("logistic_regression", LogisticRegression(max_iter=200, C=1.0))):
-        t0 = time.perf_counter()
-        with threadpool_limits(1):  # lbfgs's many small BLAS calls: spinning BLAS threads only cost on 2 cores
-            clf.fit(Xtr, train_y)
-        out[name] = {**scores(clf.predict(Xte), test_y, k), "seconds": round(time.perf_counter() - t0, 1)}
-    return out
+    def forward(self, pixel_values: Tensor, labels: Tensor) -> Tensor:
+        logits = self.model(pixel_values).logits  # (B, K)
+        return nn.functional.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
 
 
-def plot_curve(metrics_file: Path, png: Path) -> bool:
-    """Validation accuracy against step and minutes, from a run's ``metrics.jsonl``; False when it holds none."""
-    if not metrics_file.is_file():
-        return False
-    rows = [json.loads(ln) for ln in metrics_file.read_text().splitlines() if ln.strip()]
-    times = {r["step"]: r["time"] for r in rows if "time" in r}
-    acc = [(r["step"], r["val_accuracy"]) for r in rows if "val_accuracy" in r]
-    if not acc:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-    ax.plot([s for s, _ in acc], [100 * a for _, a in acc], "o-", ms=3, label="validation accuracy")
-    ax.set_xlabel("step")
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
-    if acc[-1][0] in times:
-        ax.set_title(f"{100 * acc[-1][1]:.1f}% after {times[acc[-1][0]] / 60:.1f} min of training")
-    fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
-    return True
-
-
-def confusion_png(matrix: np.ndarray, labels: tuple[str, ...], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(labels)
-    fig, ax = plt.subplots(figsize=(2.5 + 0.6 * n, 2.5 + 0.6 * n), dpi=100)
-    ax.imshow(matrix, cmap="Blues")
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    ax.set_xticks(range(n), labels, rotation=45, ha="right")
-    ax.set_yticks(range(n), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def folder_set(data: Any, size: int) -> ImageFolderSet:
+    """The recipe's category-folder set rendered at ``size`` (``data`` a spec or the recipe dict of a saved run)."""
+    get = data.get if isinstance(data, dict) else lambda key, default=None: getattr(data, key, default)
+    return load_image_folder(get("root") or CLIPART_DIR, get("classes") or CLIPART_CLASSES, size,
+                             seed=get("split_seed", 0), val_fraction=get("val_fraction", 0.1),
+                             test_fraction=get("test_fraction", 0.2))
 
 
 class ImageClassifyTask(Task):
@@ -200,28 +205,56 @@ class ImageClassifyTask(Task):
 
     @classmethod
     def check_recipe(cls, r: Any) -> None:
-        d = r.data
+        d, m = r.data, r.model
         if d.val_size <= 0 or d.max_shift < 0 or (d.limit is not None and d.limit <= d.val_size):
             raise RecipeError("data: val_size must be > 0, max_shift >= 0, and limit (when set) > val_size")
-        classifier_config(r.model, FASHION_MNIST_CLASSES)
+        if not 0 <= m.label_smoothing < 1:
+            raise RecipeError(f"model.label_smoothing must be in [0, 1), got {m.label_smoothing}")
+        if d.dataset == "fashion-mnist":
+            if m.backbone != "vit":
+                raise RecipeError("model.backbone: fashion-mnist (28×28 grey) trains the vit backbone; "
+                                  "mobilenet-v2 fine-tunes on data.dataset openclipart")
+            classifier_config(m, FASHION_MNIST_CLASSES)
+            return
+        if m.backbone != "mobilenet-v2":
+            raise RecipeError("model.backbone: data.dataset openclipart (RGB pictures) needs backbone mobilenet-v2")
+        classes = tuple(d.classes or CLIPART_CLASSES)
+        if len(set(classes)) != len(classes) or len(classes) < 2:
+            raise RecipeError(f"data.classes: need at least 2 distinct class folders, got {list(classes)}")
+        classifier_config(m, classes)
 
     def __init__(self, r: Any) -> None:
         super().__init__(r)
-        images, labels = load_fashion_mnist("train", limit=r.data.limit)
-        tr, va = split_train_val(len(images), r.data.val_size)
-        self.train_x, self.train_y = images[tr], labels[tr]
-        self.config = classifier_config(r.model, FASHION_MNIST_CLASSES)
-        self.val_pixels, self.val_y = to_pixels(images[va], self.config), torch.from_numpy(labels[va])
-        self.model = ViTForImageClassification(self.config)
+        if r.data.dataset == "fashion-mnist":
+            images, labels = load_fashion_mnist("train", limit=r.data.limit)
+            tr, va = split_train_val(len(images), r.data.val_size)
+            self.train_x, self.train_y = images[tr], labels[tr]
+            val_x, val_y = images[va], labels[va]
+            self.config: AnyClassifierConfig = classifier_config(r.model, FASHION_MNIST_CLASSES)
+            self.fill = 0  # black, the background of Fashion-MNIST
+        else:
+            data = folder_set(r.data, r.model.image_size)
+            self.train_x, self.train_y = data.split("train")
+            val_x, val_y = data.split("val")
+            self.config = classifier_config(r.model, data.classes)
+            self.fill = 255  # white, the background clip art was rendered on
+        self.val_pixels, self.val_y = to_pixels(val_x, self.config), torch.from_numpy(val_y)
+        self.model = self.new_model()
+        if isinstance(self.model, MobileNetV2ForImageClassification) and r.model.init == "pretrained":
+            from omnigpt.checkpoints.torchvision import load_mobilenet_v2
+
+            self.model.load_backbone(load_mobilenet_v2().state_dict())
         self.preprocessor = None  # the config carries labels and normalisation
         self.tokens_per_step = r.batch_size  # images
         self._perms: dict[int, np.ndarray] = {}
 
-    def new_model(self) -> ViTForImageClassification:
+    def new_model(self) -> AnyClassifier:
+        if isinstance(self.config, MobileNetClassifierConfig):
+            return MobileNetV2ForImageClassification(self.config)
         return ViTForImageClassification(self.config)
 
     def train_module(self) -> nn.Module:
-        return LossOf(self.model)
+        return ClassifierLoss(self.model, self.r.model.label_smoothing)
 
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:
@@ -234,7 +267,7 @@ class ImageClassifyTask(Task):
         idx = np.array([self._perm(g // n)[g % n] for g in keys])
         x = self.train_x[idx]
         if self.r.data.max_shift or self.r.data.flip:
-            x = augment(x, keys, self.r.seed, self.r.data.max_shift, self.r.data.flip)
+            x = augment(x, keys, self.r.seed, self.r.data.max_shift, self.r.data.flip, self.fill)
         return {"pixel_values": to_pixels(x, self.config), "labels": torch.from_numpy(self.train_y[idx])}
 
     @torch.no_grad()
@@ -249,30 +282,43 @@ class ImageClassifyTask(Task):
     @classmethod
     def evaluate_run(cls, checkpoint: Path, out: Path, limit: int | None = None) -> dict[str, Any]:
         model = load_model(checkpoint)
-        if not isinstance(model, ViTForImageClassification):
+        if not isinstance(model, ViTForImageClassification | MobileNetV2ForImageClassification):
             raise ValueError(f"{checkpoint}: not an image classifier ({type(model).__name__})")
         cfg = model.config
-        test_x, test_y = load_fashion_mnist("test", limit=limit)
+        state = checkpoint / "trainer_state" / "state.json"
+        recipe = json.loads(state.read_text())["recipe"] if state.is_file() else {}
+        data = recipe.get("data") or {}
+        if isinstance(cfg, MobileNetClassifierConfig):
+            images = folder_set(data, cfg.image_size)
+            test_x, test_y = images.split("test", limit)
+            train_x, train_y = images.split("train")
+            m = recipe.get("model") or {}
+            name = (f"MobileNetV2 ({m.get('init', 'pretrained')}, freeze {cfg.freeze}) on clip art "
+                    f"({len(cfg.labels)} classes)")
+            about = f"openclipart-png test split, {len(cfg.labels)} classes from {data.get('root') or CLIPART_DIR} " \
+                    f"({len(test_y)} images; split sizes {images.sizes()})"
+        else:
+            test_x, test_y = load_fashion_mnist("test", limit=limit)
+            name, about = "ViT on Fashion-MNIST", f"Fashion-MNIST official test set ({len(test_y)} images)"
         t0 = time.perf_counter()
         logits, _ = predict(model, to_pixels(test_x, cfg))
         seconds = time.perf_counter() - t0
         pred = logits.argmax(-1).numpy()
-        k = cfg.num_labels
-        res: dict[str, Any] = {"task": cls.name, "data": f"Fashion-MNIST official test set ({len(test_y)} images)",
-                               **scores(pred, test_y, k), "n": len(test_y),
+        k = len(cfg.labels)
+        res: dict[str, Any] = {"task": cls.name, "data": about, **scores(pred, test_y, k), "n": len(test_y),
                                "images_per_second": round(len(test_y) / seconds, 1)}
         # The baselines see the same training images the run trained on (minus its validation images).
-        state = checkpoint / "trainer_state" / "state.json"
-        data = json.loads(state.read_text())["recipe"]["data"] if state.is_file() else {}
-        train_x, train_y = load_fashion_mnist("train", limit=data.get("limit"))
-        tr, _ = split_train_val(len(train_x), data.get("val_size", 5000))
-        res["baselines"] = pixel_baselines(train_x[tr], train_y[tr], test_x, test_y, k)
+        if isinstance(cfg, MobileNetClassifierConfig):
+            res["baselines"] = feature_baselines(train_x, train_y, test_x, test_y, k)
+        else:
+            train_x, train_y = load_fashion_mnist("train", limit=data.get("limit"))
+            tr, _ = split_train_val(len(train_x), data.get("val_size", 5000))
+            res["baselines"] = pixel_baselines(train_x[tr], train_y[tr], test_x, test_y, k)
         from sklearn.metrics import confusion_matrix
 
         out.mkdir(parents=True, exist_ok=True)
         cm = confusion_matrix(test_y, pred, labels=list(range(k)))
-        confusion_png(cm, cfg.labels, out / "confusion.png",
-                      f"ViT on Fashion-MNIST test: {100 * res['accuracy']:.1f}%")
+        confusion_png(cm, cfg.labels, out / "confusion.png", f"{name}\ntest: {100 * res['accuracy']:.1f}%")
         res["confusion_matrix"] = cm.tolist()
         res["pictures"] = ["confusion.png"]
         run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
@@ -281,4 +327,5 @@ class ImageClassifyTask(Task):
         return res
 
 
-__all__ = ["ImageClassifyTask", "ImageDataSpec", "ImageModelSpec", "pixel_baselines", "predict", "to_pixels"]
+__all__ = ["ClassifierLoss", "ImageClassifyTask", "ImageDataSpec", "ImageModelSpec", "feature_baselines",
+           "pixel_baselines", "predict", "to_pixels"]
