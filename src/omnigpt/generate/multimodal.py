@@ -24,7 +24,10 @@ def generate_answers(model: Any, processor: Any, batch: dict[str, Tensor], max_n
     batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
     embeds = model.embed(batch["input_ids"], batch.get("pixel_values"), batch.get("input_features"))
     tokens: list[list[int]] = [[] for _ in range(len(batch["input_ids"]))]
-    for step in generate(model.language_model, batch["input_ids"], inputs_embeds=embeds,
+    # Placeholder ids past a pretrained decoder's vocabulary (a llava run's) are already replaced in ``embeds``; the
+    # ids go on only for the repetition penalty, so they are clamped into the vocabulary.
+    ids = batch["input_ids"].clamp(max=model.config.text.vocab_size - 1)
+    for step in generate(model.language_model, ids, inputs_embeds=embeds,
                          attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens,
                          temperature=temperature, top_k=top_k, seed=seed,
                          stop_token_ids=[eos] if eos is not None else ()):

@@ -11,6 +11,13 @@ fed with ``inputs_embeds``; several images and clips per sample interleave freel
 * Labels at placeholder positions are forced to -100; the processor puts -100 on the prompt, so the loss covers
   only the answer tokens.
 * A placeholder count that does not match the media raises ``ValueError`` with both counts.
+* The vision tower is a ``ViT`` trained with the decoder, or a pretrained convolutional tower
+  (``vision_tower="mobilenet-v2"``: torchvision's ImageNet MobileNetV2, its 7×7×1280 last feature map read as 49
+  tokens, or average-pooled to a ``vision_grid``² grid). A pretrained tower stays in eval mode whatever
+  ``train()`` says: its BatchNorm statistics are the ImageNet ones, and LLaVA's recipe keeps the tower frozen.
+* Placeholder ids may lie past the decoder's vocabulary (tokens a pretrained tokenizer gained for the media, as
+  LLaVA's own code marks images with ``IMAGE_TOKEN_INDEX = -200``, an id no embedding row has): their positions
+  are always overwritten, so the pretrained decoder keeps its vocabulary and its logits unchanged.
 * Saving and loading go through ``omnigpt.checkpoints.pretrained`` (``model_type: omnigpt-multimodal``).
 
 Contrastive alignment (CLIP) lives in ``models/contrastive.py``: a separate model family with its own loss.
@@ -29,7 +36,8 @@ from torch import Tensor, nn
 from omnigpt.config import GPTConfig, PresetConfig
 from omnigpt.models.audio import AudioConfig, AudioEncoder
 from omnigpt.models.gpt import GPT, GPTOutput, KVCache
-from omnigpt.models.vision import VisionConfig, ViT
+from omnigpt.models.mobilenet import MobileNetV2, MobileNetV2Config, MobileNetV2Encoder
+from omnigpt.models.vision import EncoderOutput, VisionConfig, ViT
 
 MODEL_TYPE = "omnigpt-multimodal"
 
@@ -84,7 +92,9 @@ class MultimodalConfig(PresetConfig):
 
     name: str = "custom"
     text: GPTConfig = field(default_factory=GPTConfig)
-    vision: VisionConfig | None = None
+    vision: VisionConfig | MobileNetV2Config | None = None
+    vision_tower: Literal["vit", "mobilenet-v2"] = "vit"  # which kind ``vision`` configures
+    vision_grid: int | None = None  # mobilenet-v2: average-pool the feature map to grid × grid tokens (None: all)
     audio: AudioConfig | None = None
     vision_projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     audio_projector: ProjectorConfig = field(default_factory=lambda: ProjectorConfig(merge=2))
@@ -94,12 +104,19 @@ class MultimodalConfig(PresetConfig):
 
     def __post_init__(self) -> None:
         for what, tid in (("image_token_id", self.image_token_id), ("audio_token_id", self.audio_token_id)):
-            if tid is not None and not 0 <= tid < self.text.vocab_size:
-                raise ValueError(f"MultimodalConfig({self.name!r}): {what} {tid} is outside the decoder's "
-                                 f"vocabulary of {self.text.vocab_size}")
-        if self.vision is not None and self.vision.num_patches % self.vision_projector.merge:
+            if tid is not None and tid < 0:  # past the vocabulary is allowed: placeholders are never embedded
+                raise ValueError(f"MultimodalConfig({self.name!r}): {what} {tid} is negative")
+        kind = {"vit": VisionConfig, "mobilenet-v2": MobileNetV2Config}.get(self.vision_tower)
+        if kind is None:
+            raise ValueError(f"vision_tower must be 'vit' or 'mobilenet-v2', got {self.vision_tower!r}")
+        if self.vision is not None and not isinstance(self.vision, kind):
+            raise ValueError(f"vision_tower {self.vision_tower!r} needs a {kind.__name__}, got "
+                             f"{type(self.vision).__name__}")
+        if self.vision_grid is not None and (self.vision_tower != "mobilenet-v2" or self.vision_grid < 1):
+            raise ValueError(f"vision_grid {self.vision_grid}: a positive grid side, for the mobilenet-v2 tower only")
+        if self.vision is not None and self.vision_patches % self.vision_projector.merge:
             raise ValueError(f"vision projector merge {self.vision_projector.merge} does not divide "
-                             f"{self.vision.num_patches} patches")
+                             f"{self.vision_patches} patches")
         if self.audio is not None:
             n = self.audio.num_tokens(self.audio_frames)
             if n > self.audio.n_ctx or n % self.audio_projector.merge:
@@ -107,9 +124,18 @@ class MultimodalConfig(PresetConfig):
                                  f"{self.audio.n_ctx} and divisible by merge {self.audio_projector.merge}")
 
     @property
+    def vision_patches(self) -> int:
+        """Vectors the vision tower emits per image (ViT patches; MobileNet map positions, after pooling)."""
+        if self.vision is None:
+            return 0
+        if isinstance(self.vision, MobileNetV2Config):
+            return self.vision_grid ** 2 if self.vision_grid else self.vision.num_tokens
+        return self.vision.num_patches
+
+    @property
     def image_tokens(self) -> int:
         """Decoder positions per image."""
-        return 0 if self.vision is None else self.vision.num_patches // self.vision_projector.merge
+        return self.vision_patches // self.vision_projector.merge
 
     @property
     def audio_tokens(self) -> int:
@@ -142,7 +168,8 @@ class MultimodalConfig(PresetConfig):
         if unknown := sorted(set(d) - known):
             raise ValueError(f"unknown MultimodalConfig keys {unknown}")
         d["text"] = GPTConfig.from_dict(d.get("text", {}), source="config.json 'text'")
-        d["vision"] = VisionConfig.from_dict(d["vision"]) if d.get("vision") else None
+        vision_cls = MobileNetV2Config if d.get("vision_tower") == "mobilenet-v2" else VisionConfig
+        d["vision"] = vision_cls.from_dict(d["vision"]) if d.get("vision") else None
         d["audio"] = AudioConfig.from_dict(d["audio"]) if d.get("audio") else None
         for key in ("vision_projector", "audio_projector"):
             if key in d:
@@ -150,8 +177,16 @@ class MultimodalConfig(PresetConfig):
         return cls(**d)
 
 
-def image_processor_kwargs(vision: VisionConfig) -> dict[str, Any]:
-    """The ``ProcessorConfig`` image fields an encoder fixes: size, mode by channel count, mean/std 0.5."""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's ImageNet models were trained with
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def image_processor_kwargs(vision: VisionConfig | MobileNetV2Config) -> dict[str, Any]:
+    """The ``ProcessorConfig`` image fields an encoder fixes: size, mode by channel count, mean/std 0.5 (from
+    scratch) or ImageNet's (a pretrained MobileNetV2)."""
+    if isinstance(vision, MobileNetV2Config):
+        return {"image_size": vision.image_size, "image_mode": "RGB", "image_mean": IMAGENET_MEAN,
+                "image_std": IMAGENET_STD}
     c = vision.in_channels
     return {"image_size": vision.image_size, "image_mode": "RGB" if c == 3 else "L", "image_mean": (0.5,) * c,
             "image_std": (0.5,) * c}
@@ -194,18 +229,52 @@ def scatter_placeholders(inputs_embeds: Tensor, input_ids: Tensor, token_id: int
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Pretrained convolutional tower
+
+
+class FrozenConvTower(nn.Module):
+    """A pretrained MobileNetV2 as a vision tower: its last feature map (N, 1280, 7, 7) → (N, grid², 1280) tokens
+    (raster order), average-pooled to ``grid`` × ``grid`` when given. Always in eval mode (BatchNorm uses the
+    ImageNet running statistics, never batch statistics): LLaVA trains the projector and the decoder, not the
+    tower."""
+
+    def __init__(self, config: MobileNetV2Config, grid: int | None = None) -> None:
+        super().__init__()
+        self.encoder = MobileNetV2Encoder(MobileNetV2(config))
+        self.grid = grid
+        self.n_embd = config.n_embd
+
+    def train(self, mode: bool = True) -> FrozenConvTower:
+        return super().train(False)
+
+    def forward(self, pixel_values: Tensor) -> EncoderOutput:
+        pooled, fmap = self.encoder.model.features_and_map(pixel_values)  # (N, C), (N, C, h, w)
+        if self.grid is not None:
+            fmap = nn.functional.adaptive_avg_pool2d(fmap, self.grid)  # (N, C, grid, grid)
+        return EncoderOutput(last_hidden_state=fmap.flatten(2).transpose(1, 2), pooler_output=pooled)
+
+
+# ------------------------------------------------------------------------------------------------------------
 # The model
 
 
 class MultimodalGPT(nn.Module):
     """``GPT`` whose placeholder tokens are replaced by projected image / audio encodings."""
 
-    def __init__(self, config: MultimodalConfig) -> None:
+    def __init__(self, config: MultimodalConfig, language_model: GPT | None = None) -> None:
+        """``language_model``: a pretrained decoder of configuration ``config.text`` to use as it is (LLaVA's
+        Vicuna, SmolLM2), instead of a freshly initialised one."""
         super().__init__()
         self.config = config
         C = config.text.n_embd
-        self.language_model = GPT(config.text)
-        self.vision_encoder = ViT(config.vision) if config.vision else None
+        if language_model is not None and language_model.config != config.text:
+            raise ValueError("language_model's configuration differs from config.text")
+        self.language_model = language_model if language_model is not None else GPT(config.text)
+        self.vision_encoder: nn.Module | None = None
+        if isinstance(config.vision, MobileNetV2Config):
+            self.vision_encoder = FrozenConvTower(config.vision, config.vision_grid)
+        elif config.vision is not None:
+            self.vision_encoder = ViT(config.vision)
         self.vision_projector = (Projector(config.vision.n_embd, C, config.vision_projector)
                                  if config.vision else None)
         self.audio_encoder = AudioEncoder(config.audio) if config.audio else None
@@ -266,7 +335,8 @@ class MultimodalGPT(nn.Module):
         """Like ``GPT.forward``; media only in the prefill (decode steps carry plain tokens and the KV cache)."""
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
             raise ValueError("input_ids must be a (batch, seq_len) tensor")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.text.vocab_size):
+        text_ids = input_ids[~self.placeholder_mask(input_ids)]  # placeholders may lie past the vocabulary
+        if text_ids.numel() and (int(text_ids.min()) < 0 or int(text_ids.max()) >= self.config.text.vocab_size):
             raise ValueError(f"token ids must be in [0, vocab_size {self.config.text.vocab_size})")
         T = input_ids.shape[1]
         if position_ids is None and attention_mask is not None and not bool(attention_mask.all()):
@@ -280,5 +350,5 @@ class MultimodalGPT(nn.Module):
                                    output_hidden_states=output_hidden_states, logits_to_keep=logits_to_keep)
 
 
-__all__ = ["MULTIMODAL_PRESETS", "MultimodalConfig", "MultimodalGPT", "Projector", "ProjectorConfig",
-           "image_processor_kwargs", "scatter_placeholders"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MULTIMODAL_PRESETS", "FrozenConvTower", "MultimodalConfig",
+           "MultimodalGPT", "Projector", "ProjectorConfig", "image_processor_kwargs", "scatter_placeholders"]

@@ -11,7 +11,9 @@ A served model is a checkpoint directory, a ``.gguf`` file, or an offline name (
 is encoded with its special tokens (``<|im_start|>`` ...) parsed, as ``transformers``' ``apply_chat_template`` does;
 a message whose text contains one of those token strings is refused (400) instead of letting it forge a turn.
 A multimodal checkpoint answers messages with ``image_url`` (data URLs) / ``input_audio`` parts through
-``generate.multimodal`` (``multimodal_prompt`` here; app.py runs it) and text-only messages on its decoder.
+``generate.multimodal`` (``multimodal_prompt`` here; app.py runs it) and text-only messages on its decoder. One
+whose decoder is a pretrained chat model (a ``llava`` run: ``data.llava.ChatProcessor``) is prompted through its
+chat template, system message included, the placeholders inside the user turn, exactly as it was trained.
 """
 
 from __future__ import annotations
@@ -100,10 +102,10 @@ def load_served_model(model: str | Path, name: str | None = None, device: str = 
     d = resolve_checkpoint(d)  # a run directory (runs/demo) serves its newest complete checkpoint
     multimodal = processor = None
     if model_type(d) == "omnigpt-multimodal":  # its decoder answers text turns; the tokenizer is the processor's
-        from omnigpt.text.processors import Processor
+        from omnigpt.data.llava import load_processor
 
         multimodal = load_pretrained(d, map_location=device, dtype=torch_dtype).eval()
-        processor = Processor.from_pretrained(d)
+        processor = load_processor(d)  # a ChatProcessor when the decoder is a pretrained chat model
         lm, tokenizer = multimodal.language_model, processor.tokenizer
     else:
         lm = load_pretrained(d, map_location=device, dtype=torch_dtype, head="lm").eval()
@@ -298,14 +300,15 @@ def _message_text(i: int, message: S.ChatMessage, served: ServedModel) -> str:
     return "\n".join(texts)
 
 
-def _check_specials(served: ServedModel, messages: list[dict[str, Any]]) -> None:
+def _check_specials(served: ServedModel, messages: list[dict[str, Any]], param: str | None = None) -> None:
     """A message may not contain the tokenizer's special-token strings: parsed as markers, they would forge turns."""
     specials = getattr(served.tokenizer, "special_tokens", None) or {}
     for i, m in enumerate(messages):
         found = next((t for t in specials if t in m["content"]), None)
         if found is not None:
-            raise bad_request(f"messages[{i}].content contains '{found}', a special token of this model's chat "
-                              f"format; remove it.", param=f"messages[{i}].content", code="invalid_value")
+            where = param or f"messages[{i}].content"
+            raise bad_request(f"{where} contains '{found}', a special token of this model's chat format; remove it.",
+                              param=where, code="invalid_value")
 
 
 def _check_chat_features(body: S.ChatCompletionRequest, settings: ServeSettings) -> None:
@@ -382,11 +385,15 @@ def build_multimodal_prompt(served: ServedModel, body: S.ChatCompletionRequest,
     if body.top_p not in (None, 1.0) or body.repetition_penalty not in (None, 1.0):
         raise _unsupported("top_p" if body.top_p not in (None, 1.0) else "repetition_penalty",
                            "image/audio turns sample with temperature and top_k only")
+    chat = hasattr(served.processor, "chat_prompt")  # a pretrained chat decoder: its own template
     turns: list[dict[str, str]] = []
     images: list[Any] = []
     audio: list[Any] = []
+    system: list[str] = []
     for i, m in enumerate(body.messages):
         if m.role in ("system", "developer"):
+            if chat:
+                system.append(_message_text(i, m, served))
             continue
         if m.role not in ("user", "assistant"):
             raise bad_request(f"messages[{i}]: role '{m.role}' is not available for image/audio turns.",
@@ -399,6 +406,8 @@ def build_multimodal_prompt(served: ServedModel, body: S.ChatCompletionRequest,
                 if IMAGE_TOKEN in part.text or AUDIO_TOKEN in part.text:
                     raise bad_request(f"{param} contains a media placeholder; send images and audio as parts.",
                                       param=param, code="invalid_value")
+                if chat:  # the template's markers are parsed in a chat prompt: user text may not forge them
+                    _check_specials(served, [{"content": part.text}], param)
                 texts.append(part.text)
                 continue
             kind = "image" if isinstance(part, S.ImagePart) else "audio"
@@ -423,8 +432,12 @@ def build_multimodal_prompt(served: ServedModel, body: S.ChatCompletionRequest,
         turns.append({"from": "human" if m.role == "user" else "gpt", "value": value})
     if not turns or turns[-1]["from"] != "human":
         raise bad_request("The last message must be a user message.", param="messages", code="invalid_value")
-    _check_chars(sum(len(t["value"]) for t in turns), served, "messages")
-    text = conversation_prompt({"conversations": [*turns, {"from": "gpt", "value": ""}]})[0]
+    _check_chars(sum(len(t["value"]) for t in turns) + sum(map(len, system)), served, "messages")
+    if chat:
+        _check_specials(served, [{"content": t} for t in system], "messages")
+        text = served.processor.chat_prompt(turns, "\n".join(system) if system else None)
+    else:
+        text = conversation_prompt({"conversations": [*turns, {"from": "gpt", "value": ""}]})[0]
     try:
         n_tokens = len(served.processor.encode_sample(text, len(images), len(audio)))
     except ValueError as e:

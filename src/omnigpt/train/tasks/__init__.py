@@ -15,6 +15,7 @@ Registered tasks: ``lm`` (``tasks/lm.py``), ``multimodal`` (``tasks/multimodal.p
 (``tasks/contrastive.py``).
 ``audio-classify`` (``tasks/audio_classify.py``): voice commands trained on synthetic speech.
 ``detect`` (``tasks/detect.py``): object detection as tokens (Pix2Seq) on composed scenes.
+``llava`` (``tasks/llava.py``): image captions and questions from pretrained parts (MobileNetV2 + SmolLM2) or scratch.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ TASKS: dict[str, str] = {
     "igpt": "omnigpt.train.tasks.igpt:IGPTTask",
     "detect": "omnigpt.train.tasks.detect:DetectTask",
     "audio-classify": "omnigpt.train.tasks.audio_classify:AudioClassifyTask",
+    "llava": "omnigpt.train.tasks.llava:LlavaTask",
     "asr-whisper": "omnigpt.train.tasks.whisper_finetune:WhisperFinetuneTask",
 }
 
