@@ -13,6 +13,11 @@ Normalisations, applied to reference and hypothesis alike:
 * ``numbers``: ``basic``, then each digit string spelled out as an English cardinal ("50" → "fifty", "1234" →
   "one thousand two hundred thirty four", "28.8" → "twenty eight point eight") and "%" → "percent", so "dial 2"
   and "dial two" agree.
+* ``english``: ``numbers`` plus ordinals ("21st" → "twenty first"), "$5" → "five dollars", "1,000" → "1000" and a
+  few spelling pairs ("okay"/"ok", "e-mail"/"email") — ``train.tasks.whisper_finetune.normalize_english``, the
+  normaliser ``omnigpt eval`` reports for fine-tuned Whisper runs.
+
+``--run DIR`` (repeatable) adds a Whisper run of the ``asr-whisper`` task (fine-tuned or from scratch) as a column.
 
 Run: ``.venv/bin/python benchmarks/asr.py [--limit N] [--threads 2]`` (all 568 clips; 28 min on a shared 2-core
 machine at load ~5). Measured there (2 threads, greedy): token ids identical on 563/563 Asterisk and 5/5 LibriVox
@@ -34,6 +39,7 @@ import torch
 from omnigpt.checkpoints.ctranslate2 import load_whisper, whisper_dir
 from omnigpt.data.speech_sources import asterisk_prompts, normalize_transcript
 from omnigpt.generate.whisper import load_waveform, transcribe
+from omnigpt.train.tasks.whisper_finetune import load_run, normalize_english
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 ASTERISK_SUBSETS = ("", "dictate", "digits", "followme", "letters", "phonetic", "silence")
@@ -79,14 +85,17 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="first N Asterisk clips only (0 = all 563)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--beam-size", type=int, default=1)
+    ap.add_argument("--run", action="append", default=[], help="also score this asr-whisper run (repeatable)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_whisper("whisper-tiny.en")
+    runs = {Path(r).name: load_run(r) for r in args.run}
     fw = WhisperModel(str(whisper_dir("whisper-tiny.en")), device="cpu", compute_type="default",
                       cpu_threads=args.threads)
     sets = {"asterisk": asterisk_prompts(ASTERISK_SUBSETS)[: args.limit or None], "librivox": librivox()}
     for name, records in sets.items():
         refs, ours, theirs = [], [], []
+        extra: dict[str, list[str]] = {name: [] for name in runs}
         t_ours = t_theirs = seconds = 0.0
         same = 0
         for r in records:
@@ -101,16 +110,20 @@ def main() -> None:
             segments = list(segments)  # the generator decodes lazily
             t_theirs += time.perf_counter() - t
             same += [s.tokens for s in mine.segments] == [s.tokens for s in segments]
+            for run_name, (run_model, run_tok) in runs.items():
+                extra[run_name].append(transcribe(run_model, run_tok, audio, beam_size=args.beam_size).text)
             refs.append(r["text"])
             ours.append(mine.text)
             theirs.append("".join(s.text for s in segments))
         print(f"\n{name}: {len(records)} clips, {seconds / 60:.1f} min of audio, {args.threads} threads, "
               f"beam {args.beam_size}; identical token ids {same}/{len(records)}")
-        for label, norm in (("basic", normalize_transcript), ("numbers", normalize_numbers)):
+        for label, norm in (("basic", normalize_transcript), ("numbers", normalize_numbers),
+                            ("english", normalize_english)):
             ref = [norm(x) or "<empty>" for x in refs]
             w_ours = jiwer.wer(ref, [norm(x) for x in ours])
             w_theirs = jiwer.wer(ref, [norm(x) for x in theirs])
-            print(f"  WER {label:8s} omnigpt {100 * w_ours:5.2f} %   faster-whisper {100 * w_theirs:5.2f} %")
+            w_runs = "".join(f"   {n} {100 * jiwer.wer(ref, [norm(x) for x in extra[n]]):5.2f} %" for n in runs)
+            print(f"  WER {label:8s} omnigpt {100 * w_ours:5.2f} %   faster-whisper {100 * w_theirs:5.2f} %{w_runs}")
         print(f"  real-time factor      omnigpt {t_ours / seconds:.3f}     faster-whisper {t_theirs / seconds:.3f}"
               f"   (ratio {t_ours / t_theirs:.2f}x)")
 

@@ -75,6 +75,9 @@ def test_normalisers_and_wer_match_jiwer():
     assert normalize_english(REFS[2]) == "the twenty first caller wins five dollars"
     assert normalize_english(REFS[4]) == "your email has twenty eight point eight percent of one thousand messages"
     assert normalize_basic("Call-Forward A.M.") == "call forward am"
+    # Notes: brackets are dropped by both, parentheses (the Asterisk silence clips' descriptions) by english only.
+    assert normalize_basic("dash [-] (2 seconds of silence)") == "dash 2 seconds of silence"
+    assert normalize_english("dash [-] (2 seconds of silence)") == "dash"
     assert cardinal(1234) == "one thousand two hundred thirty four" and cardinal(90) == "ninety"
 
 

@@ -101,9 +101,10 @@ SPELLINGS = {"okay": "ok", "e mail": "email", "voice mail": "voicemail", "log in
 
 
 def normalize_english(text: str) -> str:
-    """english: basic, with numbers spelled out as words ("2" → "two", "1st" → "first", "28.8" → "twenty eight point
-    eight", "%" → "percent", "$5" → "five dollars") and the spelling pairs of SPELLINGS unified."""
-    text = text.replace("%", " percent")
+    """english: basic, with notes in parentheses dropped as bracketed ones are ("(2 seconds of silence)"; OpenAI's
+    English normaliser does the same), numbers spelled out as words ("2" → "two", "1st" → "first", "28.8" → "twenty
+    eight point eight", "%" → "percent", "$5" → "five dollars") and the spelling pairs of SPELLINGS unified."""
+    text = re.sub(r"\([^)]*\)", " ", text).replace("%", " percent")
     text = re.sub(r"\$(\d+)", r"\1 dollars", text)
     text = re.sub(r"(\d),(\d{3})\b", r"\1\2", text)  # 1,000 → 1000
     text = re.sub(r"(\d)\.(\d)", r"\1 point \2", text)  # before basic drops the "."
@@ -360,7 +361,8 @@ def load_run(directory: str | Path) -> tuple[Whisper, Any]:
 
 
 def real_recordings(limit: int | None = None) -> dict[str, list[dict[str, str]]]:
-    """{"asterisk": the 563 prompts (first ``limit``), "librivox": the 5 clips}: ``{"id", "audio", "text"}``."""
+    """{"asterisk": the 563 prompts (first ``limit``), "librivox": the 5 clips}: ``{"id", "audio", "text"}``, the
+    text as transcribed (Asterisk's raw line: "28.8", "(2 seconds of silence)"), for the normalisers to read."""
     from omnigpt.data.formats import require
     from omnigpt.data.speech_sources import asterisk_prompts
 
@@ -370,7 +372,8 @@ def real_recordings(limit: int | None = None) -> dict[str, list[dict[str, str]]]
         if m := re.match(r"<s>(.*)</s> \((.*)\)", line.strip()):
             libri.append({"id": f"librivox/{m.group(2)}", "audio": str(LIBRIVOX / f"{m.group(2)}.wav"),
                           "text": m.group(1).strip()})
-    return {"asterisk": asterisk_prompts(ASTERISK_SUBSETS)[:limit], "librivox": libri}
+    asterisk = [{**r, "text": r["raw"]} for r in asterisk_prompts(ASTERISK_SUBSETS)[:limit]]
+    return {"asterisk": asterisk, "librivox": libri}
 
 
 @torch.no_grad()
