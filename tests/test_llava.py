@@ -314,4 +314,20 @@ def test_scratch_baseline_is_the_same_task_with_a_small_decoder(shapes: Path, tm
     t = LlavaTask(r)
     assert t.config.vision_tower == "vit" and not isinstance(t.processor, ChatProcessor)
     b = t.batch(0, 0, 2)
-    assert b["pixel_values"].shape == (2, 3, 16, 16) and float(t.train_module()(**b)) > 0
+    assert b["pixel_values"].shape == (2, 3, 16, 16) and float(t.train_module()(**b).detach()) > 0
+
+
+def test_omnigpt_eval_writes_caption_metrics_and_baselines(trained: dict[str, Any]) -> None:
+    from omnigpt.cli.main import main
+
+    out = trained["out"]
+    assert main(["eval", str(out), "--limit", "3"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["task"] == "llava" and result["items"] == 3
+    for key in ("bleu", "rouge_l", "recall@1", "recall@5"):
+        assert 0 <= result[key] <= 100, key
+    assert result["recall@5"] == 1.0  # 3 candidates: every caption is among the top 5
+    base = result["baselines"]
+    assert {"most_frequent_caption", "nearest_neighbour_caption", "blind", "chance"} <= set(base)
+    assert base["chance"]["recall@1"] == round(1 / 3, 4) and base["most_frequent_caption"]["caption"].startswith("a ")
+    assert (out / "samples.md").read_text().count("\n") == 2 + 3

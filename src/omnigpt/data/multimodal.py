@@ -219,7 +219,8 @@ def openclipart_items(root: Path = OPENCLIPART_DIR, max_title_count: int = 3) ->
         generic = {"", "hash", "icon", "icons", "clip art", "clipart", "image", "media", *svg.relative_to(
             svg_root).parent.parts}
         keywords = list(dict.fromkeys(k.replace("_", " ").strip().lower() for k in _KEYWORD.findall(head)))
-        found.append({"svg": svg, "png": png, "title": title, "keywords": [k for k in keywords if k not in generic]})
+        found.append({"svg": svg, "png": png, "title": title,
+                      "keywords": [k for k in keywords if k not in generic][:8]})
     counts = collections.Counter(it["title"] for it in found)
     return [it for it in found if 2 <= len(it["title"]) <= 48 and counts[it["title"]] <= max_title_count
             and not it["title"].startswith("clipart by") and not re.search(r"\d{3}|\(|collection|theme|icon set",

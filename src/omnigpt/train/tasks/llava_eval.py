@@ -122,7 +122,7 @@ def mobilenet_features(paths: list[Any], batch_size: int = 32) -> Tensor:
     """Unit-length pooled ImageNet MobileNetV2 features (N, 1280) of image files."""
     from omnigpt.checkpoints.registry import from_pretrained
 
-    net, pre = from_pretrained("mobilenet-v2")
+    net, pre = from_pretrained("mobilenet-v2")[:2]
     feats = []
     for i in range(0, len(paths), batch_size):
         x = torch.cat([pre(p) for p in paths[i : i + batch_size]])
