@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,7 @@ def crop_features(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 def segments_logreg(fit: list[Scene], test: list[Scene], k: int) -> Detections:
     """Segment proposals classified by a logistic regression over k classes + background (see the docstring)."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
@@ -265,7 +267,8 @@ def segments_logreg(fit: list[Scene], test: list[Scene], k: int) -> Detections:
             X.append(crop_features(s.image, neg))
             y.append(np.full(len(neg), k))
     clf = LogisticRegression(max_iter=300, C=0.5)
-    with threadpool_limits(1):
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # 300 lbfgs iterations: enough for a baseline
         clf.fit(np.concatenate(X), np.concatenate(y))
     out = []
     for s in test:
