@@ -279,7 +279,7 @@ def test_detect_task_trains_and_evaluates(tmp_path: Path) -> None:
     out = task.evaluate_run(Path(res.checkpoint), tmp_path / "eval", limit=10)
     assert 0 <= out["map"] <= out["map50"] <= 1 and set(out["baselines"]) == {"prior_boxes", "segments_logreg"}
     assert all(0 <= v["map50"] <= 1 for v in out["baselines"].values())
-    assert (tmp_path / "eval" / "boxes.png").is_file()
+    assert (tmp_path / "eval" / "boxes.png").is_file() and (tmp_path / "eval" / "map_curve.png").is_file()
     with pytest.raises(RecipeError, match="model.gpt: unknown key 'depth'"):
         load_recipe(overrides={"task": "detect", "max_steps": 1, "model": {"gpt": {"depth": 3}}})
     with pytest.raises(RecipeError, match="max_scale"):

@@ -304,6 +304,35 @@ def boxes_png(scenes: list[Scene], dets: Detections, classes: tuple[str, ...], p
     grid.save(path)
 
 
+def plot_map_curve(metrics_file: Path, png: Path) -> bool:
+    """Validation mAP@0.5 and mAP against the step, from a run's ``metrics.jsonl``; False when it holds none."""
+    if not metrics_file.is_file():
+        return False
+    rows = [json.loads(ln) for ln in metrics_file.read_text().splitlines() if ln.strip()]
+    pts = [(r["step"], r["val_map50"], r["val_map"]) for r in rows if "val_map50" in r]
+    times = {r["step"]: r["time"] for r in rows if "time" in r}
+    if not pts:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label="val mAP@0.5")
+    ax.plot([p[0] for p in pts], [p[2] for p in pts], "s-", ms=3, label="val mAP@[.5:.95]")
+    ax.set_xlabel("step")
+    ax.set_ylabel("mAP")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if pts[-1][0] in times:
+        ax.set_title(f"validation mAP@0.5 {pts[-1][1]:.3f} after {times[pts[-1][0]] / 60:.1f} min of training")
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return True
+
+
 class DetectTask(Task):
     name = "detect"
     data_spec, model_spec = DetectDataSpec, DetectModelSpec
@@ -385,16 +414,24 @@ class DetectTask(Task):
         train = SceneGenerator(scfg, "train", seed=recipe.get("seed", 1337), item_limit=data.item_limit)
         fit = train.scenes(range(2000 if limit is None else 200))
         baselines: dict[str, Any] = {}
-        for name, fn in (("prior_boxes", prior_boxes), ("segments_logreg", segments_logreg)):
+        for name, fn, what in (
+                ("prior_boxes", prior_boxes, "8 k-means training boxes x every class, scored by training "
+                 "frequency; never looks at the image"),
+                ("segments_logreg", segments_logreg, "Felzenszwalb segments as proposals, each crop classified by "
+                 "a logistic regression (classes + background) fitted on training-scene crops")):
             t0 = time.perf_counter()
             bm = coco_map(truth(test), fn(fit, test, k), k)
             baselines[name] = {"map50": round(bm["map50"], 4), "map": round(bm["map"], 4),
-                               "seconds": round(time.perf_counter() - t0, 1)}
+                               "seconds": round(time.perf_counter() - t0, 1), "what": what,
+                               "fitted_on_scenes": len(fit)}
         res["baselines"] = baselines
         out.mkdir(parents=True, exist_ok=True)
         boxes_png(test[:24], dets[:24], cfg.classes, out / "boxes.png",
                   f"Pix2Seq on unseen test scenes: mAP@0.5 {res['map50']:.3f}, mAP {res['map']:.3f}")
         res["pictures"] = ["boxes.png"]
+        run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
+        if plot_map_curve(run_dir / "metrics.jsonl", out / "map_curve.png"):
+            res["pictures"].append("map_curve.png")
         return res
 
 
