@@ -15,7 +15,7 @@ fed with ``inputs_embeds``; several images and clips per sample interleave freel
   (``vision_tower="mobilenet-v2"``: torchvision's ImageNet MobileNetV2, its 7×7×1280 last feature map read as 49
   tokens, or average-pooled to a ``vision_grid``² grid). A pretrained tower stays in eval mode whatever
   ``train()`` says: its BatchNorm statistics are the ImageNet ones, and LLaVA's recipe keeps the tower frozen.
-* Placeholder ids may lie past the decoder's vocabulary (tokens a pretrained tokenizer gained for the media, as
+* Placeholder ids may lie past the decoder's vocabulary (``added_tokens``: a pretrained tokenizer's new ones, as
   LLaVA's own code marks images with ``IMAGE_TOKEN_INDEX = -200``, an id no embedding row has): their positions
   are always overwritten, so the pretrained decoder keeps its vocabulary and its logits unchanged.
 * Saving and loading go through ``omnigpt.checkpoints.pretrained`` (``model_type: omnigpt-multimodal``).
@@ -101,11 +101,15 @@ class MultimodalConfig(PresetConfig):
     image_token_id: int | None = None  # from the tokenizer: Processor(...).image_token_id
     audio_token_id: int | None = None
     audio_frames: int = 3000  # mel frames per (padded) clip: fixes the tokens per clip
+    # Tokens a pretrained decoder's tokenizer gained for the media (ids vocab_size … vocab_size + added_tokens - 1):
+    # allowed as placeholder ids only, since their positions are always overwritten.
+    added_tokens: int = 0
 
     def __post_init__(self) -> None:
         for what, tid in (("image_token_id", self.image_token_id), ("audio_token_id", self.audio_token_id)):
-            if tid is not None and tid < 0:  # past the vocabulary is allowed: placeholders are never embedded
-                raise ValueError(f"MultimodalConfig({self.name!r}): {what} {tid} is negative")
+            if tid is not None and not 0 <= tid < self.text.vocab_size + self.added_tokens:
+                raise ValueError(f"MultimodalConfig({self.name!r}): {what} {tid} is outside the decoder's "
+                                 f"vocabulary of {self.text.vocab_size} (+ {self.added_tokens} added tokens)")
         kind = {"vit": VisionConfig, "mobilenet-v2": MobileNetV2Config}.get(self.vision_tower)
         if kind is None:
             raise ValueError(f"vision_tower must be 'vit' or 'mobilenet-v2', got {self.vision_tower!r}")

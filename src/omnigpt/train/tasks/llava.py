@@ -177,7 +177,8 @@ class LlavaTask(Task):
             proc_cfg = {"markers": False, "eos_token": eos, "pad_token": None}
             probe = ChatProcessor(tok, ProcessorConfig(**proc_cfg), template, m.system)  # registers the tokens
             self.config = MultimodalConfig(name="llava", text=base.config, vision_projector=projector,
-                                           image_token_id=probe.image_token_id, **vision)
+                                           image_token_id=probe.image_token_id,
+                                           added_tokens=max(0, len(tok) - base.config.vocab_size), **vision)
             self.processor: Processor = ChatProcessor(tok, ProcessorConfig(**self.config.processor_kwargs(),
                                                                            **proc_cfg), template, m.system)
             self.model = MultimodalGPT(self.config, base.train())  # the pretrained decoder itself, tied head kept
