@@ -78,6 +78,9 @@ def test_normalisers_and_wer_match_jiwer():
     # Notes: brackets are dropped by both, parentheses (the Asterisk silence clips' descriptions) by english only.
     assert normalize_basic("dash [-] (2 seconds of silence)") == "dash 2 seconds of silence"
     assert normalize_english("dash [-] (2 seconds of silence)") == "dash"
+    # OpenAI Whisper's contraction rules, on both sides alike.
+    assert normalize_english("I'm sorry, that's not valid. Um, can't you?") == \
+        "i am sorry that is not valid can not you"
     assert cardinal(1234) == "one thousand two hundred thirty four" and cardinal(90) == "ninety"
 
 

@@ -100,10 +100,22 @@ def normalize_basic(text: str) -> str:
 SPELLINGS = {"okay": "ok", "e mail": "email", "voice mail": "voicemail", "log in": "login", "dial tone": "dialtone"}
 
 
+# OpenAI Whisper's EnglishTextNormalizer (openai-whisper 20250625, whisper/normalizers/english.py): its fillers and
+# its common and general contraction rules, in its order.
+FILLERS = re.compile(r"\b(hmm|mm|mhm|mmm|uh|um)\b")
+CONTRACTIONS = ((r"\bwon't\b", "will not"), (r"\bcan't\b", "can not"), (r"\blet's\b", "let us"),
+                (r"\bain't\b", "aint"), (r"\by'all\b", "you all"), (r"\bma'am\b", "madam"),
+                (r"'d been\b", " had been"), (r"'s been\b", " has been"), (r"'d gone\b", " had gone"),
+                (r"'s gone\b", " has gone"), (r"'d done\b", " had done"), (r"'s got\b", " has got"),
+                (r"n't\b", " not"), (r"'re\b", " are"), (r"'s\b", " is"), (r"'d\b", " would"), (r"'ll\b", " will"),
+                (r"'t\b", " not"), (r"'ve\b", " have"), (r"'m\b", " am"))
+
+
 def normalize_english(text: str) -> str:
-    """english: basic, with notes in parentheses dropped as bracketed ones are ("(2 seconds of silence)"; OpenAI's
-    English normaliser does the same), numbers spelled out as words ("2" → "two", "1st" → "first", "28.8" → "twenty
-    eight point eight", "%" → "percent", "$5" → "five dollars") and the spelling pairs of SPELLINGS unified."""
+    """english: basic plus OpenAI Whisper's English rules for notes (parenthesised ones dropped like bracketed ones:
+    "(2 seconds of silence)"), fillers (um, uh) and contractions ("i'm" → "i am", "can't" → "can not"); numbers
+    spelled out as words ("2" → "two", "1st" → "first", "28.8" → "twenty eight point eight", "%" → "percent",
+    "$5" → "five dollars"; OpenAI turns words into digits instead) and the spelling pairs of SPELLINGS unified."""
     text = re.sub(r"\([^)]*\)", " ", text).replace("%", " percent")
     text = re.sub(r"\$(\d+)", r"\1 dollars", text)
     text = re.sub(r"(\d),(\d{3})\b", r"\1\2", text)  # 1,000 → 1000
@@ -111,6 +123,9 @@ def normalize_english(text: str) -> str:
     text = normalize_basic(text)
     text = re.sub(r"\b(\d+)(st|nd|rd|th)\b", lambda m: " " + ordinal(int(m.group(1))) + " ", text)
     text = re.sub(r"\d+", lambda m: " " + cardinal(int(m.group())) + " ", text)
+    text = FILLERS.sub(" ", text)
+    for pattern, replacement in CONTRACTIONS:
+        text = re.sub(pattern, replacement, text)
     text = " " + " ".join(text.split()) + " "
     for a, b in SPELLINGS.items():
         text = text.replace(f" {a} ", f" {b} ")
