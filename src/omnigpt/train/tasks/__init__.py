@@ -16,6 +16,7 @@ Registered tasks: ``lm`` (``tasks/lm.py``), ``multimodal`` (``tasks/multimodal.p
 ``audio-classify`` (``tasks/audio_classify.py``): voice commands trained on synthetic speech.
 ``detect`` (``tasks/detect.py``): object detection as tokens (Pix2Seq) on composed scenes.
 ``llava`` (``tasks/llava.py``): image captions and questions from pretrained parts (MobileNetV2 + SmolLM2) or scratch.
+``asr-whisper`` (``tasks/whisper_finetune.py``): Whisper tiny.en fine-tuned on synthesized speech, scored on real.
 """
 
 from __future__ import annotations
