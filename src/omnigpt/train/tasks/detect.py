@@ -410,6 +410,10 @@ class DetectTask(Task):
             "map50": round(m["map50"], 4), "map": round(m["map"], 4), "map75": round(m["map75"], 4),
             "ap50_per_class": dict(zip(cfg.classes, m["ap50_per_class"], strict=True)),
             "objects": int(sum(len(s.labels) for s in test)), "scenes_per_second": round(n / seconds, 1)}
+        # Where the errors are: the same boxes scored with every class merged into one (localization alone).
+        agnostic = coco_map([(b, np.zeros_like(lab)) for b, lab in truth(test)],
+                            [(b, np.zeros_like(lab), sc) for b, lab, sc in dets], 1)
+        res["class_agnostic"] = {"map50": round(agnostic["map50"], 4), "map": round(agnostic["map"], 4)}
         # Baselines fitted on training scenes of the run's own generator (seed from the recipe).
         train = SceneGenerator(scfg, "train", seed=recipe.get("seed", 1337), item_limit=data.item_limit)
         fit = train.scenes(range(2000 if limit is None else 200))
