@@ -42,6 +42,18 @@ def run(cmd: list[str]) -> float:
     return float(done.stderr.rstrip().rsplit("\n", 1)[-1])
 
 
+def has_limit(recipe: str) -> bool:
+    """Whether the recipe's task takes ``data.limit`` (a small slice for the smoke run)."""
+    import dataclasses
+
+    import yaml
+
+    from omnigpt.train.tasks import sections
+
+    spec = sections(yaml.safe_load(Path(recipe).read_text())["task"])[0]
+    return dataclasses.is_dataclass(spec) and "limit" in {f.name for f in dataclasses.fields(spec)}
+
+
 def percent(key: str, value: float) -> float:
     """Fractions (accuracy, F1, WER, recall) as percentages, like ROUGE, BLEU and chrF."""
     return 100 * value if key in FRACTIONS else value
@@ -74,7 +86,7 @@ def main(rows: list[Row], eval_args: dict[str, list[str]], description: str, def
             over = [f"--out_dir={run_dir}", f"--seed={seed}", *[e.replace(default_root, str(root)) for e in extra]]
             if args.smoke:
                 over += ["--max_steps=2", "--eval_interval=1", "--eval_limit=4"]
-                if "task: lm" not in Path(recipe).read_text():
+                if has_limit(recipe):
                     over += ["--data.limit=64"]
             train_s = run([*py, "train", recipe, *over])
             row = {"name": name, "what": what, "recipe": recipe, "seed": seed, "train_s": round(train_s, 1),
