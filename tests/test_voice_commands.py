@@ -5,6 +5,7 @@ Needs the Debian packages asterisk-core-sounds-en(-wav), espeak-ng and flite (sc
 a skip names the missing one and is a failure under CI=true). Synthetic clips go to pytest's tmp_path (piper off:
 the flow is the same, and espeak-ng/flite clips take milliseconds)."""
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -163,6 +164,59 @@ def test_whisper_variant_uses_the_pretrained_encoder():
         want = whisper.encode(x).mean(1)
         got = model(x).features
     torch.testing.assert_close(got, want)
+
+
+def test_feature_cache_equals_the_live_path_and_is_reused(tmp_path, monkeypatch):
+    """data.feature_cache_copies: the cached pooled vector of (clip, copy) is what the model computes live on that
+    clip's copy; copy 0 is the clean clip, the other copies are augmented and batch-independent; the head trains on
+    cached rows; the file is keyed by the encoder's weights, written atomically and read back on the next run."""
+    from safetensors import safe_open
+
+    from omnigpt.train.recipe import RecipeError
+    from omnigpt.train.tasks import load_recipe, task_class
+    from omnigpt.train.tasks.audio_classify import weights_digest
+
+    monkeypatch.setenv("OMNIGPT_CACHE", str(tmp_path))
+    r = load_recipe("configs/tasks/voice-commands-whisper.yaml",
+                    ["--data.words=[zero,one,two]", "--data.per_word=2", "--data.val_per_word=1", "--data.piper=0",
+                     "--data.feature_cache_copies=3", "--data.feature_dropout=0.0", f"--out_dir={tmp_path / 'run'}"])
+    task = task_class(r.task)(r)
+    assert task.cache.shape == (3, 6, 384) and task.val_features.shape == (3, 384)
+    model = task.model.eval()
+    with torch.no_grad():
+        for copy in range(3):
+            for i in (0, 5):
+                live = model(task.copy_features([i], copy)).features[0]  # the live path, one clip at a time
+                torch.testing.assert_close(task.cache[copy, i], live, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(task.val_features, model(task.val_x).features, atol=2e-5, rtol=1e-4)
+    clean = kw.clip_features(task.train_w[:2], task.train_len[:2], 8000, cmn=False)
+    assert torch.equal(task.copy_features([0, 1], 0), clean)  # copy 0 = what evaluation and the pipeline compute
+    assert torch.equal(task.copy_features([4], 2)[0], task.copy_features([1, 4], 2)[1])  # batch-independent
+    assert (task.cache[1] - task.cache[0]).abs().amax() > 1e-2 and (task.cache[2] - task.cache[1]).abs().amax() > 1e-2
+    b = task.batch(0, 0, 4)
+    rows = torch.tensor(task.order.rows(0, 0, 4, r.batch_size))
+    assert set(b) == {"features", "labels"} and b["labels"].tolist() == task.train_y[rows].tolist()
+    assert all(any(torch.equal(f, task.cache[c, i]) for c in range(3))
+               for f, i in zip(b["features"], rows, strict=True))
+    assert abs(task.train_module()(**b).item() - np.log(3)) < 1e-4  # the model's own zero-initialised head
+    files = list((tmp_path / "keywords").glob("features-*"))
+    assert len(files) == 1 and files[0].suffix == ".safetensors"  # no temporary file left beside it
+    with safe_open(str(files[0]), framework="pt") as f:
+        assert json.loads(f.metadata()["spec"])["encoder_sha256"] == weights_digest(task.model.encoder)
+    info = json.loads((tmp_path / "run" / "feature_cache.json").read_text())
+    assert info["computed_now"] and info["built"]["encoder_forwards"] == 3 * 6 + 3
+    r2 = dataclasses.replace(r, data=dataclasses.replace(r.data, feature_dropout=0.5))  # not part of the key
+    again = task_class(r2.task)(r2)
+    assert not json.loads((tmp_path / "run" / "feature_cache.json").read_text())["computed_now"]
+    assert torch.equal(again.cache, task.cache)
+    dropped = again.batch(0, 0, 4)["features"]  # the same rows, half the entries zeroed, the rest doubled
+    assert torch.equal(dropped != 0, dropped == 2 * b["features"]) and 0.3 < (dropped == 0).float().mean() < 0.7
+    stored = weights_digest(task.model.encoder)
+    with torch.no_grad():
+        task.model.encoder.conv1.weight[0, 0, 0] += 1  # other weights → another key
+    assert weights_digest(task.model.encoder) != stored
+    with pytest.raises(RecipeError, match="frozen encoder"):  # the scratch recipe trains its encoder
+        load_recipe("configs/tasks/voice-commands.yaml", ["--data.feature_cache_copies=2"])
 
 
 def _wav(path: Path, samples: np.ndarray, rate: int = 8000) -> Path:

@@ -11,7 +11,8 @@ Two encoders, one model:
   frozen-features recipe of SUPERB, Yang et al. 2021, with the last layer instead of a learned layer mix).
 
 The encoder runs without autograd whenever none of its parameters requires a gradient (frozen), so a frozen
-Whisper costs a forward pass per step and no activation memory. The head is ``head_hidden`` = 0: one Linear
+Whisper costs a forward pass per step and no activation memory (or none at all: ``pooled`` is the encoder + pooling
+alone, so a task can cache it and train the head on the cached vectors). The head is ``head_hidden`` = 0: one Linear
 C → K; > 0: Linear → GELU → dropout → Linear (a two-layer MLP on the pooled vector). Its last layer starts at zero,
 so the first logits are uniform and the first loss is ln K (the ViT paper's head init).
 
@@ -119,10 +120,15 @@ class AudioClassifier(nn.Module):
     def encoder_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.encoder.parameters())
 
-    def forward(self, input_features: Tensor, labels: Tensor | None = None) -> AudioClassifierOutput:
+    def pooled(self, input_features: Tensor) -> Tensor:
+        """The vector the head reads: the encoder's output averaged over tokens, (B, n_mels, T) → (B, C). A frozen
+        encoder's pooled vectors can be computed once and cached (the audio-classify task's feature cache)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen()):
             hidden = self.encoder(input_features).last_hidden_state  # (B, T', C)
-        feats = hidden.mean(dim=1)  # (B, C)
+        return hidden.mean(dim=1)  # (B, C)
+
+    def forward(self, input_features: Tensor, labels: Tensor | None = None) -> AudioClassifierOutput:
+        feats = self.pooled(input_features)  # (B, C)
         logits = self.head(feats)  # (B, K)
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
         return AudioClassifierOutput(logits=logits, features=feats, loss=loss)

@@ -9,6 +9,16 @@ batch a generator seeded by (seed, step, first row) draws the augmentation — w
 (``speech.add_noise``), a vocal-tract-length and tempo warp of the log-mels (``speech.warp_features``) and
 SpecAugment masks (``batches.spec_augment``).
 
+Feature cache (``data.feature_cache_copies: N`` > 0, only when no stage trains the encoder): a frozen encoder's
+pooled vectors do not change during training, so the task computes them once — copy 0 of every training clip clean,
+copies 1 … N−1 augmented as above with a generator seeded by (seed, copy, clip) alone, and the validation clips
+clean — and the head trains on them (a step picks a random copy per row, plus ``data.feature_dropout`` on the
+vector): thousands of steps where the live path runs the encoder every step. The cache is computed in the task's
+constructor, before the trainer's ``max_minutes`` clock starts (its wall time is printed and written to
+``OUT_DIR/feature_cache.json``), and stored under ``cache_dir()/keywords/features-<hash>.safetensors``, keyed by the
+data and augmentation settings and the encoder's weights (sha256), written beside and renamed. The saved model is
+the same ``AudioClassifier`` (encoder + head), so ``omnigpt eval`` and the pipeline run it on raw audio.
+
 Model (``models.audio_classifier.AudioClassifier``): ``encoder: scratch`` builds an ``AudioConfig`` preset trained
 from scratch with per-band mean-normalised log-mels; ``encoder: whisper-tiny.en`` (or ``whisper-base``) loads that
 pretrained Whisper's encoder (``checkpoints.registry``) and reads Whisper's own log-mel scaling — the recipe's
@@ -23,8 +33,11 @@ of the mean-normalised log-mel; 13 cepstra × 15 segments) fitted on the same sy
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from omnigpt.checkpoints.assets import cache_dir
 from omnigpt.checkpoints.state import load_model
 from omnigpt.data.batches import spec_augment
 from omnigpt.data.keywords import SynthSettings, clip_features, read_clips, real_clips, synthetic_clips, vocabulary
@@ -40,6 +54,7 @@ from omnigpt.data.speech import add_noise, warp_features
 from omnigpt.models.audio import AudioConfig
 from omnigpt.models.audio_classifier import AudioClassifier, AudioClassifierConfig
 from omnigpt.train.recipe import RecipeError
+from omnigpt.train.schedule import module_groups
 from omnigpt.train.tasks.base import EpochOrder, LossOf, Task
 
 PRETRAINED = ("whisper-tiny.en", "whisper-base")  # offline Whisper encoders (checkpoints.registry)
@@ -61,6 +76,9 @@ class AudioDataSpec:
     freq_warp: list[float] = field(default_factory=lambda: [0.9, 1.12])  # VTLP factor range (1 = off)
     tempo: list[float] = field(default_factory=lambda: [0.85, 1.15])  # time-stretch range (1 = off)
     spec_augment: bool = True
+    feature_cache_copies: int = 0  # > 0: train the head on cached pooled encoder vectors (copy 0 clean, the rest
+    #                                augmented); needs a frozen encoder. 0: the encoder runs every step
+    feature_dropout: float = 0.0  # dropout on the cached vectors (feature cache only)
 
 
 @dataclass
@@ -163,6 +181,38 @@ def linear_baselines(train_x: Tensor, train_y: list[str], test_x: Tensor, test_y
     return out
 
 
+def weights_digest(module: nn.Module) -> str:
+    """sha256 of a module's state dict (names, dtypes, shapes and bytes, in key order)."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def clip_generator(seed: int, copy: int, clip: int) -> torch.Generator:
+    """The augmentation generator of feature-cache copy ``copy`` of training clip ``clip``: a function of the three
+    alone, so a clip's copy is the same whichever batch it is computed in."""
+    key = hashlib.sha256(f"audio-classify/{seed}/{copy}/{clip}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+
+
+class HeadLoss(nn.Module):
+    """Cross-entropy of ``model.head`` on cached pooled vectors (B, C): the train module of the feature cache. Its
+    parameters are the model's own (keys ``model.*``), so checkpoints and stages are those of ``LossOf(model)``."""
+
+    def __init__(self, model: AudioClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return module_groups(self.model)
+
+    def forward(self, features: Tensor, labels: Tensor) -> Tensor:
+        return nn.functional.cross_entropy(self.model.head(features).float(), labels)  # features (B, C)
+
+
 class AudioClassifyTask(Task):
     name = "audio-classify"
     data_spec, model_spec = AudioDataSpec, AudioModelSpec
@@ -176,6 +226,11 @@ class AudioClassifyTask(Task):
             raise RecipeError("data: piper and flite are shares in [0, 1] with piper + flite <= 1")
         for key in ("noise_db", "freq_warp", "tempo"):
             _pair(getattr(d, key), key)
+        if d.feature_cache_copies < 0 or not 0 <= d.feature_dropout < 1:
+            raise RecipeError("data: feature_cache_copies >= 0 and 0 <= feature_dropout < 1 are required")
+        if d.feature_cache_copies and any(st.train is None or "encoder" in st.train for st in r.stages):
+            raise RecipeError("data.feature_cache_copies needs a frozen encoder: every stage must train [head] "
+                              "only (the cache holds the encoder's outputs)")
         if m.encoder != "scratch" and m.encoder not in PRETRAINED:
             raise RecipeError(f"model.encoder: 'scratch' or one of {', '.join(PRETRAINED)}, got {m.encoder!r}")
         try:
@@ -210,18 +265,15 @@ class AudioClassifyTask(Task):
         self.val_y = torch.tensor([index[c["label"]] for c in val])
         self.order = EpochOrder(len(train), r.seed)
         self.tokens_per_step = r.batch_size  # clips
+        self.cache: Tensor | None = None  # (copies, N, C) pooled training vectors when the feature cache is on
+        if d.feature_cache_copies:
+            self.cache, self.val_features = self.feature_cache(
+                {"train": [c["id"] for c in train], "val": [c["id"] for c in val]})
 
-    def new_model(self) -> AudioClassifier:
-        return AudioClassifier(self.config)
-
-    def train_module(self) -> nn.Module:
-        return LossOf(self.model)
-
-    def batch(self, step: int, start: int, count: int) -> dict[str, Tensor]:
+    def augment(self, waves: Tensor, lengths: Tensor, g: torch.Generator) -> Tensor:
+        """Augmented log-mels (B, 80, T) of windows (B, S): noise, frequency/tempo warp, SpecAugment, drawn from
+        ``g`` in that order."""
         d = self.r.data
-        idx = torch.tensor(self.order.rows(step, start, count, self.r.batch_size))
-        g = torch.Generator().manual_seed(self.r.seed * 1_000_003 + step * 4099 + start)
-        waves, lengths = self.train_w[idx], self.train_len[idx]
         waves = add_noise(waves, lengths, g, *_pair(d.noise_db, "noise_db"))
         freq, tempo = _pair(d.freq_warp, "freq_warp"), _pair(d.tempo, "tempo")
 
@@ -230,16 +282,102 @@ class AudioClassifyTask(Task):
 
         x = clip_features(waves, lengths, self.config.sample_rate, self.config.cmn,
                           augment=warp if (freq, tempo) != ((1.0, 1.0), (1.0, 1.0)) else None)  # (B, 80, T)
-        if d.spec_augment:
-            x = spec_augment(x, g)
+        return spec_augment(x, g) if d.spec_augment else x
+
+    def copy_features(self, clips: Sequence[int], copy: int) -> Tensor:
+        """Log-mels (n, 80, T) of training clips ``clips`` as feature-cache copy ``copy``: 0 = clean (what
+        evaluation and the pipeline compute), ≥ 1 = augmented by ``clip_generator(seed, copy, clip)``."""
+        idx = torch.tensor(list(clips), dtype=torch.long)
+        if copy == 0:
+            return clip_features(self.train_w[idx], self.train_len[idx], self.config.sample_rate, self.config.cmn)
+        return torch.cat([self.augment(self.train_w[i : i + 1], self.train_len[i : i + 1],
+                                       clip_generator(self.r.seed, copy, i)) for i in idx.tolist()])
+
+    @torch.no_grad()
+    def feature_cache(self, clip_ids: dict[str, list[str]], chunk: int = 64) -> tuple[Tensor, Tensor]:
+        """(copies, N, C) pooled vectors of the training clips and (N_val, C) of the clean validation clips, read
+        from the cache or computed (then written atomically); the wall time goes to ``OUT_DIR/feature_cache.json``."""
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        r, d = self.r, self.r.data
+        copies, n, n_val = d.feature_cache_copies, len(self.train_y), len(self.val_y)
+        spec = {"version": 1, "clips": clip_ids, "seed": r.seed, "copies": copies, "seconds": d.seconds,
+                "rate": self.config.sample_rate, "cmn": self.config.cmn, "noise_db": d.noise_db,
+                "freq_warp": d.freq_warp, "tempo": d.tempo, "spec_augment": d.spec_augment,
+                "synth": dataclasses.asdict(synth_settings(d)), "synth_seed": d.synth_seed,
+                "encoder": r.model.encoder, "encoder_sha256": weights_digest(self.model.encoder)}
+        tag = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        path = cache_dir() / "keywords" / f"features-{tag}.safetensors"
+        t0 = time.perf_counter()
+        train = val = None
+        if path.is_file():
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    train, val = f.get_tensor("train"), f.get_tensor("val")
+                    built = json.loads(f.metadata()["built"])
+                if train.shape[:2] != (copies, n) or val.shape[0] != n_val:
+                    train = val = None
+            except Exception:  # unreadable or truncated: compute it again
+                train = val = None
+        computed = train is None or val is None
+        if computed:
+            was = self.model.training
+            self.model.eval()
+            val = torch.cat([self.model.pooled(self.val_x[i : i + chunk]) for i in range(0, n_val, chunk)])
+            rows = []
+            for c in range(copies):
+                rows.append(torch.cat([self.model.pooled(self.copy_features(range(i, min(i + chunk, n)), c))
+                                       for i in range(0, n, chunk)]))
+                print(f"feature cache: copy {c + 1}/{copies} of {n} clips done at "
+                      f"{time.perf_counter() - t0:.0f} s", flush=True)
+            self.model.train(was)
+            train = torch.stack(rows)  # (copies, N, C)
+            built = {"seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads(),
+                     "encoder_forwards": copies * n + n_val}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+            save_file({"train": train.contiguous(), "val": val.contiguous()}, str(tmp),
+                      metadata={"spec": json.dumps(spec, sort_keys=True), "built": json.dumps(built)})
+            os.replace(tmp, path)
+        info = {"path": str(path), "computed_now": computed, "seconds_now": round(time.perf_counter() - t0, 1),
+                "built": built, "copies": copies, "clips": n, "val_clips": n_val}
+        print(f"feature cache {'computed' if computed else 'read'} in {info['seconds_now']} s: {path}", flush=True)
+        out = Path(r.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "feature_cache.json").write_text(json.dumps(info, indent=1) + "\n")
+        return train, val
+
+    def new_model(self) -> AudioClassifier:
+        return AudioClassifier(self.config)
+
+    def train_module(self) -> nn.Module:
+        return LossOf(self.model) if self.cache is None else HeadLoss(self.model)
+
+    def batch(self, step: int, start: int, count: int) -> dict[str, Tensor]:
+        idx = torch.tensor(self.order.rows(step, start, count, self.r.batch_size))
+        g = torch.Generator().manual_seed(self.r.seed * 1_000_003 + step * 4099 + start)
+        if self.cache is not None:  # a random cached copy per row, then dropout on the vector
+            x = self.cache[torch.randint(len(self.cache), (len(idx),), generator=g), idx]  # (B, C)
+            if p := self.r.data.feature_dropout:
+                x = x * (torch.rand(x.shape, generator=g) >= p) / (1 - p)
+            return {"features": x, "labels": self.train_y[idx]}
+        x = self.augment(self.train_w[idx], self.train_len[idx], g)  # (B, 80, T)
         return {"input_features": x, "labels": self.train_y[idx]}
 
     @torch.no_grad()
     def evaluate(self, limit: int | None, dtype: torch.dtype | None, loss_module: nn.Module | None,
                  ) -> dict[str, Any]:
         """Loss and accuracy on the first ``limit`` synthetic validation clips (all when None)."""
-        x, y = self.val_x[:limit], self.val_y[:limit]
-        probs = predict(self.model, x)
+        y = self.val_y[:limit]
+        if self.cache is None:
+            probs = predict(self.model, self.val_x[:limit])
+        else:  # the head on the cached clean vectors: what predict computes, without running the encoder again
+            was = self.model.training
+            self.model.eval()
+            dev = next(self.model.parameters()).device
+            probs = self.model.head(self.val_features[:limit].to(dev)).float().softmax(-1).cpu()
+            self.model.train(was)
         return {"val_loss": float(nn.functional.nll_loss(probs.clamp_min(1e-12).log(), y)),
                 "val_accuracy": float((probs.argmax(-1) == y).float().mean())}
 
@@ -283,11 +421,14 @@ class AudioClassifyTask(Task):
         confusion_png(cm, labels, out / "confusion.png",
                       f"Voice commands ({kind}), trained on synthetic speech\nreal Asterisk recordings: "
                       f"{100 * res['accuracy']:.1f}% of {len(test)}")
+        cache_info = checkpoint.parent.parent / "feature_cache.json"  # RUN/checkpoints/step_N → RUN
+        if cache_info.is_file():
+            res["feature_cache"] = json.loads(cache_info.read_text())
         res["confusion_matrix"] = cm
         res["labels"] = list(labels)
         res["pictures"] = ["confusion.png"]
         return res
 
 
-__all__ = ["AudioClassifyTask", "AudioDataSpec", "AudioModelSpec", "linear_baselines", "predict",
-           "summary_features"]
+__all__ = ["AudioClassifyTask", "AudioDataSpec", "AudioModelSpec", "HeadLoss", "clip_generator", "linear_baselines",
+           "predict", "summary_features", "weights_digest"]
