@@ -11,12 +11,18 @@ kind overrides the batch and the loss, never the loop):
 * ``evaluate(limit, dtype, loss_module)`` — validation metrics (``val_loss`` among them); ``limit=None`` is the
   full evaluation at the end of a run.
 
-Registered tasks: ``lm`` (``tasks/lm.py``), ``multimodal`` (``tasks/multimodal.py``), ``contrastive``
-(``tasks/contrastive.py``).
-``audio-classify`` (``tasks/audio_classify.py``): voice commands trained on synthetic speech.
-``detect`` (``tasks/detect.py``): object detection as tokens (Pix2Seq) on composed scenes.
-``llava`` (``tasks/llava.py``): image captions and questions from pretrained parts (MobileNetV2 + SmolLM2) or scratch.
-``asr-whisper`` (``tasks/whisper_finetune.py``): Whisper tiny.en fine-tuned on synthesized speech, scored on real.
+Registered tasks (``TASKS``; each module's docstring says what it trains and how it is scored):
+
+* language: ``lm`` (causal LM), ``sft`` (chat fine-tuning), ``classify`` (sequence classification),
+  ``seq2seq`` (summarization, translation);
+* vision: ``image-classify`` (ViT from scratch, MobileNetV2 fine-tuned), ``igpt`` (class-conditional image
+  generation), ``detect`` (Pix2Seq: boxes as tokens on composed scenes);
+* speech: ``asr-whisper`` (Whisper tiny.en fine-tuned on synthesized speech), ``audio-classify`` (voice commands);
+* multimodal: ``multimodal`` (the from-scratch ``MultimodalGPT``), ``contrastive`` (CLIP-style), ``llava``
+  (MobileNetV2 + SmolLM2-135M-Instruct, or from scratch).
+
+``omnigpt eval RUN`` calls the task's ``evaluate_run`` (metrics on held-out test data, baselines measured in the
+same call, pictures).
 """
 
 from __future__ import annotations
