@@ -188,7 +188,7 @@ def evaluate_captions_run(checkpoint: Path, out: Path, limit: int | None = None)
         "nearest_neighbour_caption": {"train_images": len(bank), **caption_scores(nn_caps, refs),
                                       "seconds": round(time.perf_counter() - t0, 1)},
         "blind": ranked["blind"], "chance": ranked["chance"]}
-    rows = [{"image": str(Path(c["images"][0]).relative_to(Path(c["images"][0]).parents[2])), "caption": r,
+    rows = [{"image": str(c["images"][0]), "caption": r,
              "omnigpt": a, "nearest neighbour": n} for c, r, a, n in zip(items, refs, answers, nn_caps, strict=True)]
     figures.sample_table(pick(rows, 30), out / "samples.md")
     return result
