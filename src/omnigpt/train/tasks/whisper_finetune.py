@@ -49,7 +49,15 @@ from omnigpt.checkpoints.ctranslate2 import load_tokenizer, load_whisper
 from omnigpt.checkpoints.state import load_model
 from omnigpt.data.speech import add_noise
 from omnigpt.data.speech_sources import normalize_transcript
-from omnigpt.generate.whisper import SpecialTokens, greedy_decode, load_waveform, log_mel, pad_or_trim, token_cap
+from omnigpt.generate.whisper import (
+    SpecialTokens,
+    greedy_decode,
+    load_waveform,
+    log_mel,
+    pad_or_trim,
+    token_cap,
+    transcribe,
+)
 from omnigpt.models.whisper import Whisper, WhisperConfig
 from omnigpt.train.metrics import word_error_rate
 from omnigpt.train.recipe import RecipeError
@@ -444,17 +452,23 @@ def evaluate_models(models: dict[str, tuple[Whisper, Any]], limit: int | None = 
     rows = []
     for set_name, records in sets.items():
         for r in records:
-            mel = clip_mel(r["audio"])[None]  # (1, 80, 3000)
+            wave = load_waveform(r["audio"])
+            long = wave.numel() >= 30 * 16000  # more than one window: transcribe it whole, model by model
             t0 = time.perf_counter()
-            with torch.no_grad():
-                base = first.encode(mel)
+            if not long:
+                with torch.no_grad():
+                    base = first.encode(clip_mel(wave)[None])  # (1, 1500, C)
             t_enc = time.perf_counter() - t0
             row = {"set": set_name, "id": r["id"], "ref": r["text"]}
             for n, (m, tok) in models.items():
                 t0 = time.perf_counter()
-                with torch.no_grad():
-                    feats = base if shared[n] else m.encode(mel)
-                row[n] = text = transcribe_window(m, tok, feats).strip()
+                if long:
+                    text = transcribe(m, tok, wave).text
+                else:
+                    with torch.no_grad():
+                        feats = base if shared[n] else m.encode(clip_mel(wave)[None])
+                    text = transcribe_window(m, tok, feats)
+                row[n] = text = text.strip()
                 seconds[n] += time.perf_counter() - t0 + t_enc
                 hyps[n][set_name].append(text)
             rows.append(row)
