@@ -11,14 +11,14 @@ token-for-token identical.
 
 Normalisations, applied to reference and hypothesis alike:
 * ``basic``: lower case, bracketed notes dropped, "." removed, every other character outside [a-z0-9'] → space
-  (``data.speech_sources.normalize_transcript``);
+  (``text.normalize.normalize_basic``);
 * ``numbers``: ``basic``, then each digit string spelled out as an English cardinal ("50" → "fifty", "1234" →
   "one thousand two hundred thirty four", "28.8" → "twenty eight point eight") and "%" → "percent", so "dial 2"
-  and "dial two" agree.
+  and "dial two" agree (``text.normalize.normalize_numbers``).
 * ``english``: ``numbers`` plus ordinals ("21st" → "twenty first"), "$5" → "five dollars", "1,000" → "1000", OpenAI
   Whisper's English rules for notes in parentheses (dropped: the silence clips' "(2 seconds of silence)"), fillers
   and contractions ("i'm" → "i am"), and a few spelling pairs ("okay"/"ok", "e-mail"/"email") —
-  ``train.tasks.whisper_finetune.normalize_english``, what ``omnigpt eval`` reports for ``asr-whisper`` runs.
+  ``text.normalize.normalize_english``, what ``omnigpt eval`` reports for ``asr-whisper`` runs.
 
 References are the Asterisk lines as transcribed (``raw``: "28.8", "(1 second of silence)"), so every normaliser
 reads the same text (``basic`` of them is the stored normalised ``text``).
@@ -38,52 +38,16 @@ decoding (PyAV's resampler), clip set or normaliser must differ.
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 
 import torch
 
 from omnigpt.checkpoints.ctranslate2 import load_whisper, whisper_dir
-from omnigpt.data.speech_sources import asterisk_prompts, normalize_transcript
 from omnigpt.generate.whisper import load_waveform, transcribe
+from omnigpt.text.normalize import normalize_basic, normalize_english, normalize_numbers
 from omnigpt.train.metrics import word_error_rate
-from omnigpt.train.tasks.whisper_finetune import load_run, normalize_english
-
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
-ASTERISK_SUBSETS = ("", "dictate", "digits", "followme", "letters", "phonetic", "silence")
-_ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
-_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
-
-
-def cardinal(n: int) -> str:
-    """English words for 0 ≤ n < 10^12 (no "and")."""
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
-    for size, word in ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred")):
-        if n >= size:
-            rest = n % size
-            return f"{cardinal(n // size)} {word}" + ("" if rest == 0 else " " + cardinal(rest))
-    raise AssertionError(n)
-
-
-def normalize_numbers(text: str) -> str:
-    text = re.sub(r"(\d)\.(\d)", r"\1 point \2", text.replace("%", " percent"))  # before "." is dropped
-    text = normalize_transcript(text)
-    return re.sub(r"\d+", lambda m: " " + cardinal(int(m.group())) + " ", text).strip().replace("  ", " ")
-
-
-def librivox() -> list[dict[str, str]]:
-    out = []
-    for line in (LIBRIVOX / "transcription").read_text().splitlines():
-        m = re.match(r"<s>(.*)</s> \((.*)\)", line.strip())
-        if m:
-            out.append({"id": f"librivox/{m.group(2)}", "audio": str(LIBRIVOX / f"{m.group(2)}.wav"),
-                        "text": m.group(1).strip()})
-    return out
+from omnigpt.train.tasks.whisper_finetune import load_run, real_recordings
 
 
 def main() -> None:
@@ -100,7 +64,7 @@ def main() -> None:
     runs = {Path(r).name: load_run(r) for r in args.run}
     fw = WhisperModel(str(whisper_dir("whisper-tiny.en")), device="cpu", compute_type="default",
                       cpu_threads=args.threads)
-    sets = {"asterisk": asterisk_prompts(ASTERISK_SUBSETS)[: args.limit or None], "librivox": librivox()}
+    sets = real_recordings(args.limit or None)
     for name, records in sets.items():
         refs, ours, theirs = [], [], []
         extra: dict[str, list[str]] = {name: [] for name in runs}
@@ -120,12 +84,12 @@ def main() -> None:
             same += [s.tokens for s in mine.segments] == [s.tokens for s in segments]
             for run_name, (run_model, run_tok) in runs.items():
                 extra[run_name].append(transcribe(run_model, run_tok, audio, beam_size=args.beam_size).text)
-            refs.append(r.get("raw", r["text"]))  # Asterisk: the line as transcribed ("28.8", "(1 second ...)")
+            refs.append(r["text"])  # as transcribed: Asterisk's raw line ("28.8", "(1 second of silence)")
             ours.append(mine.text)
             theirs.append("".join(s.text for s in segments))
         print(f"\n{name}: {len(records)} clips, {seconds / 60:.1f} min of audio, {args.threads} threads, "
               f"beam {args.beam_size}; identical token ids {same}/{len(records)}")
-        for label, norm in (("basic", normalize_transcript), ("numbers", normalize_numbers),
+        for label, norm in (("basic", normalize_basic), ("numbers", normalize_numbers),
                             ("english", normalize_english)):
             ref = [norm(x) for x in refs]
 

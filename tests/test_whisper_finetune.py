@@ -20,19 +20,17 @@ import torch
 from omnigpt.checkpoints.ctranslate2 import load_whisper
 from omnigpt.generate.whisper import SpecialTokens, transcribe
 from omnigpt.models.whisper import Whisper, WhisperConfig
+from omnigpt.text.normalize import cardinal, normalize_basic, normalize_english, normalize_numbers
 from omnigpt.train.metrics import word_error_rate
 from omnigpt.train.recipe import RecipeError
 from omnigpt.train.tasks import load_recipe
 from omnigpt.train.tasks.whisper_finetune import (
     WhisperDataSpec,
     WhisperLoss,
-    cardinal,
     clip_mel,
     decoder_logits,
     example_ids,
     load_run,
-    normalize_basic,
-    normalize_english,
     prepare_clips,
     transcribe_window,
 )
@@ -82,6 +80,7 @@ def test_normalisers_and_wer_match_jiwer():
     assert normalize_english("I'm sorry, that's not valid. Um, can't you?") == \
         "i am sorry that is not valid can not you"
     assert cardinal(1234) == "one thousand two hundred thirty four" and cardinal(90) == "ninety"
+    assert normalize_numbers("Dial 2, then 28.8%.") == "dial two then twenty eight point eight percent"
 
 
 def test_decoder_logits_equal_the_cached_forward_and_labels_skip_the_prompt():

@@ -37,6 +37,7 @@ from omnigpt.data.formats import (
     write_conversations,
     write_jsonl,
 )
+from omnigpt.text.normalize import normalize_transcript
 
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 ASTERISK_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
@@ -46,15 +47,6 @@ ESPEAK_VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbcl
 ESPEAK_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2",
                    "klatt3", "klatt4", "Annie", "Andy", "linda", "steph", "robert")
 FLITE_VOICES = ("slt", "rms", "awb", "kal16", "kal")
-
-
-
-
-def normalize_transcript(text: str) -> str:
-    """Lower case, words only: "A.M." → "am", "Call-Forward" → "call forward", bracketed notes dropped."""
-    text = re.sub(r"\[[^\]]*\]", " ", text).lower().replace(".", "")
-    text = re.sub(r"[^a-z0-9' ]+", " ", text)
-    return " ".join(text.split())
 
 
 def asterisk_prompts(subsets: Sequence[str] = ("digits", "letters")) -> list[dict[str, Any]]:

@@ -23,10 +23,11 @@ the encoder trained, every step encodes (B, 80, 3000) mels.
 
 Evaluation (``omnigpt eval RUN``): greedy decoding with faster-whisper's rules (``generate.whisper``) on the 563
 Asterisk prompts (Debian ``asterisk-core-sounds-en-wav``, 8 kHz, one speaker) and the 5 LibriVox clips (Debian
-``pocketsphinx-testdata``); corpus WER under two normalisers (``NORMALIZERS``): ``basic`` (faster-whisper's
-report: lower case, punctuation stripped, digits as written) and ``english`` (``basic`` plus spelled-out numbers
-and a few spelling variants). Baseline, measured in the same call: the un-fine-tuned ``whisper-tiny.en``. When the
-run's encoder equals the baseline's (a frozen encoder), each clip is encoded once for both.
+``pocketsphinx-testdata``); corpus WER under two normalisers (``text.normalize.NORMALIZERS``): ``basic``
+(faster-whisper's report: lower case, punctuation stripped, digits as written) and ``english`` (``basic`` plus
+spelled-out numbers, Whisper's English rules and a few spelling variants). Baseline, measured in the same call:
+the un-fine-tuned ``whisper-tiny.en``. When the run's encoder equals the baseline's (a frozen encoder), each clip is
+encoded once for both.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ from torch import Tensor, nn
 from omnigpt.checkpoints.ctranslate2 import load_tokenizer, load_whisper
 from omnigpt.checkpoints.state import load_model
 from omnigpt.data.speech import add_noise
-from omnigpt.data.speech_sources import normalize_transcript
 from omnigpt.generate.whisper import (
     SpecialTokens,
     greedy_decode,
@@ -59,6 +59,7 @@ from omnigpt.generate.whisper import (
     transcribe,
 )
 from omnigpt.models.whisper import Whisper, WhisperConfig
+from omnigpt.text.normalize import NORMALIZERS, normalize_basic, normalize_english
 from omnigpt.train.metrics import word_error_rate
 from omnigpt.train.recipe import RecipeError
 from omnigpt.train.tasks.base import EpochOrder, Task, check_stage_modules
@@ -66,81 +67,6 @@ from omnigpt.train.tasks.base import EpochOrder, Task, check_stage_modules
 ASTERISK_SUBSETS = ("", "dictate", "digits", "followme", "letters", "phonetic", "silence")  # all 563 prompts
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 SENTENCE = re.compile(r"[A-Z][A-Za-z ,'-]*[a-z][.?!]")  # a whole sentence of letters, no digits or brackets
-
-
-# ------------------------------------------------------------------------------------------------------------
-# WER normalisers (applied to reference and hypothesis alike)
-
-_ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
-_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
-_ORDINAL = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth", "nine": "ninth",
-            "twelve": "twelfth"}
-
-
-def cardinal(n: int) -> str:
-    """English words for 0 <= n < 10^12, without "and": 1234 → "one thousand two hundred thirty four"."""
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
-    for size, word in ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred")):
-        if n >= size:
-            rest = n % size
-            return f"{cardinal(n // size)} {word}" + ("" if rest == 0 else " " + cardinal(rest))
-    raise ValueError(f"cardinal: {n} is out of range")
-
-
-def ordinal(n: int) -> str:
-    """21 → "twenty first": the last word of the cardinal made ordinal."""
-    *head, last = cardinal(n).split()
-    last = _ORDINAL.get(last) or (last[:-1] + "ieth" if last.endswith("y") else last + "th")
-    return " ".join([*head, last])
-
-
-def normalize_basic(text: str) -> str:
-    """basic: lower case, punctuation stripped, digits as written (faster-whisper's reported setting)."""
-    return normalize_transcript(text)
-
-
-# Spellings that differ between the Asterisk transcripts and Whisper for the same spoken words (matched on whole
-# words after basic normalisation). Each pair says the same thing, so neither side is favoured.
-SPELLINGS = {"okay": "ok", "e mail": "email", "voice mail": "voicemail", "log in": "login", "dial tone": "dialtone"}
-
-
-# OpenAI Whisper's EnglishTextNormalizer (openai-whisper 20250625, whisper/normalizers/english.py): its fillers and
-# its common and general contraction rules, in its order.
-FILLERS = re.compile(r"\b(hmm|mm|mhm|mmm|uh|um)\b")
-CONTRACTIONS = ((r"\bwon't\b", "will not"), (r"\bcan't\b", "can not"), (r"\blet's\b", "let us"),
-                (r"\bain't\b", "aint"), (r"\by'all\b", "you all"), (r"\bma'am\b", "madam"),
-                (r"'d been\b", " had been"), (r"'s been\b", " has been"), (r"'d gone\b", " had gone"),
-                (r"'s gone\b", " has gone"), (r"'d done\b", " had done"), (r"'s got\b", " has got"),
-                (r"n't\b", " not"), (r"'re\b", " are"), (r"'s\b", " is"), (r"'d\b", " would"), (r"'ll\b", " will"),
-                (r"'t\b", " not"), (r"'ve\b", " have"), (r"'m\b", " am"))
-
-
-def normalize_english(text: str) -> str:
-    """english: basic plus OpenAI Whisper's English rules for notes (parenthesised ones dropped like bracketed ones:
-    "(2 seconds of silence)"), fillers (um, uh) and contractions ("i'm" → "i am", "can't" → "can not"); numbers
-    spelled out as words ("2" → "two", "1st" → "first", "28.8" → "twenty eight point eight", "%" → "percent",
-    "$5" → "five dollars"; OpenAI turns words into digits instead) and the spelling pairs of SPELLINGS unified."""
-    text = re.sub(r"\([^)]*\)", " ", text).replace("%", " percent")
-    text = re.sub(r"\$(\d+)", r"\1 dollars", text)
-    text = re.sub(r"(\d),(\d{3})\b", r"\1\2", text)  # 1,000 → 1000
-    text = re.sub(r"(\d)\.(\d)", r"\1 point \2", text)  # before basic drops the "."
-    text = normalize_basic(text)
-    text = re.sub(r"\b(\d+)(st|nd|rd|th)\b", lambda m: " " + ordinal(int(m.group(1))) + " ", text)
-    text = re.sub(r"\d+", lambda m: " " + cardinal(int(m.group())) + " ", text)
-    text = FILLERS.sub(" ", text)
-    for pattern, replacement in CONTRACTIONS:
-        text = re.sub(pattern, replacement, text)
-    text = " " + " ".join(text.split()) + " "
-    for a, b in SPELLINGS.items():
-        text = text.replace(f" {a} ", f" {b} ")
-    return " ".join(text.split())
-
-
-NORMALIZERS = {"basic": normalize_basic, "english": normalize_english}
 
 
 # ------------------------------------------------------------------------------------------------------------
