@@ -298,7 +298,9 @@ def test_train_and_eval_end_to_end(tmp_path, monkeypatch):
     res = json.loads((run / "eval.json").read_text())
     assert res["task"] == "audio-classify" and res["n"] == 3 and res["labels"] == list(WORDS)
     assert 0 <= res["accuracy"] <= 1 and len(res["failures"]) == round(3 * (1 - res["accuracy"]))
-    assert set(res["baselines"]) == {"majority_class", "logmel_logreg", "mfcc_logreg"}
+    assert set(res["baselines"]) == {"majority_class", "logmel_logreg", "mfcc_logreg", "whisper_vocabulary"}
+    # Pretrained Whisper held to the three words ("0", "One." ... all count) hears every real recording right.
+    assert res["baselines"]["whisper_vocabulary"]["accuracy"] == 1.0
     assert res["baselines"]["majority_class"]["accuracy"] == pytest.approx(1 / 3, abs=1e-3)
     assert sum(map(sum, res["confusion_matrix"])) == 3
     assert (run / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -82,6 +82,18 @@ def vocabulary(words: str | Sequence[str]) -> tuple[str, ...]:
     return out
 
 
+def spellings(word: str) -> list[str]:
+    """How a transcriber may write ``word`` alone: "seven" → "seven", "Seven.", "7", "7." …; "b" → "B", "B.", "B!" …
+    (for scoring a closed vocabulary with a speech recogniser)."""
+    out = {word, word.capitalize(), word + ".", word.capitalize() + "."}
+    if word in DIGITS:
+        out |= {str(DIGITS.index(word)), f"{DIGITS.index(word)}."}
+    if len(word) == 1:
+        out |= {word.upper(), word.upper() + ".", word.upper() + "!"}
+    out |= {"star": {"*"}, "pound": {"#"}}.get(word, set())
+    return sorted(out)
+
+
 def real_clips(words: Sequence[str]) -> list[dict[str, Any]]:
     """The Asterisk recordings of ``words``: every prompt whose normalised transcript is exactly one of them, as
     ``{"id", "audio", "label"}`` sorted by label order then id. A word with no recording is an error."""
@@ -175,5 +187,5 @@ def under_asterisk(path: str | Path) -> bool:
 
 
 __all__ = ["ASTERISK_FOLDERS", "COMMAND_WORDS", "DIGITS", "LETTERS", "SILENCE_PEAK", "VOCABULARIES", "SynthSettings",
-           "clip_features", "read_clips", "real_clips", "spoken_form", "synthetic_clips", "under_asterisk",
+           "clip_features", "read_clips", "real_clips", "spellings", "spoken_form", "synthetic_clips", "under_asterisk",
            "vocabulary"]

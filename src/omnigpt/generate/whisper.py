@@ -148,6 +148,29 @@ def token_cap(model: Whisper, prompt_len: int, limit: int | None = None) -> int:
 
 
 @torch.no_grad()
+def transcript_logprobs(model: Whisper, audio_features: Tensor, prompt: Sequence[int],
+                        candidates: Sequence[Sequence[int]], eot: int) -> Tensor:
+    """log P(candidate + <|endoftext|> | audio, prompt) for each candidate token list (K,): decoding constrained to
+    a closed vocabulary. ``audio_features`` is one clip's encoder output (1, S, C); its keys and values are
+    projected once and shared by the K teacher-forced sequences."""
+    dec, L = model.decoder, len(prompt)
+    seqs = [[*prompt, *c, eot] for c in candidates]
+    T = max(map(len, seqs))
+    tokens = torch.full((len(seqs), T), eot, device=audio_features.device)  # (K, T)
+    for k, seq in enumerate(seqs):
+        tokens[k, : len(seq)] = torch.tensor(seq)
+    q_pos = torch.arange(T, device=tokens.device)
+    x = dec.wte(tokens) + dec.wpe(q_pos)[None]  # (K, T, C)
+    for block in dec.h:
+        k_, v_ = block.xattn.project_kv(audio_features)  # (1, nh, S, hs) each
+        x = block(x, q_pos, None, (k_.expand(len(seqs), -1, -1, -1), v_.expand(len(seqs), -1, -1, -1)))
+    logp = F.linear(dec.ln_f(x), dec.wte.weight).float().log_softmax(-1)  # (K, T, V)
+    picked = logp[:, L - 1 : -1].gather(-1, tokens[:, L:, None])[..., 0]  # (K, T - L): each next token
+    scored = torch.arange(L, T, device=tokens.device)[None] < torch.tensor([len(q) for q in seqs])[:, None]
+    return (picked * scored).sum(-1)
+
+
+@torch.no_grad()
 def greedy_decode(model: Whisper, audio_features: Tensor, prompt: Sequence[int], specials: SpecialTokens,
                   suppress: Sequence[int], suppress_begin: Sequence[int],
                   max_length: int | None = None) -> DecodeResult:
@@ -331,4 +354,5 @@ def transcribe(model: Whisper, tokenizer: Any, audio: str | Path | np.ndarray | 
 
 
 __all__ = ["DecodeResult", "Segment", "SpecialTokens", "Transcription", "beam_decode", "detect_language",
-           "greedy_decode", "load_waveform", "log_mel", "pad_or_trim", "token_cap", "transcribe"]
+           "greedy_decode", "load_waveform", "log_mel", "pad_or_trim", "token_cap", "transcribe",
+           "transcript_logprobs"]

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -49,7 +50,15 @@ from torch import Tensor, nn
 from omnigpt.checkpoints.assets import cache_dir
 from omnigpt.checkpoints.state import load_model
 from omnigpt.data.batches import spec_augment
-from omnigpt.data.keywords import SynthSettings, clip_features, read_clips, real_clips, synthetic_clips, vocabulary
+from omnigpt.data.keywords import (
+    SynthSettings,
+    clip_features,
+    read_clips,
+    real_clips,
+    spellings,
+    synthetic_clips,
+    vocabulary,
+)
 from omnigpt.data.speech import add_noise, warp_features
 from omnigpt.models.audio import AudioConfig
 from omnigpt.models.audio_classifier import AudioClassifier, AudioClassifierConfig
@@ -179,6 +188,38 @@ def linear_baselines(train_x: Tensor, train_y: list[str], test_x: Tensor, test_y
         out[f"{kind}_logreg"] = {**rounded(classification_scores(pred, test_y, labels)),
                                  "seconds": round(time.perf_counter() - t0, 1)}
     return out
+
+
+def whisper_vocabulary(clips: list[dict[str, Any]], labels: Sequence[str], name: str = "whisper-tiny.en",
+                       ) -> dict[str, Any]:
+    """Zero-shot baseline: pretrained Whisper constrained to the vocabulary. Each clip's label is the word whose
+    best spelling (``keywords.spellings``) has the highest log P(transcript | audio) under Whisper's prompt; no
+    training, no synthetic data."""
+    from omnigpt.checkpoints.ctranslate2 import load_whisper
+    from omnigpt.generate.whisper import SpecialTokens, transcript_logprobs
+    from omnigpt.train.metrics import classification_scores
+    from omnigpt.train.tasks.whisper_finetune import clip_mel, prompt_ids
+
+    t0 = time.perf_counter()
+    model, tok = load_whisper(name)
+    specials = SpecialTokens.from_tokenizer(tok, model.config.lang_ids if model.config.is_multilingual else ())
+    prompt = prompt_ids(specials, model.config.is_multilingual)
+    owner, candidates = [], []
+    for i, word in enumerate(labels):
+        for text in spellings(word):
+            owner.append(i)
+            candidates.append(tok.encode(" " + text, add_special_tokens=False).ids)
+    owner_t = torch.tensor(owner)
+    pred = []
+    for clip in clips:
+        with torch.no_grad():
+            logp = transcript_logprobs(model, model.encode(clip_mel(clip["audio"])[None]), prompt, candidates,
+                                       specials.eot)  # (K,)
+        best = torch.full((len(labels),), -math.inf).scatter_reduce(0, owner_t, logp, "amax")
+        pred.append(labels[int(best.argmax())])
+    scores = classification_scores(pred, [c["label"] for c in clips], labels)
+    return {**{k: round(v, 4) for k, v in scores.items()}, "seconds": round(time.perf_counter() - t0, 1),
+            "what": f"pretrained {name} scoring each word's spellings (zero-shot, closed vocabulary)"}
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -415,6 +456,7 @@ class AudioClassifyTask(Task):
         tw, tn = load_windows(train, cfg)
         res["baselines"] = linear_baselines(clip_features(tw, tn, cfg.sample_rate, True), [c["label"] for c in train],
                                             clip_features(w, n, cfg.sample_rate, True), truth, labels)
+        res["baselines"]["whisper_vocabulary"] = whisper_vocabulary(test, labels)
         out.mkdir(parents=True, exist_ok=True)
         cm = confusion(pred, truth, labels)
         kind = f"frozen {cfg.pretrained} encoder + head" if cfg.pretrained else "from scratch"
@@ -431,4 +473,4 @@ class AudioClassifyTask(Task):
 
 
 __all__ = ["AudioClassifyTask", "AudioDataSpec", "AudioModelSpec", "HeadLoss", "clip_generator", "linear_baselines",
-           "predict", "summary_features", "weights_digest"]
+           "predict", "summary_features", "weights_digest", "whisper_vocabulary"]
