@@ -83,6 +83,24 @@ def test_normalisers_and_wer_match_jiwer():
     assert normalize_numbers("Dial 2, then 28.8%.") == "dial two then twenty eight point eight percent"
 
 
+def test_transcript_logprobs_equal_the_teacher_forced_sums():
+    """Closed-vocabulary scoring (shared cross-attention keys, padded candidates) == each candidate's own
+    teacher-forced log-likelihood of its tokens and <|endoftext|>."""
+    from omnigpt.generate.whisper import transcript_logprobs
+
+    torch.manual_seed(0)
+    model = Whisper(WhisperConfig.from_name("whisper-tiny-test")).eval()
+    feats = model.encode(torch.randn(1, 80, 3000))
+    prompt, eot, cands = [50257, 50362], 50256, [[11], [400, 7, 99], [5, 6]]
+    with torch.no_grad():
+        got = transcript_logprobs(model, feats, prompt, cands, eot)
+        for k, c in enumerate(cands):
+            seq = torch.tensor([[*prompt, *c, eot]])
+            logp = decoder_logits(model, feats, seq[:, :-1]).log_softmax(-1)[0, len(prompt) - 1:]
+            want = logp.gather(-1, seq[0, len(prompt):, None]).sum()
+            assert got[k] == pytest.approx(float(want), abs=1e-4)
+
+
 def test_decoder_logits_equal_the_cached_forward_and_labels_skip_the_prompt():
     torch.manual_seed(0)
     model = Whisper(WhisperConfig.from_name("whisper-tiny-test")).eval()
