@@ -109,15 +109,18 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> b
 @contextmanager
 def slowed(model: torch.nn.Module, seconds: float) -> Iterator[None]:
     """Make every forward of ``model`` take at least ``seconds`` longer, so a generation reliably outlasts the
-    client actions a test times against it (hang up, fill the queue, press Stop) on a fast machine too."""
-    forward = model.forward
+    client actions a test times against it (hang up, fill the queue, press Stop) on a fast machine too. A GPT's
+    backbone (``model.transformer``) is what decoding calls (``generate.decode._last_logits`` skips ``forward``),
+    so that is the module slowed when there is one."""
+    target = getattr(model, "transformer", model)
+    forward = target.forward
 
     def slow_forward(*args: Any, **kwargs: Any) -> Any:
         time.sleep(seconds)
         return forward(*args, **kwargs)
 
-    model.forward = slow_forward  # type: ignore[method-assign]
+    target.forward = slow_forward  # type: ignore[method-assign]
     try:
         yield
     finally:
-        del model.forward  # back to the class's forward
+        del target.forward  # back to the class's forward
