@@ -47,7 +47,8 @@ from omnigpt.checkpoints.ctranslate2 import load_whisper, whisper_dir
 from omnigpt.generate.whisper import load_waveform, transcribe
 from omnigpt.text.normalize import normalize_basic, normalize_english, normalize_numbers
 from omnigpt.train.metrics import word_error_rate
-from omnigpt.train.tasks.whisper_finetune import load_run, real_recordings
+from omnigpt.train.tasks.whisper_eval import real_recordings
+from omnigpt.train.tasks.whisper_finetune import load_run
 
 
 def main() -> None:

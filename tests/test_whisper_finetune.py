@@ -18,22 +18,14 @@ import soundfile as sf
 import torch
 
 from omnigpt.checkpoints.ctranslate2 import load_whisper
-from omnigpt.generate.whisper import SpecialTokens, transcribe
+from omnigpt.generate.whisper import SpecialTokens, clip_mel, decoder_logits, transcribe
 from omnigpt.models.whisper import Whisper, WhisperConfig
 from omnigpt.text.normalize import cardinal, normalize_basic, normalize_english, normalize_numbers
 from omnigpt.train.metrics import word_error_rate
 from omnigpt.train.recipe import RecipeError
 from omnigpt.train.tasks import load_recipe
-from omnigpt.train.tasks.whisper_finetune import (
-    WhisperDataSpec,
-    WhisperLoss,
-    clip_mel,
-    decoder_logits,
-    example_ids,
-    load_run,
-    prepare_clips,
-    transcribe_window,
-)
+from omnigpt.train.tasks.whisper_eval import transcribe_window
+from omnigpt.train.tasks.whisper_finetune import WhisperDataSpec, WhisperLoss, example_ids, load_run, prepare_clips
 from omnigpt.train.trainer import train
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")

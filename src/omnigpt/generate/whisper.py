@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from omnigpt.data.speech import add_noise
 from omnigpt.models.whisper import DecoderState, Whisper
 from omnigpt.text.processors import load_audio, log_mel_spectrogram, resample
 
@@ -147,25 +148,54 @@ def token_cap(model: Whisper, prompt_len: int, limit: int | None = None) -> int:
     return min(total // 2, total - (prompt_len - 1))
 
 
+def transcript_prompt(specials: SpecialTokens, multilingual: bool) -> list[int]:
+    """Whisper's start of a transcript without timestamps (what ``transcribe`` feeds before the first text token)."""
+    lang = [specials.languages["en"], specials.transcribe] if multilingual else []
+    return [specials.sot, *lang, specials.no_timestamps]
+
+
+def clip_mel(audio: str | Path | Tensor, n_mels: int = 80, noise: tuple[float, float, int] | None = None) -> Tensor:
+    """(n_mels, 3000): the window ``transcribe`` gives the model for a clip under 30 s (log-mel with 160 zeros
+    appended, last frame dropped, zero-padded). ``noise`` = (low dB, high dB, seed): white noise under the peak."""
+    wave = load_waveform(audio)  # a missing, empty or corrupt file raises, naming it
+    if not bool(wave.any()):
+        raise ValueError(f"{audio if isinstance(audio, str | Path) else 'waveform'}: silent clip (every sample is 0)")
+    if noise is not None:
+        gen = torch.Generator().manual_seed(noise[2])
+        wave = add_noise(wave[None], torch.tensor([wave.numel()]), gen, noise[0], noise[1])[0]
+    mel = log_mel(wave, n_mels)
+    if mel.shape[1] - 1 > WINDOW_FRAMES:
+        raise ValueError(f"{audio}: longer than 30 s; training clips must fit one window")
+    return pad_or_trim(mel[:, :-1])
+
+
+def decoder_logits(model: Whisper, audio_features: Tensor, tokens: Tensor) -> Tensor:
+    """Teacher-forced logits (B, T, V) of ``tokens`` (B, T) given encoder output (B, S, C), or (1, S, C) shared by
+    every row (its keys and values projected once): the decoder of ``models.whisper`` without its KV cache (plain
+    causal self-attention), so the whole sequence backpropagates."""
+    dec, B = model.decoder, tokens.shape[0]
+    q_pos = torch.arange(tokens.shape[1], device=tokens.device)  # (T,)
+    x = dec.wte(tokens) + dec.wpe(q_pos)[None]  # (B, T, C)
+    for block in dec.h:
+        k, v = block.xattn.project_kv(audio_features)  # (B or 1, nh, S, hs) each
+        x = block(x, q_pos, None, (k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)))
+    return F.linear(dec.ln_f(x), dec.wte.weight)  # (B, T, V): the tied output projection
+
+
 @torch.no_grad()
 def transcript_logprobs(model: Whisper, audio_features: Tensor, prompt: Sequence[int],
                         candidates: Sequence[Sequence[int]], eot: int) -> Tensor:
     """log P(candidate + <|endoftext|> | audio, prompt) for each candidate token list (K,): decoding constrained to
-    a closed vocabulary. ``audio_features`` is one clip's encoder output (1, S, C); its keys and values are
-    projected once and shared by the K teacher-forced sequences."""
-    dec, L = model.decoder, len(prompt)
+    a closed vocabulary. ``audio_features`` is one clip's encoder output (1, S, C), shared by the K teacher-forced
+    sequences."""
+    L = len(prompt)
     seqs = [[*prompt, *c, eot] for c in candidates]
     T = max(map(len, seqs))
-    tokens = torch.full((len(seqs), T), eot, device=audio_features.device)  # (K, T)
+    tokens = torch.full((len(seqs), T), eot, device=audio_features.device)  # (K, T), padded with eot
     for k, seq in enumerate(seqs):
         tokens[k, : len(seq)] = torch.tensor(seq)
-    q_pos = torch.arange(T, device=tokens.device)
-    x = dec.wte(tokens) + dec.wpe(q_pos)[None]  # (K, T, C)
-    for block in dec.h:
-        k_, v_ = block.xattn.project_kv(audio_features)  # (1, nh, S, hs) each
-        x = block(x, q_pos, None, (k_.expand(len(seqs), -1, -1, -1), v_.expand(len(seqs), -1, -1, -1)))
-    logp = F.linear(dec.ln_f(x), dec.wte.weight).float().log_softmax(-1)  # (K, T, V)
-    picked = logp[:, L - 1 : -1].gather(-1, tokens[:, L:, None])[..., 0]  # (K, T - L): each next token
+    logp = decoder_logits(model, audio_features, tokens[:, :-1]).float().log_softmax(-1)  # (K, T - 1, V)
+    picked = logp[:, L - 1 :].gather(-1, tokens[:, L:, None])[..., 0]  # (K, T - L): each next token
     scored = torch.arange(L, T, device=tokens.device)[None] < torch.tensor([len(q) for q in seqs])[:, None]
     return (picked * scored).sum(-1)
 
@@ -354,5 +384,5 @@ def transcribe(model: Whisper, tokenizer: Any, audio: str | Path | np.ndarray | 
 
 
 __all__ = ["DecodeResult", "Segment", "SpecialTokens", "Transcription", "beam_decode", "detect_language",
-           "greedy_decode", "load_waveform", "log_mel", "pad_or_trim", "token_cap", "transcribe",
-           "transcript_logprobs"]
+           "clip_mel", "decoder_logits", "greedy_decode", "load_waveform", "log_mel", "pad_or_trim", "token_cap",
+           "transcribe", "transcript_logprobs", "transcript_prompt"]

@@ -196,14 +196,13 @@ def whisper_vocabulary(clips: list[dict[str, Any]], labels: Sequence[str], name:
     best spelling (``keywords.spellings``) has the highest log P(transcript | audio) under Whisper's prompt; no
     training, no synthetic data."""
     from omnigpt.checkpoints.ctranslate2 import load_whisper
-    from omnigpt.generate.whisper import SpecialTokens, transcript_logprobs
+    from omnigpt.generate.whisper import SpecialTokens, clip_mel, transcript_logprobs, transcript_prompt
     from omnigpt.train.metrics import classification_scores
-    from omnigpt.train.tasks.whisper_finetune import clip_mel, prompt_ids
 
     t0 = time.perf_counter()
     model, tok = load_whisper(name)
     specials = SpecialTokens.from_tokenizer(tok, model.config.lang_ids if model.config.is_multilingual else ())
-    prompt = prompt_ids(specials, model.config.is_multilingual)
+    prompt = transcript_prompt(specials, model.config.is_multilingual)
     owner, candidates = [], []
     for i, word in enumerate(labels):
         for text in spellings(word):

@@ -21,13 +21,13 @@ Frozen encoder (``model.freeze_encoder``, default): the encoder's output of each
 (float16, a deliberate deviation; the decoder reads it as float32), so later epochs cost only the decoder. With
 the encoder trained, every step encodes (B, 80, 3000) mels.
 
-Evaluation (``omnigpt eval RUN``): greedy decoding with faster-whisper's rules (``generate.whisper``) on the 563
-Asterisk prompts (Debian ``asterisk-core-sounds-en-wav``, 8 kHz, one speaker) and the 5 LibriVox clips (Debian
-``pocketsphinx-testdata``); corpus WER under two normalisers (``text.normalize.NORMALIZERS``): ``basic``
-(faster-whisper's report: lower case, punctuation stripped, digits as written) and ``english`` (``basic`` plus
-spelled-out numbers, Whisper's English rules and a few spelling variants). Baseline, measured in the same call:
-the un-fine-tuned ``whisper-tiny.en``. When the run's encoder equals the baseline's (a frozen encoder), each clip is
-encoded once for both.
+Evaluation (``omnigpt eval RUN``, ``train/tasks/whisper_eval.py``): greedy decoding with faster-whisper's rules
+(``generate.whisper``) on the 563 Asterisk prompts (Debian ``asterisk-core-sounds-en-wav``, 8 kHz, one speaker) and
+the 5 LibriVox clips (Debian ``pocketsphinx-testdata``); corpus WER under two normalisers
+(``text.normalize.NORMALIZERS``): ``basic`` (faster-whisper's report: lower case, punctuation stripped, digits as
+written) and ``english`` (``basic`` plus spelled-out numbers, Whisper's English rules and a few spelling variants).
+Baseline, measured in the same call: the un-fine-tuned ``whisper-tiny.en``. When the run's encoder equals the
+baseline's (a frozen encoder), each clip is encoded once for both.
 """
 
 from __future__ import annotations
@@ -48,24 +48,13 @@ from torch import Tensor, nn
 
 from omnigpt.checkpoints.ctranslate2 import load_tokenizer, load_whisper
 from omnigpt.checkpoints.state import load_model
-from omnigpt.data.speech import add_noise
-from omnigpt.generate.whisper import (
-    SpecialTokens,
-    greedy_decode,
-    load_waveform,
-    log_mel,
-    pad_or_trim,
-    token_cap,
-    transcribe,
-)
+from omnigpt.generate.whisper import SpecialTokens, clip_mel, decoder_logits, transcript_prompt
 from omnigpt.models.whisper import Whisper, WhisperConfig
 from omnigpt.text.normalize import NORMALIZERS, normalize_basic, normalize_english
-from omnigpt.train.metrics import word_error_rate
 from omnigpt.train.recipe import RecipeError
 from omnigpt.train.tasks.base import EpochOrder, Task, check_stage_modules
+from omnigpt.train.tasks.whisper_eval import ASTERISK_SUBSETS, evaluate_models
 
-ASTERISK_SUBSETS = ("", "dictate", "digits", "followme", "letters", "phonetic", "silence")  # all 563 prompts
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 SENTENCE = re.compile(r"[A-Z][A-Za-z ,'-]*[a-z][.?!]")  # a whole sentence of letters, no digits or brackets
 
 
@@ -194,30 +183,9 @@ def prepare_clips(d: WhisperDataSpec, tokenizer: Any, workers: int = 2) -> Path:
     return out
 
 
-def clip_mel(audio: str | Path | Tensor, n_mels: int = 80, noise: tuple[float, float, int] | None = None) -> Tensor:
-    """(n_mels, 3000): the window ``transcribe`` gives the model for a clip under 30 s (log-mel with 160 zeros
-    appended, last frame dropped, zero-padded). ``noise`` = (low dB, high dB, seed): white noise under the peak."""
-    wave = load_waveform(audio)  # a missing, empty or corrupt file raises, naming it
-    if not bool(wave.any()):
-        raise ValueError(f"{audio if isinstance(audio, str | Path) else 'waveform'}: silent clip (every sample is 0)")
-    if noise is not None:
-        gen = torch.Generator().manual_seed(noise[2])
-        wave = add_noise(wave[None], torch.tensor([wave.numel()]), gen, noise[0], noise[1])[0]
-    mel = log_mel(wave, n_mels)
-    if mel.shape[1] - 1 > 3000:
-        raise ValueError(f"{audio}: longer than 30 s; training clips must fit one window")
-    return pad_or_trim(mel[:, :-1])
-
-
-def prompt_ids(specials: SpecialTokens, multilingual: bool) -> list[int]:
-    """Whisper's start of a transcript without timestamps (what ``transcribe`` feeds before the first text token)."""
-    lang = [specials.languages["en"], specials.transcribe] if multilingual else []
-    return [specials.sot, *lang, specials.no_timestamps]
-
-
 def example_ids(tokenizer: Any, specials: SpecialTokens, text: str, multilingual: bool) -> tuple[list[int], list[int]]:
     """(decoder input, labels) for one transcript: prompt + " text" + <|endoftext|>, shifted; prompt labels -100."""
-    prompt = prompt_ids(specials, multilingual)
+    prompt = transcript_prompt(specials, multilingual)
     ids = prompt + tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids + [specials.eot]
     labels = [-100] * (len(prompt) - 1) + ids[len(prompt):]
     return ids[:-1], labels
@@ -243,17 +211,6 @@ def _decoding_config() -> WhisperConfig:
 
     cfg = json.loads((whisper_dir("whisper-tiny.en") / "config.json").read_text())
     return WhisperConfig(suppress_ids=tuple(cfg["suppress_ids"]), suppress_ids_begin=tuple(cfg["suppress_ids_begin"]))
-
-
-def decoder_logits(model: Whisper, audio_features: Tensor, tokens: Tensor) -> Tensor:
-    """Teacher-forced logits (B, T, V) of ``tokens`` (B, T) given encoder output (B, S, C): the decoder of
-    ``models.whisper`` without its KV cache (plain causal self-attention), so the whole sequence backpropagates."""
-    dec = model.decoder
-    q_pos = torch.arange(tokens.shape[1], device=tokens.device)  # (T,)
-    x = dec.wte(tokens) + dec.wpe(q_pos)[None]  # (B, T, C)
-    for block in dec.h:
-        x = block(x, q_pos, None, block.xattn.project_kv(audio_features))
-    return F.linear(dec.ln_f(x), dec.wte.weight)  # (B, T, V): the tied output projection
 
 
 class WhisperLoss(nn.Module):
@@ -303,104 +260,6 @@ def load_run(directory: str | Path) -> tuple[Whisper, Any]:
     if not isinstance(model, Whisper):
         raise ValueError(f"{ckpt}: not a Whisper model ({type(model).__name__})")
     return model.eval(), load_tokenizer(ckpt)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Evaluation on the real recordings
-
-
-def real_recordings(limit: int | None = None) -> dict[str, list[dict[str, str]]]:
-    """{"asterisk": the 563 prompts (first ``limit``), "librivox": the 5 clips}: ``{"id", "audio", "text"}``, the
-    text as transcribed (Asterisk's raw line: "28.8", "(2 seconds of silence)"), for the normalisers to read."""
-    from omnigpt.data.formats import require
-    from omnigpt.data.speech_sources import asterisk_prompts
-
-    require(LIBRIVOX / "transcription", "pocketsphinx-testdata")
-    libri = []
-    for line in (LIBRIVOX / "transcription").read_text().splitlines():
-        if m := re.match(r"<s>(.*)</s> \((.*)\)", line.strip()):
-            libri.append({"id": f"librivox/{m.group(2)}", "audio": str(LIBRIVOX / f"{m.group(2)}.wav"),
-                          "text": m.group(1).strip()})
-    asterisk = [{**r, "text": r["raw"]} for r in asterisk_prompts(ASTERISK_SUBSETS)[:limit]]
-    return {"asterisk": asterisk, "librivox": libri}
-
-
-@torch.no_grad()
-def transcribe_window(model: Whisper, tokenizer: Any, features: Tensor) -> str:
-    """``generate.whisper.transcribe`` (greedy, English, no timestamps) of a clip under 30 s, given its encoder
-    output (1, 1500, C): the same prompt, token cap, suppressed tokens and no-speech rule, so the same text."""
-    cfg = model.config
-    specials = SpecialTokens.from_tokenizer(tokenizer, cfg.lang_ids if cfg.is_multilingual else ())
-    prompt = prompt_ids(specials, cfg.is_multilingual)
-    result = greedy_decode(model, features, prompt, specials, sorted(set(cfg.suppress_ids)), cfg.suppress_ids_begin,
-                           token_cap(model, len(prompt)))
-    if result.no_speech_prob > 0.6 and not result.avg_logprob > -1.0:
-        return ""  # silence: transcribe keeps no segment
-    return tokenizer.decode([t for t in result.tokens if t < specials.eot])
-
-
-def _same_encoder(a: Whisper, b: Whisper) -> bool:
-    sa, sb = a.encoder.state_dict(), b.encoder.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def wer_report(hyps: dict[str, list[str]], refs: dict[str, list[str]]) -> dict[str, Any]:
-    """Per set and pooled: corpus WER (``train.metrics.word_error_rate`` on pre-normalised text, equal to jiwer's)
-    under every normaliser of ``NORMALIZERS``; ``wer`` = the ``english`` normaliser's pooled figure."""
-    out: dict[str, Any] = {"sets": {}}
-    pooled_h, pooled_r = [], []
-    for name in hyps:
-        row: dict[str, Any] = {"n": len(refs[name])}
-        for norm_name, norm in NORMALIZERS.items():
-            r = [norm(x) for x in refs[name]]
-            row[f"wer_{norm_name}"] = round(word_error_rate([norm(x) for x in hyps[name]], r, normalize=False), 5)
-        row["words"] = sum(len(normalize_basic(x).split()) for x in refs[name])
-        out["sets"][name] = row
-        pooled_h += hyps[name]
-        pooled_r += refs[name]
-    for norm_name, norm in NORMALIZERS.items():
-        out[f"wer_{norm_name}"] = round(word_error_rate([norm(x) for x in pooled_h], [norm(x) for x in pooled_r],
-                                                        normalize=False), 5)
-    out["wer"] = out["wer_english"]
-    return out
-
-
-def evaluate_models(models: dict[str, tuple[Whisper, Any]], limit: int | None = None,
-                    ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """Transcribe the real recordings with every model (encoding once for models sharing the first one's encoder):
-    (per model: WER report + seconds, per clip rows)."""
-    sets = real_recordings(limit)
-    names = list(models)
-    first = models[names[0]][0]
-    shared = {n: _same_encoder(first, m) for n, (m, _) in models.items()}
-    hyps: dict[str, dict[str, list[str]]] = {n: {s: [] for s in sets} for n in names}
-    seconds = dict.fromkeys(names, 0.0)
-    rows = []
-    for set_name, records in sets.items():
-        for r in records:
-            wave = load_waveform(r["audio"])
-            long = wave.numel() >= 30 * 16000  # more than one window: transcribe it whole, model by model
-            t0 = time.perf_counter()
-            if not long:
-                with torch.no_grad():
-                    base = first.encode(clip_mel(wave)[None])  # (1, 1500, C)
-            t_enc = time.perf_counter() - t0
-            row = {"set": set_name, "id": r["id"], "ref": r["text"]}
-            for n, (m, tok) in models.items():
-                t0 = time.perf_counter()
-                if long:
-                    text = transcribe(m, tok, wave).text
-                else:
-                    with torch.no_grad():
-                        feats = base if shared[n] else m.encode(clip_mel(wave)[None])
-                    text = transcribe_window(m, tok, feats)
-                row[n] = text = text.strip()
-                seconds[n] += time.perf_counter() - t0 + t_enc
-                hyps[n][set_name].append(text)
-            rows.append(row)
-    refs = {s: [r["text"] for r in recs] for s, recs in sets.items()}
-    reports = {n: {**wer_report(hyps[n], refs), "seconds": round(seconds[n], 1)} for n in names}
-    return reports, rows
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -538,5 +397,4 @@ class WhisperFinetuneTask(Task):
 
 
 __all__ = ["TokenizerFiles", "WhisperDataSpec", "WhisperFinetuneTask", "WhisperLoss", "WhisperModelSpec",
-           "clip_mel", "collate", "decoder_logits", "evaluate_models", "example_ids", "load_run", "prepare_clips",
-           "real_recordings", "training_sentences", "transcribe_window", "wer_report"]
+           "collate", "example_ids", "load_run", "prepare_clips", "training_sentences"]
