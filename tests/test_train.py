@@ -75,7 +75,7 @@ def test_recipe_errors_are_caught_before_training(tmp_path):
         load_recipe(None, tiny_recipe(tmp_path, model={"layers": 3}))
     with pytest.raises(RecipeError, match=r"model.n_layer: expected int"):
         load_recipe(None, tiny_recipe(tmp_path, model={"n_layer": 2.5}))
-    with pytest.raises(RecipeError, match=r"dtype: must be one of \['bfloat16', 'float32'\]"):
+    with pytest.raises(RecipeError, match=r"dtype: must be one of \['auto', 'bfloat16', 'float32'\]"):
         load_recipe(None, tiny_recipe(tmp_path, dtype="fp8"))
     with pytest.raises(RecipeError, match=r"batch_size 10 must be a multiple of micro_batch × processes = 4 × 1"):
         load_recipe(None, tiny_recipe(tmp_path, batch_size=10))

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,16 +35,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "default: the run directory)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--block-size", type=int, help="context per window (default: the model's)")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="autocast dtype for text models (auto: bf16 where the CPU computes it natively, else fp32)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from omnigpt.checkpoints.io import verify_manifest
     from omnigpt.checkpoints.state import load_model, resolve_checkpoint
     from omnigpt.data.shards import TokenData
+    from omnigpt.kernels.precision import resolve_dtype
     from omnigpt.train.evaluate import evaluate, evaluate_texts
 
     ckpt = resolve_checkpoint(args.checkpoint)
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if split not in ("val", "train"):
         raise ValueError(f"--split {split}: text data has the splits val and train")
     model = load_model(ckpt)
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+    dtype = resolve_dtype(args.dtype).autocast
     if args.text:
         from omnigpt.text.tokenizer import load_tokenizer
 
@@ -74,13 +77,29 @@ def run(args: argparse.Namespace) -> int:
         data = TokenData(data_dir, verify=True)
         result = evaluate(model, data, split, args.batch_size, args.block_size, dtype=dtype, progress=True)
         source = f"{data_dir} [{split}]"
+    training = training_status(ckpt)
     if args.json:
-        print(json.dumps({"checkpoint": str(ckpt), "data": source, **result.as_dict()}))
+        print(json.dumps({"checkpoint": str(ckpt), "data": source, **result.as_dict(), **training}))
     else:
         bpb = f"{result.bits_per_byte:.4f}" if result.bits_per_byte is not None else "n/a"
         print(f"{ckpt} on {source}: loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, "
               f"bits/byte {bpb} ({result.tokens:,} tokens, {result.windows:,} windows, full pass)")
     return 0
+
+
+def training_status(ckpt: Path) -> dict[str, Any]:
+    """``{"training": run.json}`` of the run that wrote ``ckpt`` (empty when it has none), and a loud line on stderr
+    when that run stopped before its planned steps: its numbers are those of an unfinished run."""
+    from omnigpt.train.trainer import run_status
+
+    status = run_status(run_dir_of(ckpt))
+    if status is None:
+        return {}
+    if status.get("stopped_early"):
+        print(f"WARNING: {run_dir_of(ckpt)} stopped early ({status['stopped_early']}) at step "
+              f"{status['steps_done']} of {status['steps_planned']}: these are an unfinished run's numbers",
+              file=sys.stderr)
+    return {"training": status}
 
 
 def run_dir_of(ckpt: Path) -> Path:
@@ -104,7 +123,8 @@ def application_task(ckpt: Path) -> type | None:
 def run_application(args: argparse.Namespace, ckpt: Path, task: type) -> int:
     out = Path(args.out) if args.out else run_dir_of(ckpt)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"checkpoint": str(ckpt), "task": task.name, **task.evaluate_run(ckpt, out, args.limit)}
+    result = {"checkpoint": str(ckpt), "task": task.name, **task.evaluate_run(ckpt, out, args.limit),
+              **training_status(ckpt)}
     (out / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
     return 0
@@ -124,7 +144,7 @@ def run_multimodal(args: argparse.Namespace, ckpt: Path) -> int:
         sources = recipe_eval_sources(ckpt)
     if args.limit is not None:
         sources = [dataclasses.replace(s, limit=args.limit) for s in sources]
-    result = {"checkpoint": str(ckpt), **evaluate_checkpoint(ckpt, sources)}
+    result = {"checkpoint": str(ckpt), **evaluate_checkpoint(ckpt, sources), **training_status(ckpt)}
     # runs/NAME/checkpoints/step_N → runs/NAME; a bare model directory gets the file beside it
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     out = Path(args.out) if args.out else run_dir / "eval.json"

@@ -259,7 +259,9 @@ class Recipe:
     seed: int = 1337
     threads: int | None = None  # torch.set_num_threads; fix it for bit-reproducible CPU runs
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"  # autocast compute dtype; master weights stay fp32
+    # autocast compute dtype (master weights stay fp32): auto = bf16 where the device computes it natively (CUDA,
+    # AVX512_BF16, AMX), fp32 elsewhere (kernels/precision.py); the resolved dtype and why go into recipe.json
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     compile: bool = False  # torch.compile the module that computes the loss
     # bf16 on CPU: "auto" measures each GEMM shape's fastest blocking once (kernels/matmul.py) and keeps the plan
     # in out_dir for exact resumes; "off"; or the path of a plan file to pin (bit-identical separate runs)
@@ -287,7 +289,9 @@ class Recipe:
     checkpoint_interval: int = 500
     keep_checkpoints: int = 2
     max_nonfinite: int = 5  # this many non-finite losses in a row stop the run
-    max_minutes: float | None = None  # wall-clock budget, shared by the stages in proportion to their steps
+    # a guard, not a schedule: past this the run checkpoints and stops, and says so (steps done / planned) in the
+    # console, run.json and the evaluation; the schedule is always a function of the step, so results reproduce
+    max_minutes: float | None = None
     progress: bool = True  # progress bar on a terminal, a line per log interval otherwise (rank 0)
 
     def micro(self, world_size: int) -> int:

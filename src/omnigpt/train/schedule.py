@@ -38,14 +38,14 @@ class Stage:
     min_lr_ratio: float | None = None  # cosine floor as a fraction of the peak
     weight_decay: float | None = None
 
-    def lr_multiplier(self, step: int, progress: float | None = None) -> float:
+    def lr_multiplier(self, step: int) -> float:
         """Multiplier of the peak lr at ``step`` of this stage (fields resolved). Linear warmup from ~0, then cosine
-        from 1 to ``min_lr_ratio`` at the last step; ``progress`` (0–1) overrides the step-based cosine position."""
+        from 1 to ``min_lr_ratio`` at the last step: a pure function of the step, so a recipe reproduces on any
+        machine however fast."""
         assert self.steps is not None and self.warmup is not None and self.min_lr_ratio is not None
         if step < self.warmup:
             return (step + 1) / (self.warmup + 1)
-        if progress is None:
-            progress = (step - self.warmup) / max(self.steps - self.warmup, 1)
+        progress = (step - self.warmup) / max(self.steps - self.warmup, 1)
         coeff = 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))  # 1 → 0
         if not self.lr:
             return 0.0

@@ -2,7 +2,7 @@
 
 One optimizer step, the way nanoGPT's ``train.py`` does it:
 
-    for each of the ``accumulation`` micro-batches:  loss = task loss under bf16 autocast;  (loss / acc).backward()
+    for each of the ``accumulation`` micro-batches:  loss = task loss under autocast;  (loss / acc).backward()
     clip the global grad norm;  AdamW step (decay on matrices only);  lr from the stage's warmup + cosine
 
 What is trained comes from a ``Task`` (``train/tasks/``): it builds the model and its tokenizer or processor, gives
@@ -10,13 +10,17 @@ the rows of each step's batch as a pure function of the step, the module that co
 Around the step, for every task: staged schedules with per-module learning rates and frozen modules
 (``schedule.py``), periodic validation, a progress bar (a line per log interval when stdout is not a terminal),
 ``metrics.jsonl`` and ``loss.png``, atomic checkpoints (``checkpoints/state.py``), SIGTERM/SIGINT → checkpoint and
-exit, a wall-clock budget, and non-finite losses skipped (counted; ``max_nonfinite`` in a row stop the run).
+exit, a wall-clock guard, and non-finite losses skipped (counted; ``max_nonfinite`` in a row stop the run).
+
+Portable. The compute dtype is resolved from the hardware (``dtype: auto``, ``kernels/precision.py``: bf16 autocast
+only where the device computes bf16 natively, fp32 elsewhere) and printed with its reason at start. A recipe is
+defined by its steps: ``max_minutes`` is a guard that stops a run on a slow or busy machine, never a schedule, and
+a stopped run says so — on the console, in ``run.json`` (steps done / planned, why) and in its evaluation.
 
 Exact resume. Everything a step reads is either in the checkpoint (weights, AdamW moments, stage counters, every
 RNG state) or a pure function of the step: the batch and the learning rate. A run killed at any point and resumed
 from its last committed checkpoint replays the same steps and ends bit-identical to an uninterrupted run (same
-thread count: CPU kernels reduce in a thread-count-dependent order). A wall-clock budget makes the schedule depend
-on time, so time-limited runs are not bit-reproducible. bf16 runs on CPU also plan their GEMMs
+thread count: CPU kernels reduce in a thread-count-dependent order). bf16 runs on CPU also plan their GEMMs
 (``kernels/matmul.py``); the plan is written to ``out_dir`` before the first update and read back on resume.
 
 Distributed. Micro-batch ``k`` of rank ``r`` at step ``s`` holds rows ``(k·world + r)·b …`` of step ``s``'s global
@@ -47,6 +51,7 @@ from tqdm.auto import tqdm
 
 from omnigpt.checkpoints import state as ts
 from omnigpt.kernels import matmul
+from omnigpt.kernels.precision import resolve_dtype
 from omnigpt.models.gpt import Block
 from omnigpt.train.recipe import Recipe, recipe_to_dict, validate
 from omnigpt.train.schedule import build_optimizer, set_lr
@@ -68,7 +73,9 @@ class TrainResult:
     nonfinite_steps: int
     checkpoint: str | None
     interrupted: bool = False  # stopped by SIGTERM/SIGINT after saving
-    time_limited: bool = False  # stopped early by max_minutes
+    time_limited: bool = False  # stopped early by the max_minutes guard
+    planned_steps: int = 0  # the recipe's max_steps
+    dtype: str = "float32"  # the resolved compute dtype
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -105,7 +112,10 @@ class Trainer:
         if existing is not None and not resume:  # never silently mix two runs in one directory
             raise ValueError(f"{self.out} already has checkpoints (newest {existing.name}): pass --resume to "
                              f"continue it, or choose another out_dir")
-        self.amp_dtype = torch.bfloat16 if r.dtype == "bfloat16" else None
+        self.precision = resolve_dtype(r.dtype, self.device)
+        self.amp_dtype = self.precision.autocast
+        if self.is_main:
+            print(f"dtype {self.precision.name} ({self.precision.requested}: {self.precision.reason})", flush=True)
         self.micro = r.micro(self.world)
         self.accumulation = r.accumulation(self.world)
 
@@ -171,8 +181,6 @@ class Trainer:
                 find_unused_parameters=self.task.unused_parameters)
         if r.compile:
             self.wrapped = torch.compile(self.wrapped)
-        self._t_stage = time.perf_counter()
-        self._stage_over = False
 
     def _matmul_planner(self, resume: bool) -> matmul.MatmulPlanner | None:
         """bf16 CPU runs plan their GEMMs. The plan this run measured lives in out_dir, so a resumed run (killed
@@ -279,39 +287,11 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                               enabled=self.amp_dtype is not None)
 
-    def _stage_budget(self) -> tuple[float, float] | None:
-        """(seconds used in the current stage, its share of ``max_minutes``), or None without a time budget."""
-        r = self.r
-        if r.max_minutes is None:
-            return None
-        return time.perf_counter() - self._t_stage, 60 * r.max_minutes * r.stages[self.stage_idx].steps / r.max_steps
-
-    def _time_progress(self) -> float | None:
-        """Elapsed share of the current stage's time budget when, at the pace so far, the stage will not finish its
-        steps within it (the cosine then follows the clock); None when the budget does not bind (the schedule stays
-        a pure function of the step, so such runs repeat bit for bit)."""
-        b = self._stage_budget()
-        done = self.stage_step - self._stage_step_at_start
-        if b is None or done == 0:
-            return None
-        used, budget = b
-        if used + used / done * (self.r.stages[self.stage_idx].steps - self.stage_step) <= budget:
-            return None
-        return used / budget if budget > 0 else 1.0
-
-    def _stage_overrun(self, steps_done: int) -> bool:
-        """Whether one more step, at this stage's mean pace so far, would overrun its share of the budget."""
-        b = self._stage_budget()
-        return b is not None and b[0] + b[0] / max(steps_done, 1) > b[1]
-
     def _train_step(self) -> tuple[float, float]:
         """One optimizer step; returns (loss averaged over ranks and micro-batches, grad norm)."""
         r, b = self.r, self.micro
         stage = r.stages[self.stage_idx]
-        progress = self._time_progress()
-        if progress is not None:
-            progress = max((self.stage_step - stage.warmup) / max(stage.steps - stage.warmup, 1), progress)
-        self._lr = set_lr(self.optimizer, stage.lr_multiplier(self.stage_step, progress))
+        self._lr = set_lr(self.optimizer, stage.lr_multiplier(self.stage_step))
         loss_sum = torch.zeros((), device=self.device)
         for k in range(self.accumulation):
             batch = self.task.batch(self.step, (k * self.world + self.rank) * b, b)
@@ -326,9 +306,7 @@ class Trainer:
         self._save_plan()  # before the update: a kill from here on resumes with the plan these gradients used
         # One small all-reduce carries the mean loss and whether any rank got a stop signal or ran out of time.
         out_of_time = r.max_minutes is not None and time.perf_counter() - self._t_start > 60 * r.max_minutes
-        stage_over = self._stage_overrun(self.stage_step + 1 - self._stage_step_at_start)
-        flags = torch.tensor([float(self._stop_signal is not None), float(out_of_time), float(stage_over)],
-                             device=self.device)
+        flags = torch.tensor([float(self._stop_signal is not None), float(out_of_time)], device=self.device)
         stats = torch.cat([(loss_sum / self.accumulation)[None], flags])
         if self.world > 1:
             dist.all_reduce(stats)
@@ -336,7 +314,6 @@ class Trainer:
         # Every rank decides from the same reduced flag, so all stop after the same step (no collective hangs).
         self._stop_now = bool(stats[1] > 0 or stats[2] > 0)
         self._interrupted = bool(stats[1] > 0)
-        self._stage_over = bool(stats[3] > 0)  # the stage's share of the time budget is used up (all ranks agree)
         clip = r.grad_clip if r.grad_clip > 0 else float("inf")
         # In the module's own parameter order (the norm's float sum depends on it); frozen ones have no gradient.
         norm = torch.nn.utils.clip_grad_norm_([p for p in self.train_module.parameters() if p.requires_grad], clip)
@@ -360,35 +337,30 @@ class Trainer:
         return loss_val, norm_val
 
     def _next_stage(self) -> bool:
-        """Move on when the stage's steps (or its share of the time budget) are used up; False after the last."""
-        stage = self.r.stages[self.stage_idx]
-        overrun = self._stage_over
-        if self.stage_step < stage.steps and not overrun:
+        """Move on when the stage's steps are done; False after the last."""
+        if self.stage_step < self.r.stages[self.stage_idx].steps:
             return True
         if self.stage_idx + 1 >= len(self.r.stages):
             return False
-        if overrun and self.is_main:
-            print(f"stage {stage.name!r}: time share used up at {self.stage_step}/{stage.steps} steps", flush=True)
         self.stage_idx, self.stage_step = self.stage_idx + 1, 0
         self._begin_stage(None)
-        self._stage_step_at_start = 0
         return True
 
     def _done(self) -> bool:
-        """After this step the run ends: the last stage is complete or out of time, or a stop was agreed."""
+        """After this step the run ends: the last stage is complete, or a stop was agreed."""
         final = self.stage_idx == len(self.r.stages) - 1
-        return self._stop_now or (final and (self.stage_step >= self.r.stages[-1].steps or self._stage_over))
+        return self._stop_now or (final and self.stage_step >= self.r.stages[-1].steps)
 
     def fit(self) -> TrainResult:
         r = self.r
         t_start = self._t_start = time.perf_counter()
         self._bad_in_a_row = 0
-        self._stage_step_at_start = self.stage_step
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
             if threading.current_thread() is threading.main_thread() else {}
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "recipe.json").write_text(json.dumps(recipe_to_dict(r), indent=1) + "\n")
+            (self.out / "recipe.json").write_text(
+                json.dumps({**recipe_to_dict(r), "precision": self.precision.as_dict()}, indent=1) + "\n")
         tty = sys.stderr.isatty()
         show = r.progress and self.is_main
         bar = tqdm(total=r.max_steps, initial=self.step, disable=not (show and tty), unit="step", dynamic_ncols=True)
@@ -440,8 +412,12 @@ class Trainer:
                 print(f"stopped by signal {self._stop_signal} at step {self.step}; checkpoint saved in {where} "
                       f"(continue with --resume)", flush=True)
             elif time_limited and self.is_main:
-                print(f"time budget of {r.max_minutes} min used up at step {self.step}/{r.max_steps}; checkpoint "
-                      f"saved in {where}", flush=True)
+                print(f"STOPPED EARLY: the max_minutes guard ({r.max_minutes} min) ended the run at step "
+                      f"{self.step} of {r.max_steps}; the results below are of an unfinished run. Checkpoint saved in "
+                      f"{where}: `--resume` with a larger --max_minutes finishes it", flush=True)
+            if self.is_main:
+                write_run_status(self.out, self.step, r, time_limited, interrupted, self.precision.as_dict(),
+                                 time.perf_counter() - t_start)
             if r.final_eval and not interrupted:
                 final = self.validate(None)
                 self._log({"step": self.step, **{f"final_{k}": v for k, v in final.items()}})
@@ -458,7 +434,25 @@ class Trainer:
                            wall_time=time.perf_counter() - t_start, tokens=self.tokens_seen,
                            nonfinite_steps=self.nonfinite_total,
                            checkpoint=str(self.ckpt_root / f"step_{self.step:06d}"), interrupted=interrupted,
-                           time_limited=time_limited, history=self.history)
+                           time_limited=time_limited, planned_steps=r.max_steps or 0, dtype=self.precision.name,
+                           history=self.history)
+
+
+def write_run_status(out: Path, step: int, r: Recipe, time_limited: bool, interrupted: bool,
+                     precision: dict[str, str], wall: float) -> None:
+    """``run.json``: how the run ended (steps done / planned, whether and why it stopped early), its dtype and
+    device. ``omnigpt eval`` copies it into ``eval.json``, so an unfinished run's numbers never pass for finished."""
+    why = (f"max_minutes guard ({r.max_minutes} min) reached" if time_limited
+           else "stopped by a signal" if interrupted else None)
+    status = {"steps_done": step, "steps_planned": r.max_steps, "finished": step >= (r.max_steps or 0),
+              "stopped_early": why, "wall_time_s": round(wall, 1), "precision": precision}
+    (out / "run.json").write_text(json.dumps(status, indent=1) + "\n")
+
+
+def run_status(run_dir: Path) -> dict[str, Any] | None:
+    """The ``run.json`` that ``write_run_status`` left in ``run_dir``, or None."""
+    f = Path(run_dir) / "run.json"
+    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def plot_metrics(metrics: Path, png: Path) -> None:
@@ -499,4 +493,5 @@ def train(recipe: Recipe, resume: bool = False) -> TrainResult:
             dist.destroy_process_group()
 
 
-__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "device_for", "plot_metrics", "train"]
+__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "device_for", "plot_metrics", "run_status", "train",
+           "write_run_status"]

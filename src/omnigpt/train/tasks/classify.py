@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omnigpt.generate.classify import collate, predict
+from omnigpt.kernels.precision import autocast
 from omnigpt.models.gpt import GPTForSequenceClassification
 from omnigpt.models.lora import LoRAWeights, apply_lora, lora_parameters
 from omnigpt.text.task_card import EOT, classification_ids, end_token_id, task_card
@@ -34,7 +35,6 @@ from omnigpt.train.schedule import module_groups
 from omnigpt.train.tasks.base import EpochOrder, Task, check_stage_modules
 from omnigpt.train.tasks.text_apps import (
     AppModelSpec,
-    bf16,
     check_model_spec,
     load_base,
     tokenizer_dir,
@@ -179,7 +179,7 @@ class ClassifyTask(Task):
         test = split_items(items, "test")[:limit]
         t0 = time.perf_counter()
         rows = [classification_ids(card, tok, x.text) for x in test]
-        with bf16():
+        with autocast():
             probs = predict(model, rows)
         preds = [labels[int(i)] for i in probs.argmax(-1)]
         seconds = time.perf_counter() - t0

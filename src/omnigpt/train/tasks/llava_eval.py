@@ -35,6 +35,7 @@ from torch import Tensor
 
 from omnigpt.data.batches import Example, collate
 from omnigpt.data.llava import caption_conversations, load_processor, to_example
+from omnigpt.kernels.precision import autocast
 
 NN_TRAIN_PER_SOURCE = 1500  # training images per source whose features the nearest-neighbour baseline searches
 
@@ -164,7 +165,7 @@ def evaluate_captions_run(checkpoint: Path, out: Path, limit: int | None = None)
     items = [c for cs in convs.values() for c in cs]
     refs = [c["conversations"][-1]["value"] for c in items]
     t0 = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with autocast():
         answers = generate_captions(model, processor, items, int(data.get("max_new_tokens", 16)))
         t_gen = time.perf_counter() - t0
         ranked = recall_eval(model, processor, pick(items, int(data.get("recall_items", 60))), question)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from omnigpt.kernels.precision import autocast
 from omnigpt.models.gpt import GPT
 from omnigpt.models.lora import LoRAWeights, apply_lora
 from omnigpt.text.task_card import EOT, SEP, cut, prompt_ids, source_messages, stop_ids, task_card
@@ -35,7 +36,6 @@ from omnigpt.train.tasks.base import EpochOrder, Task, check_stage_modules
 from omnigpt.train.tasks.sft import Example, SFTLoss, collate, encode_conversation, target_loss
 from omnigpt.train.tasks.text_apps import (
     AppModelSpec,
-    bf16,
     check_model_spec,
     load_base,
     tokenizer_dir,
@@ -214,7 +214,7 @@ class Seq2SeqTask(Task):
     def evaluate_run(cls, checkpoint: Path, out: Path, limit: int | None = None) -> dict[str, Any]:
         """Greedy outputs for ``limit`` test pairs (default 300, spread over the split), their scores, the baselines
         on the same pairs, the base chat model zero-shot (chat format), and ``samples.md``. Generation runs under
-        bf16 autocast, as the trainer's evaluations do (fp32 master weights)."""
+        autocast to the hardware's dtype, as the trainer's evaluations do (fp32 master weights)."""
         from omnigpt.data.textsets import load_pairs, split_items
         from omnigpt.hf.pipelines import load_model
         from omnigpt.train import baselines, figures
@@ -227,7 +227,7 @@ class Seq2SeqTask(Task):
         pairs = pick(split_items(load_pairs(dataset), "test"), 300 if limit is None else limit)
         sources, refs = [p.source for p in pairs], [p.target for p in pairs]
         t0 = time.perf_counter()
-        with bf16():
+        with autocast():
             outputs = generate_outputs(model, tok, card, sources, template)
         result: dict[str, Any] = {"dataset": dataset, "split": "test", "items": len(pairs),
                                   **score(dataset, outputs, refs), "seconds": round(time.perf_counter() - t0, 1)}
@@ -239,7 +239,7 @@ class Seq2SeqTask(Task):
 
             pre = from_pretrained(card["base"])
             t0 = time.perf_counter()
-            with bf16():
+            with autocast():
                 zero = generate_outputs(pre.model, tok, card, sources, template)
             result["baselines"][f"{card['base']}_zero_shot"] = {**score(dataset, zero, refs),
                                                                  "seconds": round(time.perf_counter() - t0, 1)}

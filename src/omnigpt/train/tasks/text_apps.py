@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from omnigpt.models.gpt import GPT
@@ -100,11 +99,6 @@ def load_base(r: Any, specials: list[str]) -> tuple[GPT, Any, str | None]:
     return model.train(), tok, template
 
 
-def bf16() -> torch.autocast:
-    """bf16 autocast on the CPU (4–6× fp32 matmul throughput here) for ``omnigpt eval``, as training evaluates."""
-    return torch.autocast("cpu", dtype=torch.bfloat16)
-
-
 def with_card(model: nn.Module, card: dict[str, Any], **extra: Any) -> None:
     """Put the task card (and other metadata, e.g. ``id2label``) into the model's config, saved in config.json."""
     model.config = dataclasses.replace(model.config, extra={**model.config.extra, "task": card, **extra})
@@ -112,4 +106,4 @@ def with_card(model: nn.Module, card: dict[str, Any], **extra: Any) -> None:
         model.transformer.config = model.config
 
 
-__all__ = ["AppModelSpec", "bf16", "check_model_spec", "load_base", "tokenizer_dir", "train_tokenizer", "with_card"]
+__all__ = ["AppModelSpec", "check_model_spec", "load_base", "tokenizer_dir", "train_tokenizer", "with_card"]
