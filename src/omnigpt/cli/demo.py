@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 def _report(recipe, data, model, result, ev, baselines, tpb, samples, tok_s, t_data, t_gen, wall, ckpt) -> str:
     import torch
 
-    from omnigpt.kernels.precision import device_name, resolve_dtype
+    from omnigpt.kernels.precision import describe_machine, resolve_dtype
 
     cfg = model.config
     prec = resolve_dtype(recipe.dtype)
@@ -123,7 +123,8 @@ def _report(recipe, data, model, result, ev, baselines, tpb, samples, tok_s, t_d
         "# omnigpt demo: a GPT-2-style model trained on Shakespeare on a CPU",
         "",
         f"Everything below was produced by `make demo` in {wall / 60:.1f} minutes on this machine: "
-        f"{device_name()}, torch {torch.__version__}; compute dtype {prec.name} ({prec.requested}: {prec.reason}).",
+        f"{describe_machine()}; torch {torch.__version__}; compute dtype {prec.name} "
+        f"({prec.requested}: {prec.reason}).",
         "",
         *([f"**STOPPED EARLY: the `max_minutes` guard ({recipe.max_minutes} min) ended training at step {result.step} "
            f"of {result.planned_steps}. The numbers below are of an unfinished run; `omnigpt demo --resume "

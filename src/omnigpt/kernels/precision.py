@@ -112,6 +112,53 @@ def measured_bf16_slowdown(n: int = 256) -> float:
     return best(torch.bfloat16) / best(torch.float32)
 
 
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of the best of ``repeats`` (n × n) @ (n × n) matmuls in ``dtype`` on the CPU, measured now."""
+    a = torch.randn(n, n).to(dtype)
+    a @ a
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def copy_bandwidth(mb: int = 256, repeats: int = 5) -> float:
+    """Bytes/s read + written by the best of ``repeats`` copies of an ``mb``-MiB fp32 buffer, measured now."""
+    src = torch.empty(mb * 2**18)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.numel() * 4 / best
+
+
+@functools.cache
+def machine() -> dict[str, object]:
+    """The CPU, its vector ISA, threads and peaks measured once per process (~0.5 s): what every benchmark, demo
+    report and ``run.json`` prints beside its figures, so a number always comes with the machine that made it."""
+    native, why = native_bf16("cpu")
+    out: dict[str, object] = {"cpu": cpu_name(), "capability": torch.backends.cpu.get_cpu_capability(),
+                              "threads": torch.get_num_threads(), "native_bf16": native,
+                              "fp32_gflops": round(matmul_peak(torch.float32) / 1e9, 1),
+                              "copy_gbps": round(copy_bandwidth() / 1e9, 1)}
+    if native:  # emulated bf16 would take seconds to measure and say nothing useful
+        out["bf16_gflops"] = round(matmul_peak(torch.bfloat16) / 1e9, 1)
+    return out
+
+
+def describe_machine() -> str:
+    """One line: CPU (ISA, threads): fp32 X GFLOP/s, bf16 Y GFLOP/s, copy Z GB/s (measured now)."""
+    m = machine()
+    bf16 = f", bf16 {m['bf16_gflops']:.0f}" if "bf16_gflops" in m else ", bf16 emulated"
+    return (f"{m['cpu']} ({m['capability']}, {m['threads']} threads): matmul fp32 {m['fp32_gflops']:.0f}{bf16} "
+            f"GFLOP/s, copy {m['copy_gbps']:.0f} GB/s (measured in this run)")
+
+
 def resolve_dtype(requested: str | None, device: torch.device | str = "cpu") -> Precision:
     """``auto`` → bf16 where native (``native_bf16``), fp32 elsewhere; an explicit dtype is kept, with a one-time
     warning when it is bf16 on a device that emulates it. ``None`` means ``auto``."""
@@ -144,5 +191,5 @@ def _warn_emulated(why: str, device_type: str) -> None:
                   RuntimeWarning, stacklevel=3)
 
 
-__all__ = ["DTYPES", "Precision", "autocast", "cpu_name", "device_name", "measured_bf16_slowdown", "native_bf16",
-           "resolve_dtype"]
+__all__ = ["DTYPES", "Precision", "autocast", "copy_bandwidth", "cpu_name", "describe_machine", "device_name",
+           "machine", "matmul_peak", "measured_bf16_slowdown", "native_bf16", "resolve_dtype"]

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from omnigpt.checkpoints import state as ts
 from omnigpt.kernels import matmul
-from omnigpt.kernels.precision import resolve_dtype
+from omnigpt.kernels.precision import machine, resolve_dtype
 from omnigpt.models.gpt import Block
 from omnigpt.train.recipe import Recipe, recipe_to_dict, validate
 from omnigpt.train.schedule import build_optimizer, set_lr
@@ -445,7 +445,7 @@ def write_run_status(out: Path, step: int, r: Recipe, time_limited: bool, interr
     why = (f"max_minutes guard ({r.max_minutes} min) reached" if time_limited
            else "stopped by a signal" if interrupted else None)
     status = {"steps_done": step, "steps_planned": r.max_steps, "finished": step >= (r.max_steps or 0),
-              "stopped_early": why, "wall_time_s": round(wall, 1), "precision": precision}
+              "stopped_early": why, "wall_time_s": round(wall, 1), "precision": precision, "machine": machine()}
     (out / "run.json").write_text(json.dumps(status, indent=1) + "\n")
 
 
