@@ -266,8 +266,9 @@ def test_eval_reports_generation_metrics_per_source(trained, data, capsys):
     assert result["synth/n"] == len(held)
     # The end of training scored the same sources the same way.
     final = next(r for r in metric_rows(trained) if "final_val_loss" in r)
-    assert {k: v for k, v in result.items() if k != "checkpoint"} == {
+    assert {k: v for k, v in result.items() if k not in ("checkpoint", "training")} == {
         k.removeprefix("final_"): v for k, v in final.items() if "/" in k}
+    assert result["training"]["finished"] and result["training"]["steps_done"] == final["step"]
     assert main(["eval", str(trained), "--data", str(data / "fmnist"), "--limit", "5", "--out",
                  str(trained / "other.json")]) == 0
     other = json.loads((trained / "other.json").read_text())

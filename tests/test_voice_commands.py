@@ -99,7 +99,7 @@ def test_recipes_parse_and_bad_recipes_name_the_problem():
 
     scratch = load_recipe("configs/tasks/voice-commands.yaml")
     whisper = load_recipe("configs/tasks/voice-commands-whisper.yaml")
-    assert scratch.max_minutes == whisper.max_minutes == 5
+    assert (scratch.max_steps, whisper.max_steps) == (507, 6000)  # step-defined: the README rows' steps
     assert whisper.model.encoder == "whisper-tiny.en" and whisper.stages[0].train == ("head",)
     with pytest.raises(RecipeError, match="xyzzy"):
         load_recipe("configs/tasks/voice-commands.yaml", ["--data.words=[zero,xyzzy]"])
