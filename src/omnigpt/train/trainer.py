@@ -114,7 +114,7 @@ class Trainer:
                              f"continue it, or choose another out_dir")
         self.precision = resolve_dtype(r.dtype, self.device)
         self.amp_dtype = self.precision.autocast
-        if self.is_main:
+        if self.is_main and r.progress:  # runs without progress output (tests, the study) keep it in recipe.json
             print(f"dtype {self.precision.name} ({self.precision.requested}: {self.precision.reason})", flush=True)
         self.micro = r.micro(self.world)
         self.accumulation = r.accumulation(self.world)
