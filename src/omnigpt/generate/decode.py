@@ -18,8 +18,10 @@ Speed (batch-1 decoding is memory-bound: every step reads every weight once): lo
 no masks when nothing is padded, one host sync per step; at batch 1 every matrix–vector product (the blocks' and the
 LM head's) goes through ``omnigpt.kernels.matvec``'s per-shape plan, which reads nn.Linear's (out, in) fp32 weights on
 both cores (~2× MKL's one-core gemv here; bit-identical results, so greedy tokens do not change);
-``omnigpt.kernels.quantize`` reads 4× (int8) or ~7× (int4) fewer weight bytes. ``benchmarks/decode.py`` measures all
-of it against ``transformers``.
+``omnigpt.kernels.quantize`` reads 4× (int8) or ~7× (int4) fewer weight bytes. ``compile=True`` removes most of what is
+left between the products: the decode step runs as one ``torch.compile`` graph over a static cache
+(``omnigpt.generate.fast``; opt-in, it costs ~40 s of compilation once per process and model). ``benchmarks/
+decode.py`` and ``benchmarks/decode_smollm2.py`` measure all of it against ``transformers``.
 
 Context overflow: the model has ``block_size`` learned positions. ``context_overflow="error"`` (default) raises
 ``ContextOverflowError`` naming the limit before any work is done; ``"slide"`` keeps the most recent 3/4 of the
@@ -39,6 +41,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from omnigpt.generate.fast import DecodeSession, supports
 from omnigpt.kernels.matvec import DEFAULT as MATVEC
 from omnigpt.kernels.matvec import MatvecPlanner, planned_decode
 from omnigpt.models.gpt import GPT, KVCache, make_kv_cache
@@ -141,6 +144,11 @@ class Generation:
         """End sequence ``index`` (finish reason "stop") before the next step; its row leaves the batch."""
         self._state.stop_requests.add(index)
 
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds this generation spent compiling the decode step (``compile=...``; 0 when already compiled)."""
+        return self._state.compile_seconds
+
     def close(self) -> None:
         self._steps.close()  # type: ignore[attr-defined]  # ends the generator; its cache is freed with it
 
@@ -154,6 +162,7 @@ class Generation:
 @dataclass
 class _State:
     stop_requests: set[int]
+    compile_seconds: float = 0.0
 
 
 def _as_batch(input_ids: Sequence[Sequence[int]] | Tensor | None, inputs_embeds: Tensor | None,
@@ -205,7 +214,7 @@ def generate(model: GPT, input_ids: Sequence[Sequence[int]] | Tensor | None = No
              repetition_penalty: float = 1.0, stop_token_ids: Sequence[int] = (), seed: int | None = None,
              attention_mask: Tensor | None = None, inputs_embeds: Tensor | None = None,
              context_overflow: Literal["error", "slide"] = "error",
-             cancel: threading.Event | None = None) -> Generation:
+             cancel: threading.Event | None = None, compile: bool | str = False) -> Generation:
     """Decode up to ``max_new_tokens`` tokens per sequence; returns an iterator of ``GenerationStep``.
 
     ``input_ids``: a batch of token-id lists of any lengths (left-padded here), or a (B, T) / (T,) tensor with an
@@ -214,7 +223,12 @@ def generate(model: GPT, input_ids: Sequence[Sequence[int]] | Tensor | None = No
     ``temperature=0`` is greedy; ``seed`` makes sampling reproducible (a private ``torch.Generator``; without it
     the global RNG is used). ``stop_token_ids`` end a sequence when produced. ``cancel``: an event another thread
     may set; the iterator then ends before the next step. Arguments are checked here, before any computation;
-    the prompt is encoded on the first ``next()``. Call ``model.eval()`` first (dropout is not switched off)."""
+    the prompt is encoded on the first ``next()``. Call ``model.eval()`` first (dropout is not switched off).
+
+    ``compile=True`` (or a ``torch.compile`` mode name, e.g. "max-autotune-no-cudagraphs") decodes unpadded token
+    prompts through the decode step compiled as one graph (``omnigpt.generate.fast``): ~40 s once per process and
+    model (~15 s from inductor's on-disk cache), then ~1.3× faster steps; where compiling fails it warns and decodes
+    eagerly. Padded batches, ``inputs_embeds`` prompts and models with their own forward keep the generic path."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
     if temperature < 0:
@@ -225,6 +239,8 @@ def generate(model: GPT, input_ids: Sequence[Sequence[int]] | Tensor | None = No
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty}")
+    if not isinstance(compile, bool | str):
+        raise ValueError(f"compile must be a bool or a torch.compile mode name, got {compile!r}")
     if context_overflow not in ("error", "slide"):
         raise ValueError(f"context_overflow must be 'error' or 'slide', got {context_overflow!r}")
     cfg = model.config
@@ -246,7 +262,8 @@ def generate(model: GPT, input_ids: Sequence[Sequence[int]] | Tensor | None = No
     lengths = mask.sum(-1).tolist()
     state = _State(stop_requests=set())
     opts = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
-    steps = _decode(model, ids, embeds, mask, max_new_tokens, opts, frozenset(stop_token_ids), seed, cancel, state)
+    steps = _decode(model, ids, embeds, mask, max_new_tokens, opts, frozenset(stop_token_ids), seed, cancel, state,
+                    compile)
     return Generation(steps, state, [int(n) for n in lengths])
 
 
@@ -277,11 +294,16 @@ class _Batch:
     """The rows still generating: token and mask buffers (b, W) mirroring the KV cache's columns, the cache, the
     next position of each row and, for the repetition penalty, the tokens each row has seen (b, V).
 
-    Rows are right-aligned (left padding) and all advance together, so column n is every row's next slot."""
+    Rows are right-aligned (left padding) and all advance together, so column n is every row's next slot.
+
+    With ``compile``, unpadded token prompts of a plain ``GPT`` run through a ``DecodeSession`` (static cache, the
+    decode step compiled as one graph) instead of ``_last_logits`` over ``KVCache``s. Without it they stay here:
+    the session's eager step is no faster (the same kernels; what compiling removes is the overhead between them)."""
 
     def __init__(self, model: GPT, ids: Tensor | None, embeds: Tensor | None, mask: Tensor, width: int,
-                 track_seen: bool) -> None:
-        self.model, self.width = model, width
+                 track_seen: bool, compile: bool | str = False) -> None:
+        self.model, self.width, self.compile = model, width, compile
+        self.session: DecodeSession | None = None
         B, P = mask.shape
         self.rows = list(range(B))  # rows[j] = the caller's index of active row j
         self.ids = torch.zeros(B, width, dtype=torch.long, device=mask.device)  # (b, W) tokens in the cache
@@ -304,9 +326,15 @@ class _Batch:
     def encode(self) -> Tensor:
         """Fresh caches; encode columns [0, n) in one forward; return the last column's logits (b, V)."""
         n, m = self.n, self.mask[:, : self.n]
-        self.caches = make_kv_cache(self.model.config, self.width)
         self.padded = bool((m == 0).any())  # no padding → no mask to pass (the model's faster path)
         self.next_pos = m.sum(-1, keepdim=True)  # (b, 1) position of each row's next token
+        embedded = self.prompt_embeds is not None and self.dropped < self.prompt_embeds.shape[1]
+        if self.compile is not False and not self.padded and not embedded and supports(self.model):
+            if self.session is None:
+                self.session = DecodeSession(self.model, len(self.rows), self.width, compile=self.compile)
+            return self.session.prefill(self.ids[:, :n])
+        self.session = None
+        self.caches = make_kv_cache(self.model.config, self.width)
         x: dict[str, Tensor | None] = {"input_ids": self.ids[:, :n], "inputs_embeds": None}
         if self.prompt_embeds is not None and self.dropped < self.prompt_embeds.shape[1]:
             # Columns still inside the prompt come from its embeddings, later ones from the token embedding.
@@ -333,6 +361,10 @@ class _Batch:
         self.n += 1
         if slide:  # positions changed: rebuild the cache from the window
             return self.encode()
+        if self.session is not None:
+            logits = self.session.step(tok)
+            self.next_pos = self.next_pos + 1
+            return logits
         logits = _last_logits(self.model, tok[:, None], attention_mask=self.mask[:, : self.n] if self.padded else None,
                               position_ids=self.next_pos, past_key_values=self.caches)
         self.next_pos = self.next_pos + 1
@@ -349,12 +381,14 @@ class _Batch:
             self.prompt_embeds = self.prompt_embeds[index]
         for c in self.caches:
             c.reorder(index)
+        if self.session is not None:
+            self.session.keep_rows(index)
         self.padded = bool((self.mask[:, : self.n] == 0).any())
 
 
 def _decode(model: GPT, ids: Tensor | None, embeds: Tensor | None, mask: Tensor, max_new_tokens: int,
             opts: dict[str, Any], stop_ids: frozenset[int], seed: int | None,
-            cancel: threading.Event | None, state: _State) -> Iterator[GenerationStep]:
+            cancel: threading.Event | None, state: _State, compile: bool | str = False) -> Iterator[GenerationStep]:
     """The decoding loop behind ``generate``. Per step: one (b, 1) forward over the preallocated cache, one sampled
     token per active row, one host sync (``tolist``) to report them."""
     if max_new_tokens == 0:
@@ -373,7 +407,8 @@ def _decode(model: GPT, ids: Tensor | None, embeds: Tensor | None, mask: Tensor,
         generator = torch.Generator(device=mask.device)
         generator.manual_seed(seed)
     with torch.inference_mode():
-        batch = _Batch(model, ids, embeds, mask, min(block, P + max_new_tokens), opts["repetition_penalty"] != 1.0)
+        batch = _Batch(model, ids, embeds, mask, min(block, P + max_new_tokens), opts["repetition_penalty"] != 1.0,
+                       compile)
         logits = batch.encode()
     for step in range(max_new_tokens):
         if cancel is not None and cancel.is_set():  # the caller gave up: end everything now
@@ -408,6 +443,9 @@ def _decode(model: GPT, ids: Tensor | None, embeds: Tensor | None, mask: Tensor,
                 batch.keep_rows(alive)
                 tok = tok[alive]
             logits = batch.append(tok, keep)
+            if batch.session is not None:
+                state.compile_seconds += batch.session.compile_seconds
+                batch.session.compile_seconds = 0.0
 
 
 @torch.no_grad()

@@ -151,5 +151,9 @@ def planned_decode(planner: MatvecPlanner | None = DEFAULT) -> Iterator[None]:
 
 
 def decode_planner() -> MatvecPlanner | None:
-    """The planner of the enclosing ``planned_decode`` block in this thread, if any."""
+    """The planner of the enclosing ``planned_decode`` block in this thread, if any. None while ``torch.compile``
+    traces (the compiled decode step, ``generate.fast``): the planner measures with wall-clock timers, which a graph
+    cannot hold, and inductor picks its own kernels."""
+    if torch.compiler.is_compiling():
+        return None
     return getattr(_local, "planner", None)
