@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-overflow", choices=["error", "slide"], default="error",
                    help="when prompt + new tokens exceed the context: fail (default) or slide the window")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                   help="weights' dtype (auto: bf16 where the CPU/GPU computes it natively, else fp32)")
+                   help="weights' dtype (auto: bf16 on a GPU with native bf16, else fp32)")
     quant = p.add_mutually_exclusive_group()
     quant.add_argument("--int8", action="store_true", help="weight-only int8 linears (faster decoding on CPU)")
     quant.add_argument("--int4", action="store_true",
@@ -57,11 +57,11 @@ def run(args: argparse.Namespace) -> int:
     from omnigpt.checkpoints.pretrained import load_pretrained, model_type
     from omnigpt.checkpoints.state import resolve_checkpoint
     from omnigpt.generate.text import stream_text
-    from omnigpt.kernels.precision import resolve_dtype
+    from omnigpt.kernels.precision import weights_dtype
     from omnigpt.kernels.quantize import quantize
     from omnigpt.text.tokenizer import load_tokenizer
 
-    dtype = resolve_dtype(args.dtype).dtype
+    dtype = weights_dtype(args.dtype)
     try:
         if Path(args.model).is_dir():
             args.model = resolve_checkpoint(args.model)  # a run directory means its newest checkpoint

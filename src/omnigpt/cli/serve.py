@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $OMNIGPT_API_KEY, else none)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights' dtype (auto: bf16 where the device computes it natively, else fp32)")
+                   help="weights' dtype (auto: bf16 on a GPU with native bf16, else fp32)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--max-batch-size", type=int, default=8, help="sequences stepped together on the model")
     p.add_argument("--max-queue", type=int, default=32, help="waiting requests before new ones get 429")

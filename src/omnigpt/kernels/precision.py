@@ -176,6 +176,17 @@ def resolve_dtype(requested: str | None, device: torch.device | str = "cpu") -> 
     return Precision(torch.bfloat16, requested, f"bfloat16 requested; {why}")
 
 
+def weights_dtype(requested: str | None, device: torch.device | str = "cpu") -> torch.dtype:
+    """The dtype to *store* an inference model's weights in: ``auto`` is bf16 only on a GPU with native bf16. On a
+    CPU batch-1 decoding is memory-bound and int4/int8 are the fast path, while bf16 weights cost real models their
+    answers (SmolLM2-135M greedy in bf16: "L'Étoile, la Marseillaise…" for the capital of France), so auto keeps
+    fp32 there; an explicit dtype is honoured (with ``resolve_dtype``'s warning where bf16 is emulated)."""
+    device = torch.device(device)
+    if (requested or "auto") == "auto" and device.type == "cpu":
+        return torch.float32
+    return resolve_dtype(requested, device).dtype
+
+
 def autocast(device: torch.device | str = "cpu", requested: str | None = "auto") -> torch.autocast:
     """Autocast to the resolved dtype (disabled when that is fp32): evaluation and inference outside the trainer."""
     device = torch.device(device)
@@ -192,4 +203,5 @@ def _warn_emulated(why: str, device_type: str) -> None:
 
 
 __all__ = ["DTYPES", "Precision", "autocast", "copy_bandwidth", "cpu_name", "describe_machine", "device_name",
-           "machine", "matmul_peak", "measured_bf16_slowdown", "native_bf16", "resolve_dtype"]
+           "machine", "matmul_peak", "measured_bf16_slowdown", "native_bf16", "resolve_dtype",
+           "weights_dtype"]

@@ -90,12 +90,12 @@ def load_served_model(model: str | Path, name: str | None = None, device: str = 
 
     from omnigpt.checkpoints.pretrained import load_pretrained, model_type
     from omnigpt.checkpoints.state import resolve_checkpoint
-    from omnigpt.kernels.precision import resolve_dtype
+    from omnigpt.kernels.precision import weights_dtype
     from omnigpt.text.tokenizer import load_tokenizer
 
     if dtype is not None and dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
-    torch_dtype = torch.float16 if dtype == "float16" else resolve_dtype(dtype or "float32", device).dtype
+    torch_dtype = torch.float16 if dtype == "float16" else weights_dtype(dtype or "float32", device)
     d = Path(model)
     if not d.is_dir():
         return _load_named(str(model), name, device, torch_dtype)
