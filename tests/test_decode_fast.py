@@ -8,8 +8,9 @@ import warnings
 
 import pytest
 import torch
+from test_generate import tiny, tokens
 
-from omnigpt import GPT, GPTConfig, make_kv_cache
+from omnigpt import GPT, make_kv_cache
 from omnigpt.generate import fast
 from omnigpt.generate.decode import _last_logits, generate
 from omnigpt.generate.fast import DecodeSession, supports
@@ -19,22 +20,6 @@ from omnigpt.kernels.quantize import quantize
 PROMPT = [5, 17, 300, 42, 9, 1, 77]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny(name: str, std: float = 0.3, **kw) -> GPT:
-    """A tiny model with large random weights, so greedy tokens vary from step to step."""
-    torch.manual_seed(0)
-    return GPT(GPTConfig.from_name(name, initializer_range=std, wpe_initializer_range=std, **kw)).eval()
-
-
-def tokens(gen) -> list[list[int]]:
-    out: list[list[int]] = []
-    for step in gen:
-        out = out or [[] for _ in step.tokens]
-        for row, t in zip(out, step.tokens, strict=True):
-            if t is not None:
-                row.append(t)
-    return out
 
 
 @torch.no_grad()

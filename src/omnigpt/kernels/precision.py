@@ -96,22 +96,6 @@ def native_bf16(device: torch.device | str = "cpu") -> tuple[bool, str]:
     return _cpu_bf16()
 
 
-@functools.cache
-def measured_bf16_slowdown(n: int = 256) -> float:
-    """How many times slower an (n × n) @ (n × n) matmul runs in bf16 than in fp32 on this CPU, right now."""
-    def best(dt: torch.dtype) -> float:
-        a = torch.randn(n, n).to(dt)
-        a @ a  # warm-up: first calls pick kernels
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            a @ a
-            times.append(time.perf_counter() - t)
-        return min(times)
-
-    return best(torch.bfloat16) / best(torch.float32)
-
-
 def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 5) -> float:
     """FLOP/s of the best of ``repeats`` (n × n) @ (n × n) matmuls in ``dtype`` on the CPU, measured now."""
     a = torch.randn(n, n).to(dtype)
@@ -172,8 +156,13 @@ def resolve_dtype(requested: str | None, device: torch.device | str = "cpu") -> 
         return Precision(torch.float32, requested, "float32 requested")
     if not native:
         _warn_emulated(why, torch.device(device).type)
-        return Precision(torch.bfloat16, requested, f"bfloat16 requested; {why}")
     return Precision(torch.bfloat16, requested, f"bfloat16 requested; {why}")
+
+
+@functools.cache
+def measured_bf16_slowdown(n: int = 256) -> float:
+    """How many times slower an (n × n) @ (n × n) matmul runs in bf16 than in fp32 on this CPU, right now."""
+    return matmul_peak(torch.float32, n) / matmul_peak(torch.bfloat16, n)
 
 
 def weights_dtype(requested: str | None, device: torch.device | str = "cpu") -> torch.dtype:
