@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from omnigpt.kernels.precision import describe_machine
+
 # name, recipe, extra overrides, seeds, what the row is
 Row = tuple[str, str, list[str], list[int], str]
 # the metrics a table shows, in this order (the first of them in eval.json that a row has); percentages ×100
@@ -72,6 +74,7 @@ def main(rows: list[Row], eval_args: dict[str, list[str]], description: str, def
     p.add_argument("--root", default=default_root)
     p.add_argument("--lock", help="a lock file: each train/eval step runs under `flock LOCK` (a shared machine)")
     args = p.parse_args()
+    print(describe_machine(), flush=True)  # the CPU, its ISA and the peaks measured in this run
     if args.lock:
         LOCK[:] = ["flock", args.lock]
     root = Path(args.root)

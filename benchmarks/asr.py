@@ -45,6 +45,7 @@ import torch
 
 from omnigpt.checkpoints.ctranslate2 import load_whisper, whisper_dir
 from omnigpt.generate.whisper import load_waveform, transcribe
+from omnigpt.kernels.precision import describe_machine
 from omnigpt.text.normalize import normalize_basic, normalize_english, normalize_numbers
 from omnigpt.train.metrics import word_error_rate
 from omnigpt.train.tasks.whisper_eval import real_recordings
@@ -60,6 +61,7 @@ def main() -> None:
     ap.add_argument("--beam-size", type=int, default=1)
     ap.add_argument("--run", action="append", default=[], help="also score this asr-whisper run (repeatable)")
     args = ap.parse_args()
+    print(describe_machine(), flush=True)  # the CPU, its ISA and the peaks measured in this run
     torch.set_num_threads(args.threads)
     model, tok = load_whisper("whisper-tiny.en")
     runs = {Path(r).name: load_run(r) for r in args.run}

@@ -24,6 +24,7 @@ import torch
 from omnigpt import GPT, GPTConfig
 from omnigpt.generate.decode import generate
 from omnigpt.kernels.matvec import DEFAULT as MATVEC
+from omnigpt.kernels.precision import describe_machine
 from omnigpt.kernels.quantize import quantize
 
 
@@ -117,6 +118,7 @@ def main() -> None:
                     choices=["fp32", "bf16", "int8", "int4"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's choice)")
     args = ap.parse_args()
+    print(describe_machine(), flush=True)  # the CPU, its ISA and the peaks measured in this run
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -34,6 +34,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from omnigpt.kernels.precision import describe_machine
+
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
             "TORCHINDUCTOR_CPP_MARCH": "haswell"}
 
@@ -60,6 +62,7 @@ def main() -> None:
     parser.add_argument("--configs", default="", help="comma-separated subset of the configuration names")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled rows")
     args = parser.parse_args()
+    print(describe_machine(), flush=True)  # the CPU, its ISA and the peaks measured in this run
     if args.emulate_avx2 and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ENV})  # before torch loads
 

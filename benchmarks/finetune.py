@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from train import matmul_peak  # benchmarks/train.py (this folder is on sys.path when run as a script)
 
+from omnigpt.kernels.precision import describe_machine
 from omnigpt.models.lora import LoRAWeights, apply_lora
 from omnigpt.train.schedule import Stage, build_optimizer
 from omnigpt.train.tasks import load_recipe
@@ -119,6 +120,7 @@ def main() -> None:
     p.add_argument("--eval", nargs="?", const="base", default=None,
                    help="score the pretrained model ('base') or a checkpoint / run directory on the held-out set")
     args = p.parse_args()
+    print(describe_machine(), flush=True)  # the CPU, its ISA and the peaks measured in this run
     torch.set_num_threads(args.threads)
     quality(args) if args.eval else throughput(args)
 

@@ -80,6 +80,8 @@ from typing import Any
 
 import numpy as np
 
+from omnigpt.kernels.precision import describe_machine
+
 ROOT = Path(__file__).resolve().parents[1]
 NANOGPT_CMD = ["train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
                "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128",
@@ -366,6 +368,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("overrides", nargs="*", help="omnigpt recipe overrides after --, e.g. -- --lr=0.002")
     args = ap.parse_args()
+    print(describe_machine(), flush=True)  # the CPU, its ISA and the peaks measured in this run
     if args.emulate_avx2:
         os.environ.update(AVX2_ENV)  # before torch loads, in this process and the children
     import torch

@@ -30,6 +30,8 @@ from pathlib import Path
 import httpx
 import torch
 
+from omnigpt.kernels.precision import describe_machine
+
 
 def build_small_model(root: Path) -> Path:
     """A random 6-layer, 384-wide GPT-2 with a byte-level BPE trained on a little text, saved like a checkpoint."""
@@ -123,6 +125,7 @@ def main() -> None:
                          "oversubscribed torch threads spin and can run 10x slower)")
     ap.add_argument("--batch-window-ms", type=float, default=50.0, help="the batched server's --batch-window-ms")
     args = ap.parse_args()
+    print(describe_machine(), flush=True)  # the CPU, its ISA and the peaks measured in this run
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or build_small_model(Path(tmp))

@@ -25,6 +25,7 @@ import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
 from omnigpt.checkpoints.assets import asset_path
+from omnigpt.kernels.precision import describe_machine
 from omnigpt.text.gpt2_vocab import GPT2_TIKTOKEN, gpt2_tokenizer
 from omnigpt.text.tokenizer import EOT
 
@@ -67,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    print(describe_machine(), flush=True)  # the CPU, its ISA and the peaks measured in this run
 
     state = {"tok": gpt2_tokenizer()}
 

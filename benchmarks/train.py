@@ -36,6 +36,7 @@ import torch
 from omnigpt import GPT, GPTConfig
 from omnigpt.kernels import matmul
 from omnigpt.kernels.matmul import MatmulPlanner
+from omnigpt.kernels.precision import describe_machine
 from omnigpt.train.schedule import Stage, build_optimizer
 from omnigpt.train.tasks.lm import LMLoss
 
@@ -98,6 +99,7 @@ def main() -> None:
                     help="omnigpt's bf16 GEMM planning (the trainer's default: auto)")
     ap.add_argument("--threads", type=int, help="torch threads (default: all cores); with 1, CPU-time figures too")
     args = ap.parse_args()
+    print(describe_machine(), flush=True)  # the CPU, its ISA and the peaks measured in this run
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

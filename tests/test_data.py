@@ -146,7 +146,9 @@ def test_eval_windows_predict_every_token_once():
     wins = eval_windows([stream], block_size=10)
     targets = np.concatenate([w[1:] for w in wins])
     assert np.array_equal(targets, stream[1:])
-    assert sum(len(w) - 1 for w in eval_windows([stream], 10, max_tokens=25)) == 30  # whole windows, >= 25
+    subset = eval_windows([stream], 10, max_tokens=25)  # 3 whole windows spread over the split, not the first 3
+    assert [int(w[0]) for w in subset] == [0, 50, 100]
+    assert [int(w[0]) for w in eval_windows([stream], 10, max_tokens=1000)] == [int(w[0]) for w in wins]
 
 
 def test_builtin_shakespeare_recipe():

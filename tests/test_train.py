@@ -88,6 +88,7 @@ def test_recipe_errors_are_caught_before_training(tmp_path):
     with pytest.raises(RecipeError, match="expected --key=value"):
         load_recipe(write_recipe(tmp_path), ["max_steps"])
     assert load_recipe(write_recipe(tmp_path), ["--max_steps=3", "--model.n_layer=1", "--lr=1"]).lr == 1.0
+    assert load_recipe(write_recipe(tmp_path), ["--lr=2e-3"]).lr == 2e-3  # YAML 1.1 reads 2e-3 as a string
     # Missing data: the trainer stops before building anything or writing into out_dir.
     recipe = load_recipe(None, tiny_recipe(tmp_path, data={"sources": [], "dir": str(tmp_path / "nodata")}))
     with pytest.raises(FileNotFoundError, match="has no prepared data"):

@@ -271,14 +271,12 @@ def eval_windows(shards: list[np.ndarray], block_size: int, max_tokens: int | No
     """Windows covering the split once: every token except each shard's first is predicted exactly once.
 
     Windows overlap by one token (input ends where the next window's targets begin); the last one may be shorter.
-    ``max_tokens`` keeps only the first windows (a fixed, comparable subset for periodic validation)."""
-    out: list[np.ndarray] = []
-    budget = max_tokens if max_tokens is not None else float("inf")
-    for s in shards:
-        for start in range(0, len(s) - 1, block_size):
-            if budget <= 0:
-                return out
-            w = s[start : start + block_size + 1]
-            out.append(w)
-            budget -= len(w) - 1
-    return out
+    ``max_tokens`` keeps a fixed, comparable subset for periodic validation: whole windows spread evenly over the
+    split (the first windows alone would all come from its first documents and bias the estimate)."""
+    out = [s[start : start + block_size + 1] for s in shards for start in range(0, len(s) - 1, block_size)]
+    total = sum(len(w) - 1 for w in out)
+    if max_tokens is None or total <= max_tokens or not out:
+        return out
+    n = min(len(out), -(-max_tokens // block_size))  # whole windows, at least max_tokens targets when full-length
+    keep = np.linspace(0, len(out) - 1, n).round().astype(int)
+    return [out[i] for i in np.unique(keep)]

@@ -118,6 +118,7 @@ class _FusedLinearCE(torch.autograd.Function):
         return gh, gw, None, None, None, None
 
 
+@torch.compiler.disable  # a hand-written autograd.Function over a reused workspace: eager inside a compiled model
 def fused_linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk: int | None = None) -> Tensor:
     """Mean cross-entropy of ``h @ weight.T`` against ``targets``, -100 ignored.
 

@@ -110,8 +110,21 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         *parents, last = key.replace("-", "_").split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[last] = yaml.safe_load(value) if value != "" else None
+        node[last] = _scalar(value)
     return out
+
+
+def _scalar(value: str) -> Any:
+    """A YAML scalar, except that ``2e-3`` is a float (YAML 1.1 reads exponents without a dot as strings)."""
+    if value == "":
+        return None
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):
+        try:
+            return float(parsed)
+        except ValueError:
+            pass
+    return parsed
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
