@@ -50,7 +50,7 @@ def has_limit(recipe: str) -> bool:
 
     import yaml
 
-    from omnigpt.train.tasks import sections
+    from omnigpt.apps import sections
 
     spec = sections(yaml.safe_load(Path(recipe).read_text())["task"])[0]
     return dataclasses.is_dataclass(spec) and "limit" in {f.name for f in dataclasses.fields(spec)}

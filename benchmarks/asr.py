@@ -43,13 +43,13 @@ from pathlib import Path
 
 import torch
 
+from omnigpt.apps.asr.evaluate import real_recordings
+from omnigpt.apps.asr.task import load_run
+from omnigpt.apps.common.metrics import word_error_rate
 from omnigpt.checkpoints.ctranslate2 import load_whisper, whisper_dir
 from omnigpt.generate.whisper import load_waveform, transcribe
 from omnigpt.kernels.precision import describe_machine
 from omnigpt.text.normalize import normalize_basic, normalize_english, normalize_numbers
-from omnigpt.train.metrics import word_error_rate
-from omnigpt.train.tasks.whisper_eval import real_recordings
-from omnigpt.train.tasks.whisper_finetune import load_run
 
 
 def main() -> None:

@@ -70,9 +70,9 @@ def main() -> None:
     import transformers
 
     from omnigpt import from_pretrained
-    from omnigpt.checkpoints.assets import asset_path
     from omnigpt.checkpoints.gguf import quantize_model
     from omnigpt.checkpoints.registry import MODELS
+    from omnigpt.files.assets import asset_path
     from omnigpt.generate.decode import generate
 
     threads = torch.get_num_threads()

@@ -42,11 +42,12 @@ from pathlib import Path
 import torch
 from train import matmul_peak  # benchmarks/train.py (this folder is on sys.path when run as a script)
 
+from omnigpt.apps import load_recipe
+from omnigpt.apps.common.chat import SFTLoss
+from omnigpt.apps.sft.task import SFTTask
 from omnigpt.kernels.precision import describe_machine
 from omnigpt.models.lora import LoRAWeights, apply_lora
 from omnigpt.train.schedule import Stage, build_optimizer
-from omnigpt.train.tasks import load_recipe
-from omnigpt.train.tasks.sft import SFTLoss, SFTTask
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "finetune-smollm2.yaml"
 

@@ -227,9 +227,9 @@ def nanogpt_full_val(nanogpt: Path, ckpt: Path, data_dir: Path) -> tuple[float, 
 
 def omnigpt_full_curve(out: Path, data_dir: Path) -> dict[int, float]:
     """{step: loss over the whole val split} of every checkpoint the run saved (the same windows, fp32)."""
+    from omnigpt.apps.lm.task import LMLoss
     from omnigpt.checkpoints.pretrained import load_pretrained
     from omnigpt.data.shards import TokenData, eval_windows
-    from omnigpt.train.tasks.lm import LMLoss
 
     curve = {}
     for d in sorted((out / "checkpoints").glob("step_*")):
@@ -373,9 +373,9 @@ def main() -> None:
         os.environ.update(AVX2_ENV)  # before torch loads, in this process and the children
     import torch
 
+    from omnigpt.apps.lm.task import ensure_data
     from omnigpt.kernels.precision import cpu_name
     from omnigpt.train.recipe import read_recipe
-    from omnigpt.train.tasks.lm import ensure_data
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)

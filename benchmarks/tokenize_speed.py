@@ -24,7 +24,7 @@ from pathlib import Path
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
-from omnigpt.checkpoints.assets import asset_path
+from omnigpt.files.assets import asset_path
 from omnigpt.kernels.precision import describe_machine
 from omnigpt.text.gpt2_vocab import GPT2_TIKTOKEN, gpt2_tokenizer
 from omnigpt.text.tokenizer import EOT

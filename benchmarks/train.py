@@ -3,7 +3,7 @@
 Both models have GPT-2 small's architecture (124M parameters, 50,257 tokens, random weights), train on the same
 random batches of ``--micro-batch`` × ``--seq`` tokens with the same optimizer (AdamW, fused, weight decay 0.1),
 once in fp32 and once under bf16 autocast with fp32 master weights. The omnigpt step is exactly the trainer's
-(``omnigpt.train.tasks.lm.LMLoss``: hidden states → fused LM head + cross-entropy, no (N, V) logits kept);
+(``omnigpt.apps.lm.task.LMLoss``: hidden states → fused LM head + cross-entropy, no (N, V) logits kept);
 ``transformers`` gets ``labels=`` and computes its own loss. Steps are interleaved (omnigpt, transformers, …)
 and medians are reported because the machine is shared and its speed drifts.
 
@@ -34,11 +34,12 @@ import time
 import torch
 
 from omnigpt import GPT, GPTConfig
+from omnigpt.apps.lm.task import LMLoss
 from omnigpt.kernels import matmul
-from omnigpt.kernels.matmul import MatmulPlanner
+from omnigpt.kernels.attention import use_fp32_backward_attention
+from omnigpt.kernels.matmul import MatmulPlanner, use_planned_linears
 from omnigpt.kernels.precision import describe_machine
 from omnigpt.train.schedule import Stage, build_optimizer
-from omnigpt.train.tasks.lm import LMLoss
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 9) -> float:
@@ -112,7 +113,7 @@ def main() -> None:
 
     runners = {}
     if args.only != "transformers":
-        ours = LMLoss(GPT(cfg)).train()
+        ours = LMLoss(use_fp32_backward_attention(use_planned_linears(GPT(cfg)))).train()  # the trainer's CPU kernels
         planner = MatmulPlanner() if args.matmul_plan == "auto" else None  # measures on the warm-up steps
         runners["omnigpt"] = (functools.partial(omnigpt_step, planner=planner), ours, make_optimizer(ours.model))
     if args.only != "omnigpt":

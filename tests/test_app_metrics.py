@@ -11,10 +11,10 @@ from collections import Counter
 import pytest
 from PIL import Image
 
+from omnigpt.apps.common import baselines, figures
+from omnigpt.apps.common.metrics import classification_scores, confusion, corpus_bleu, rouge_scores, translation_scores
 from omnigpt.data import textsets
 from omnigpt.data.textsets import load_classification, load_pairs, split_items
-from omnigpt.train import baselines, figures
-from omnigpt.train.metrics import classification_scores, confusion, corpus_bleu, rouge_scores, translation_scores
 
 bible = pytest.mark.skipif(not textsets.bible_available(),
                            reason="needs Debian packages sword-text-web, sword-text-sparv, libsword-utils")

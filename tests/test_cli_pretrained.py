@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from omnigpt.checkpoints import registry
+from omnigpt.checkpoints.encoders import classify_image, embed_sentences
 from omnigpt.cli.main import main
 from omnigpt.generate.decode import generate
 from omnigpt.generate.whisper import transcribe
 from omnigpt.text.chat_template import ChatTemplate
-from omnigpt.text.pipelines import classify_image, embed_sentences
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 needs_sounds = pytest.mark.skipif(not SOUNDS.is_dir(), reason="needs Debian asterisk-core-sounds-en-wav")

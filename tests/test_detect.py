@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
+from omnigpt.apps.detect.task import coco_map
 from omnigpt.checkpoints.pretrained import load_pretrained, save_pretrained
 from omnigpt.config import GPTConfig
 from omnigpt.data.multimodal import FASHION_MNIST_DIR
 from omnigpt.models.pix2seq import Pix2Seq, Pix2SeqConfig, encode_targets
 from omnigpt.models.vision import VisionConfig
-from omnigpt.train.tasks.detect import coco_map
 
 needs_fmnist = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(),
                                   reason="needs Debian dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)")
@@ -120,7 +120,7 @@ def generators() -> dict:
     pytest.importorskip("skimage", reason="needs scikit-image (backgrounds)")
     if not FASHION_MNIST_DIR.is_dir():
         pytest.skip("needs Debian dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)")
-    from omnigpt.data.scenes import SceneConfig, SceneGenerator
+    from omnigpt.apps.detect.data import SceneConfig, SceneGenerator
 
     cfg = SceneConfig()
     return {split: SceneGenerator(cfg, split, seed=3, item_limit=12000) for split in ("train", "val", "test")}
@@ -259,8 +259,8 @@ def test_object_detection_pipeline_shape_and_bad_input(tmp_path: Path) -> None:
 def test_detect_task_trains_and_evaluates(tmp_path: Path) -> None:
     """The task through the one Trainer (a few steps), then ``evaluate_run``: metric names, baselines, picture."""
     pytest.importorskip("skimage", reason="needs scikit-image (backgrounds)")
+    from omnigpt.apps import load_recipe, task_class
     from omnigpt.train.recipe import RecipeError
-    from omnigpt.train.tasks import load_recipe, task_class
     from omnigpt.train.trainer import train
 
     data = {"image_size": 32, "min_scale": 10, "max_scale": 20, "max_objects": 3, "val_scenes": 8,

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from omnigpt import GPT, GPTConfig
+from omnigpt.apps import load_recipe
 from omnigpt.cli.main import main
 from omnigpt.data import DataSpec, TokenData, eval_windows, prepare_data
 from omnigpt.train.evaluate import evaluate, evaluate_texts
-from omnigpt.train.tasks import load_recipe
 from omnigpt.train.trainer import train
 
 WORDS = ["to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis", "nobler", "in", "mind", "suffer"]

@@ -369,9 +369,14 @@ def test_planned_decode_logits_bitwise_equal_the_plain_forward(name):
     """generate()'s one-row forward (blocks and LM head through the matvec plan, KV cache) gives the same logits,
     bit for bit, as model(...) without it — so greedy tokens are the ones decoding produced before the plan."""
     from omnigpt.generate.decode import _last_logits
+    from omnigpt.kernels.matmul import Linear, use_planned_linears
     from omnigpt.kernels.matvec import MatvecPlanner, decode_planner
 
     model = tiny(name, std=0.05, n_embd=128, vocab_size=1000)  # wide enough that rows can be cut into blocks
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert use_planned_linears(model) is model  # what generate() does first: module replacement, same weights
+    assert type(model.lm_head) is Linear and model.lm_head.weight is model.transformer.wte.weight
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     planner = MatvecPlanner(repeats=1)
     prompt = torch.tensor([PROMPTS[0]])
     plain_cache, planned_cache = make_kv_cache(model.config, 40), make_kv_cache(model.config, 40)

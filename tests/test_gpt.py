@@ -1,5 +1,6 @@
 """Model core invariants: attention paths agree, causality, banded windows, GPT-1/2 block structure, heads,
-KV cache == full forward, a tiny model overfits, determinism, bf16 autocast, and bad input."""
+KV cache == full forward, a tiny model overfits, determinism, bf16 autocast, the CPU kernels swapped in, and bad
+input (checked at the edge: the HF facade and ``generate`` run ``generate.inputs.check_inputs``)."""
 
 import math
 
@@ -8,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from omnigpt import GPT, GPTConfig, GPTForSequenceClassification, make_kv_cache
-from omnigpt.kernels.attention import flash_attention_fp32_backward
-from omnigpt.models import gpt as gpt_module
-from omnigpt.models.gpt import CausalSelfAttention, build_attention_mask
+from omnigpt.hf.gpt2 import GPT2LMHeadModel
+from omnigpt.kernels import attention as attention_kernels
+from omnigpt.kernels.attention import flash_attention_fp32_backward, use_fp32_backward_attention
+from omnigpt.models.gpt import CausalSelfAttention, attention_reference, build_attention_mask
 
 TINY = ["tiny-gpt1", "tiny-gpt2", "tiny-gpt3"]
 
@@ -58,6 +60,22 @@ def test_reference_attention_is_the_formula():
     scores = scores.masked_fill(torch.triu(torch.ones(6, 6, dtype=torch.bool), 1), float("-inf"))
     expected = attn.c_proj(torch.softmax(scores, dim=-1) @ v)
     assert torch.allclose(attn(x, torch.arange(6)), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2])
+def test_reference_stands_in_for_sdpa(n_kv_head):
+    """``attention_reference`` takes SDPA's arguments and gives its result: causal, masked, grouped-query."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 7, 8), torch.randn(2, n_kv_head, 7, 8), torch.randn(2, n_kv_head, 7, 8)
+    mask = torch.rand(2, 1, 7, 7) > 0.3
+    mask[..., 0] = True  # no empty row
+    gqa = n_kv_head != 4
+    for kw in ({"is_causal": True}, {"attn_mask": mask}, {"attn_mask": mask, "scale": 0.1}):
+        want = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa, **kw)
+        assert torch.allclose(attention_reference(q, k, v, enable_gqa=gqa, **kw), want, atol=1e-6)
+    weights: list[torch.Tensor] = []
+    attention_reference(q, k, v, is_causal=True, enable_gqa=gqa, weights=weights)
+    assert weights[0].shape == (2, 4, 7, 7) and (weights[0].triu(1) == 0).all()
 
 
 def test_padding_does_not_change_real_tokens():
@@ -268,19 +286,26 @@ def test_bf16_training_attention_has_an_fp32_backward():
     for r, s, o in zip(ref, sdpa, ours, strict=True):  # mean error: the max is set by the final bf16 rounding
         assert (o - r).abs().mean() < (s - r).abs().mean()
         assert (o - r).abs().max() < 0.02 * r.abs().max()
-    # The model takes this path exactly when training causally in bf16 on CPU.
+    # Swapped in by module replacement (the trainer does it for bf16 CPU runs), the model takes this path exactly
+    # when training causally in bf16 on CPU; the reference path (eager) is left alone.
     attn = CausalSelfAttention(GPTConfig.from_name("tiny-gpt2"), 0)
+    assert attn.sdpa is F.scaled_dot_product_attention
+    assert use_fp32_backward_attention(attn).sdpa is attention_kernels.sdpa_fp32_backward
+    eager = use_fp32_backward_attention(CausalSelfAttention(GPTConfig.from_name("tiny-gpt2",
+                                                                                attn_implementation="eager"), 0))
+    assert eager.sdpa is attention_reference
     x = torch.randn(2, 16, attn.c_attn.in_features, requires_grad=True)
     calls = []
-    original = gpt_module.flash_attention_fp32_backward
+    original = attention_kernels.flash_attention_fp32_backward
     try:
-        gpt_module.flash_attention_fp32_backward = lambda *a: calls.append(1) or original(*a)
+        attention_kernels.flash_attention_fp32_backward = lambda *a: calls.append(1) or original(*a)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             attn(x, torch.arange(16)).float().sum().backward()
             with torch.no_grad():
                 attn(x, torch.arange(16))
+        attn(x, torch.arange(16)).sum().backward()  # fp32: SDPA itself
     finally:
-        gpt_module.flash_attention_fp32_backward = original
+        attention_kernels.flash_attention_fp32_backward = original
     assert len(calls) == 1 and x.grad is not None
 
 
@@ -297,19 +322,24 @@ def test_bf16_training_attention_has_an_fp32_backward():
     (lambda: torch.zeros(1, 0, dtype=torch.long), "length 0"),
 ])
 def test_bad_input_raises_value_error_naming_the_limit(make, message):
-    model = GPT(GPTConfig.from_name("tiny-gpt2"))
+    model = GPT2LMHeadModel(GPTConfig.from_name("tiny-gpt2"))  # the facade checks; GPT itself trusts its input
     with pytest.raises(ValueError, match=message):
         model(make())
 
 
 def test_bad_mask_and_overflowing_cache_raise():
-    model = GPT(GPTConfig.from_name("tiny-gpt2")).eval()
+    model = GPT2LMHeadModel(GPTConfig.from_name("tiny-gpt2")).eval()
     with pytest.raises(ValueError, match="attention_mask must have shape"):
         model(torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 4))
     cache = make_kv_cache(model.config)
     model(torch.zeros(1, 60, dtype=torch.long), past_key_values=cache)
     with pytest.raises(ValueError, match="block_size 64"):
         model(torch.zeros(1, 5, dtype=torch.long), past_key_values=cache)
-    with pytest.raises(ValueError, match="labels must have shape"):
-        model(torch.zeros(1, 5, dtype=torch.long), labels=torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="position_ids must be in"):
+        model(torch.zeros(1, 5, dtype=torch.long), position_ids=torch.tensor([[0, 1, 2, 3, 64]]))
+    with pytest.raises(ValueError, match="inputs_embeds must have shape"):
+        model(inputs_embeds=torch.zeros(1, 5, 7))
+    for lm in (model, GPT(model.config)):
+        with pytest.raises(ValueError, match="labels must have shape"):
+            lm(torch.zeros(1, 5, dtype=torch.long), labels=torch.zeros(1, 4, dtype=torch.long))
 

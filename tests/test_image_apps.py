@@ -45,8 +45,8 @@ def tiny_igpt(seed: int = 0, size: int = 4, levels: int = 4) -> IGPT:
 
 @needs_fmnist
 def test_tiny_vit_overfits_a_handful_of_images() -> None:
+    from omnigpt.apps.common.images import to_pixels
     from omnigpt.data.multimodal import load_fashion_mnist
-    from omnigpt.train.tasks.image_classify import to_pixels
 
     images, labels = load_fashion_mnist("train", limit=10)
     model = tiny_classifier()
@@ -78,7 +78,7 @@ def test_classifier_saves_and_loads_through_the_pretrained_layer(tmp_path: Path)
 @needs_fmnist
 def test_image_classify_task_trains_and_evaluates(tmp_path: Path) -> None:
     """The task through the one Trainer (a few steps), then ``evaluate_run``: metric names, baselines, pictures."""
-    from omnigpt.train.tasks import load_recipe, task_class
+    from omnigpt.apps import load_recipe, task_class
     from omnigpt.train.trainer import train
 
     r = load_recipe(overrides={"task": "image-classify", "out_dir": str(tmp_path / "run"), "batch_size": 16,
@@ -103,8 +103,8 @@ def test_image_classify_task_trains_and_evaluates(tmp_path: Path) -> None:
 
 
 def test_image_recipe_errors_name_the_key() -> None:
+    from omnigpt.apps import load_recipe
     from omnigpt.train.recipe import RecipeError
-    from omnigpt.train.tasks import load_recipe
 
     with pytest.raises(RecipeError, match="model.vision: unknown key 'depth'"):
         load_recipe(overrides={"task": "image-classify", "max_steps": 1, "model": {"vision": {"depth": 3}}})
@@ -167,7 +167,7 @@ def test_sampling_is_seeded_and_class_conditioned() -> None:
 
 
 def test_independent_pixels_and_frechet_by_hand() -> None:
-    from omnigpt.train.tasks.igpt import frechet_distance, independent_pixels_bpd
+    from omnigpt.apps.igpt.task import frechet_distance, independent_pixels_bpd
 
     train = np.array([[0, 1], [0, 1], [1, 1]])  # 2 pixels, 2 levels, one class
     y = np.zeros(3, dtype=np.int64)
@@ -193,7 +193,7 @@ def test_igpt_saves_and_loads(tmp_path: Path) -> None:
 
 @needs_fmnist
 def test_igpt_task_trains_and_evaluates(tmp_path: Path) -> None:
-    from omnigpt.train.tasks import load_recipe, task_class
+    from omnigpt.apps import load_recipe, task_class
     from omnigpt.train.trainer import train
 
     r = load_recipe(overrides={"task": "igpt", "out_dir": str(tmp_path / "run"), "batch_size": 8, "max_steps": 3,
@@ -404,7 +404,7 @@ def test_clipart_splits_are_disjoint_and_stable() -> None:
 def test_frozen_backbone_keeps_its_weights_and_statistics() -> None:
     """freeze all: one optimizer step through the model's parameter groups changes the head only — every backbone
     weight and BatchNorm running statistic stays bit-identical although the model is in train mode."""
-    from omnigpt.train.tasks.image_classify import ClassifierLoss
+    from omnigpt.apps.image_classify.task import ClassifierLoss
 
     model = tiny_mobilenet("all")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -459,7 +459,7 @@ def test_mobilenet_classifier_saves_and_reloads_exactly(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def mobilenet_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny partly frozen MobileNetV2 trained through the one Trainer on the synthetic folder set."""
-    from omnigpt.train.tasks import load_recipe
+    from omnigpt.apps import load_recipe
     from omnigpt.train.trainer import train
 
     root = tmp_path_factory.mktemp("mobilenet")
@@ -477,7 +477,7 @@ def mobilenet_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_mobilenet_task_trains_and_evaluates(mobilenet_run: dict[str, Any], tmp_path: Path) -> None:
-    from omnigpt.train.tasks import task_class
+    from omnigpt.apps import task_class
 
     res, r = mobilenet_run["result"], mobilenet_run["recipe"]
     assert res.step == 3 and "val_accuracy" in res.eval
@@ -511,8 +511,8 @@ def test_pipeline_on_a_fine_tuned_run(mobilenet_run: dict[str, Any]) -> None:
 
 
 def test_mobilenet_recipe_errors_name_the_key() -> None:
+    from omnigpt.apps import load_recipe
     from omnigpt.train.recipe import RecipeError
-    from omnigpt.train.tasks import load_recipe
 
     base = {"task": "image-classify", "max_steps": 1}
     with pytest.raises(RecipeError, match="model.backbone: fashion-mnist"):

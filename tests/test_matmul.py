@@ -11,12 +11,11 @@ import torch
 import torch.nn.functional as F
 from test_train import tiny_recipe
 
+from omnigpt.apps import load_recipe
 from omnigpt.kernels import matmul
 from omnigpt.kernels.losses import fused_linear_cross_entropy
-from omnigpt.kernels.matmul import CUTS, MatmulPlanner, run_cut
-from omnigpt.models.gpt import Linear
+from omnigpt.kernels.matmul import CUTS, Linear, MatmulPlanner, run_cut
 from omnigpt.train.recipe import RecipeError
-from omnigpt.train.tasks import load_recipe
 from omnigpt.train.trainer import Trainer
 
 bf16 = torch.bfloat16

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from omnigpt.train.metrics import (
+from omnigpt.apps.common.metrics import (
     accuracy,
     corpus_bleu,
     edit_distance,

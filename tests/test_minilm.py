@@ -24,9 +24,9 @@ from omnigpt.checkpoints.bert import (
     read_safetensors,
     to_hf_state_dict,
 )
+from omnigpt.checkpoints.encoders import embed_sentences, tokenize_batch
 from omnigpt.checkpoints.hf import CheckpointError
 from omnigpt.models.bert import BertConfig, BertModel
-from omnigpt.text.pipelines import embed_sentences, tokenize_batch
 
 transformers = pytest.importorskip("transformers")
 

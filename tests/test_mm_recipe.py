@@ -26,6 +26,8 @@ from multimodal_helpers import (
     train_env,
 )
 
+from omnigpt.apps import load_recipe
+from omnigpt.apps.multimodal.task import MultimodalTask
 from omnigpt.checkpoints.pretrained import load_pretrained
 from omnigpt.checkpoints.state import latest_checkpoint
 from omnigpt.cli.main import main
@@ -34,8 +36,6 @@ from omnigpt.data.batches import read_source
 from omnigpt.models.multimodal import MultimodalGPT
 from omnigpt.text.processors import Processor
 from omnigpt.train.recipe import MMDataSpec, MMModelSpec, RecipeError
-from omnigpt.train.tasks import load_recipe
-from omnigpt.train.tasks.multimodal import MultimodalTask
 from omnigpt.train.trainer import Trainer
 
 pytestmark = [
@@ -289,9 +289,9 @@ def test_audio_ctc_adds_the_ctc_loss_of_the_encoder_output_computed_once():
     import torch.nn.functional as F
     from multimodal_helpers import ByteTokenizer
 
+    from omnigpt.apps.multimodal.task import AudioCTC
     from omnigpt.models.multimodal import MultimodalConfig
     from omnigpt.text.processors import ProcessorConfig
-    from omnigpt.train.tasks.multimodal import AudioCTC
 
     tok = ByteTokenizer()
     probe = Processor(tok)

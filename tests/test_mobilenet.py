@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from omnigpt.checkpoints.encoders import IMAGENET_MEAN, IMAGENET_STD, classify_image, imagenet_transform
 from omnigpt.checkpoints.hf import CheckpointError
 from omnigpt.checkpoints.torchvision import (
     imagenet_labels,
@@ -24,7 +25,6 @@ from omnigpt.checkpoints.torchvision import (
 )
 from omnigpt.models.mobilenet import MobileNetV2, MobileNetV2Config, MobileNetV2Encoder, count_state_values
 from omnigpt.models.multimodal import Projector, ProjectorConfig
-from omnigpt.text.pipelines import IMAGENET_MEAN, IMAGENET_STD, classify_image, imagenet_transform
 from omnigpt.text.processors import ProcessorError
 
 # Single-threaded: on a busy 2-core machine OpenMP spinning made these small forward passes several times slower.

@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_train import tiny_recipe
 
+from omnigpt.apps import load_recipe
 from omnigpt.kernels import precision
-from omnigpt.train.tasks import load_recipe
 from omnigpt.train.trainer import run_status, train
 
 

@@ -15,7 +15,7 @@ import torch
 from multimodal_helpers import ByteTokenizer
 from PIL import Image
 
-from omnigpt.checkpoints.assets import AssetError, asset_path
+from omnigpt.files.assets import AssetError, asset_path
 from omnigpt.text.processors import (
     AUDIO_END,
     AUDIO_START,

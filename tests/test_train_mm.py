@@ -13,6 +13,9 @@ import soundfile as sf
 import torch
 from multimodal_helpers import ByteTokenizer
 
+from omnigpt.apps import load_recipe
+from omnigpt.apps.contrastive.task import retrieval_recall, zero_shot_accuracy
+from omnigpt.apps.multimodal.task import text_scores
 from omnigpt.checkpoints.pretrained import load_pretrained
 from omnigpt.checkpoints.state import latest_checkpoint
 from omnigpt.data.batches import class_balanced_batch, collate, read_source, spec_augment, to_example, tokenize_texts
@@ -22,9 +25,6 @@ from omnigpt.models.multimodal import MultimodalConfig, MultimodalGPT
 from omnigpt.text.processors import Processor
 from omnigpt.train.recipe import MMSource
 from omnigpt.train.schedule import Stage, build_optimizer, module_groups, set_lr
-from omnigpt.train.tasks import load_recipe
-from omnigpt.train.tasks.contrastive import retrieval_recall, zero_shot_accuracy
-from omnigpt.train.tasks.multimodal import text_scores
 from omnigpt.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

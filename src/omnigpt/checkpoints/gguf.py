@@ -23,6 +23,7 @@ rotary, experts, extra tensors) raises a ``GGUFError`` naming the file and the k
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -63,15 +64,44 @@ class GGUFError(ValueError):
 def open_gguf(path: str | Path) -> Any:
     """A ``gguf.GGUFReader`` of ``path`` (parses every metadata field: ~4 s for a 49k-token vocabulary, so loaders
     open a file once and pass the reader around)."""
-    import gguf  # optional dependency: only GGUF loading needs it
-
     path = Path(path)
     if not path.is_file():
         raise GGUFError(f"{path}: file not found")
     try:
-        return gguf.GGUFReader(path)
+        return _checked_reader_class()(path)
     except Exception as e:  # bad magic, truncated header, unknown value types
         raise GGUFError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+
+
+@functools.cache
+def _checked_reader_class() -> type:
+    """``gguf.GGUFReader`` with every read checked against the file's size.
+
+    gguf's reader slices its memory map without checking that the bytes exist: past the end of the file it gets
+    empty arrays and goes on, so a corrupted array length (a u64) makes it loop over empty elements, growing a
+    list at each, practically for ever. Here a read past the end is an error, and an array's length is checked
+    against the bytes left before its elements are read. (Overrides two helpers of gguf 0.19's reader, pinned in
+    constraints.txt; tests/fuzz exercises them.)"""
+    import gguf  # optional dependency: only GGUF loading needs it
+
+    class CheckedGGUFReader(gguf.GGUFReader):
+        def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
+            arr = super()._get(offset, dtype, count, override_order)
+            if len(arr) != int(count):
+                raise ValueError(f"{int(count)} × {np.dtype(dtype).name} at offset {offset} run past the end of "
+                                 f"the file ({len(self.data)} bytes)")
+            return arr
+
+        def _get_field_parts(self, orig_offs: int, raw_type: int) -> Any:
+            if raw_type == gguf.GGUFValueType.ARRAY:  # u32 item type, u64 length, then the items
+                item_type, length = int(self._get(orig_offs, np.uint32)[0]), int(self._get(orig_offs + 4, np.uint64)[0])
+                scalar = self.gguf_scalar_to_np.get(item_type)  # type: ignore[call-overload]
+                least = np.dtype(scalar).itemsize if scalar is not None else 8  # a string's u64 length at least
+                if length * least > len(self.data) - orig_offs - 12:
+                    raise ValueError(f"array of {length} items at offset {orig_offs} is larger than the file")
+            return super()._get_field_parts(orig_offs, raw_type)
+
+    return CheckedGGUFReader
 
 
 def read_metadata(path: str | Path, arrays: bool = True) -> dict[str, Any]:
@@ -167,13 +197,16 @@ def unpermute_qk(w: Tensor, n_head: int) -> Tensor:
 def _dequantize(tensor: Any, path: Path) -> np.ndarray:
     import gguf
 
+    expect = tuple(int(n) for n in reversed(tensor.shape.tolist()))  # ggml lists the fastest dimension first
     try:
         array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)  # float32, numpy order (…, out, in)
+        return np.array(array, dtype=np.float32).reshape(expect)  # a writable copy (the reader maps the file)
     except NotImplementedError:
         raise GGUFError(f"{path}: key {tensor.name!r} uses {tensor.tensor_type.name}, which the gguf package cannot "
                         f"dequantize") from None
-    expect = tuple(int(n) for n in reversed(tensor.shape.tolist()))  # ggml lists the fastest dimension first
-    return np.array(array, dtype=np.float32).reshape(expect)  # a writable copy (the reader maps the file)
+    except (ValueError, TypeError, IndexError) as e:  # the bytes do not make whole blocks of the stated shape
+        raise GGUFError(f"{path}: key {tensor.name!r} ({tensor.tensor_type.name}, shape {expect}) cannot be "
+                        f"dequantized ({e})") from None
 
 
 def read_state_dict(reader: Any, cfg: GPTConfig, path: Path) -> dict[str, Tensor]:
@@ -192,10 +225,12 @@ def read_state_dict(reader: Any, cfg: GPTConfig, path: Path) -> dict[str, Tensor
         key, part = GGUF_KEYS[template]
         key = key.replace("{i}", layer) if layer is not None else key
         w = torch.from_numpy(_dequantize(tensor, path))
-        if part == "q":
-            w = unpermute_qk(w, cfg.n_head)
-        elif part == "k":
-            w = unpermute_qk(w, cfg.kv_heads)
+        if part in ("q", "k"):
+            heads = cfg.n_head if part == "q" else cfg.kv_heads
+            if w.dim() == 0 or w.shape[0] % (2 * heads):
+                raise GGUFError(f"{path}: key {tensor.name!r} has shape {tuple(w.shape)}, not rows of {heads} "
+                                f"heads of even size")
+            w = unpermute_qk(w, heads)
         if part is None:
             state[key] = w
         else:
@@ -206,6 +241,10 @@ def read_state_dict(reader: Any, cfg: GPTConfig, path: Path) -> dict[str, Tensor
         missing = [p for p in want if p not in pieces]
         if missing:
             raise GGUFError(f"{path}: key {_gguf_name(key, missing[0])!r} is missing")
+        shapes = [tuple(pieces[p].shape) for p in want]
+        if any(len(s) != 2 or s[1:] != shapes[0][1:] for s in shapes):
+            raise GGUFError(f"{path}: keys {[_gguf_name(key, p) for p in want]} have shapes {shapes}, which do not "
+                            f"stack into one matrix")
         state[key] = torch.cat([pieces[p] for p in want])  # (q; k; v) or (gate; up) rows
     return state
 
@@ -237,6 +276,12 @@ def load_gguf(path: str | Path, dtype: torch.dtype | None = torch.float32, quant
     if "llama.vocab_size" not in meta and tokens is not None:
         meta["tokenizer.ggml.tokens"] = [None] * len(tokens.data)  # only its length is needed here
     cfg = config_from_metadata(meta, path, name).replace(tie_word_embeddings="output.weight" not in names)
+    # Before any model is built (a corrupted block_count of 10^9 would build 10^9 blocks): the layers must exist.
+    layers = {int(m.group(1)) for n in names if (m := re.match(r"blk\.(\d+)\.", n))}
+    first_missing = next((i for i in range(cfg.n_layer) if i not in layers), None)  # stops at the first gap
+    if first_missing is not None:
+        raise GGUFError(f"{path}: key 'blk.{first_missing}.attn_norm.weight' is missing (llama.block_count is "
+                        f"{cfg.n_layer})")
     state = read_state_dict(reader, cfg, path)
     with torch.device("meta"):
         model = GPT(cfg)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import json
 import re
+import types
+import typing
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -34,8 +36,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from omnigpt.checkpoints.io import read_json_object, verify_manifest
 from omnigpt.config import GPTConfig
+from omnigpt.files.atomic import read_json_object, verify_manifest
 from omnigpt.models.gpt import GPT, GPTForSequenceClassification, GPTModel
 
 if TYPE_CHECKING:
@@ -150,7 +152,7 @@ def _hf_to_config(d: dict[str, Any], path: Path) -> GPTConfig:
     refuse("is_encoder_decoder", False, "decoder-only models only")
     if d.get("problem_type") == "multi_label_classification":
         raise CheckpointError(f"{path}: key 'problem_type' = 'multi_label_classification' is not supported")
-    p = {k: d.get(k, 0.1) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
+    p = {k: get(k, 0.1, (int, float)) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
     if len(set(p.values())) > 1:
         warnings.warn(f"{path}: dropouts {p} differ; omnigpt uses one rate, resid_pdrop={p['resid_pdrop']} "
                       "(inference is unaffected)", stacklevel=3)
@@ -191,6 +193,23 @@ def _hf_to_config(d: dict[str, Any], path: Path) -> GPTConfig:
         raise CheckpointError(f"{path}: {e}") from None
 
 
+def _has_type(value: Any, hint: Any) -> bool:
+    """``value`` (parsed JSON) fits the ``GPTConfig`` field type ``hint`` (ints pass for floats, bools only for
+    bools)."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        return isinstance(value, int | float if hint is float else int) and not isinstance(value, bool)
+    if hint in (bool, str):
+        return isinstance(value, hint)
+    return isinstance(value, origin or hint)
+
+
 def config_from_dict(d: dict[str, Any], path: str | Path = CONFIG) -> GPTConfig:
     """GPTConfig from a ``config.json`` dict: omnigpt's own block when present (checked against the HF keys),
     else transformers' GPT-2 / GPT-1 keys, else a bare ``GPTConfig.save`` dict."""
@@ -206,6 +225,10 @@ def config_from_dict(d: dict[str, Any], path: str | Path = CONFIG) -> GPTConfig:
         return _hf_to_config(d, path)
     if not isinstance(own, dict):
         raise CheckpointError(f"{path}: key 'omnigpt' must be an object")
+    hints = typing.get_type_hints(GPTConfig)
+    for key, value in own.items():  # GPTConfig checks ranges, not types: a list for a float fails in the model
+        if key in hints and not _has_type(value, hints[key]):
+            raise CheckpointError(f"{path}: key {key!r} has value {value!r} of the wrong type ({hints[key]})")
     try:
         cfg = GPTConfig.from_dict(own, source=str(path))
     except (TypeError, ValueError) as e:
@@ -433,8 +456,16 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
 
     if model_class is None:
         model_class = {"base": GPTModel, "lm": GPT, "cls": GPTForSequenceClassification}[head]
-    with torch.device("meta"):
-        model = model_class(cfg)
+    # config.json may be corrupt: a layer count the weights do not have is refused before 10^7 blocks are built,
+    # sizes torch cannot even describe (n_embd = 2^40) are an error naming the file.
+    layers = {int(i) for k in state if (i := _template(k)[1]) is not None}
+    if (gap := next((i for i in range(cfg.n_layer) if i not in layers), None)) is not None:
+        raise CheckpointError(f"{d / CONFIG}: n_layer is {cfg.n_layer}, but the weights have no layer {gap}")
+    try:
+        with torch.device("meta"):
+            model = model_class(cfg)
+    except (RuntimeError, TypeError, ValueError, OverflowError) as e:
+        raise CheckpointError(f"{d / CONFIG}: describes a model omnigpt cannot build ({e})") from None
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if head == "base":
         expected = {prefixed(k): s for k, s in expected.items()}
@@ -462,6 +493,9 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
             raise CheckpointError(f"{d / where[k][0]}: key {where[k][1]!r}{conv} has shape {shape}, the config "
                                   f"implies {want}")
     if "score.weight" in missing:
+        if expected["score.weight"].numel() > sum(t.numel() for t in state.values()):
+            raise CheckpointError(f"{d / CONFIG}: num_labels {cfg.num_labels} would make a new classification head "
+                                  f"larger than all the checkpoint's weights together")
         state["score.weight"] = torch.randn(expected["score.weight"]) * cfg.initializer_range
     if dtype is not None:
         state = {k: t.to(dtype) if t.is_floating_point() else t for k, t in state.items()}

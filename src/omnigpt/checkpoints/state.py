@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from omnigpt.checkpoints.io import atomic_directory, is_complete, verify_manifest
+from omnigpt.files.atomic import atomic_directory, is_complete, verify_manifest
 
 STATE_DIR = "trainer_state"
 _STEP_DIR = re.compile(r"^step_(\d+)$")

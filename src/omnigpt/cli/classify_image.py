@@ -36,8 +36,8 @@ def classify(model: object, preprocessor: object, path: str, top_k: int) -> list
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from omnigpt.checkpoints.encoders import mobilenet_v2_pretrained
     from omnigpt.checkpoints.registry import MODELS, from_pretrained
-    from omnigpt.text.pipelines import mobilenet_v2_pretrained
 
     if args.model in MODELS:
         model, preprocessor, _ = from_pretrained(args.model)

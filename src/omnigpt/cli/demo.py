@@ -49,11 +49,11 @@ def unigram_baseline(train: np.ndarray, val: np.ndarray, vocab: int) -> float:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from omnigpt.apps import load_recipe
+    from omnigpt.apps.lm.task import ensure_data
     from omnigpt.checkpoints.state import load_model
     from omnigpt.data.shards import TokenData
     from omnigpt.generate.text import generate_text
-    from omnigpt.train.tasks import load_recipe
-    from omnigpt.train.tasks.lm import ensure_data
     from omnigpt.train.trainer import train
 
     t_all = time.perf_counter()

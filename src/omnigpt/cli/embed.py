@@ -19,9 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from omnigpt.checkpoints.encoders import embed_sentences
     from omnigpt.checkpoints.registry import from_pretrained
     from omnigpt.models.bert import BertModel
-    from omnigpt.text.pipelines import embed_sentences
 
     texts = [line.rstrip("\r\n") for line in sys.stdin] if args.texts == ["-"] else list(args.texts)
     if not texts or any(not t for t in texts):

@@ -10,7 +10,7 @@ checkpoint is used).
   ``Task.evaluate_run``): the task's metrics on its held-out test split under their usual names (``accuracy``,
   ``macro_f1``, ``rougeL``, ``bleu``, ...), the baselines measured in the same call under ``baselines``, and pictures
   or sample tables, all written into the run directory (``--out DIR`` to choose) with ``eval.json``.
-* Multimodal / contrastive models (``omnigpt.train.tasks``): generated answers scored by exact match, BLEU and
+* Multimodal / contrastive models (``omnigpt.apps``): generated answers scored by exact match, BLEU and
   WER, or zero-shot accuracy and recall@k, on ``--data DIR`` (a prepared multimodal directory, ``--split``
   default test) or the recipe's ``data.eval`` sources. One JSON line is printed and written to ``eval.json`` in
   the run directory (``--out`` to choose).
@@ -42,9 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-    from omnigpt.checkpoints.io import verify_manifest
     from omnigpt.checkpoints.state import load_model, resolve_checkpoint
     from omnigpt.data.shards import TokenData
+    from omnigpt.files.atomic import verify_manifest
     from omnigpt.kernels.precision import resolve_dtype
     from omnigpt.train.evaluate import evaluate, evaluate_texts
 
@@ -109,8 +109,8 @@ def run_dir_of(ckpt: Path) -> Path:
 
 def application_task(ckpt: Path) -> type | None:
     """The task class that trained ``ckpt`` when it evaluates checkpoints itself (``Task.evaluate_run``)."""
-    from omnigpt.train.tasks import TASKS, task_class
-    from omnigpt.train.tasks.base import Task
+    from omnigpt.apps import TASKS, task_class
+    from omnigpt.train.task import Task
 
     state = ckpt / "trainer_state" / "state.json"
     name = json.loads(state.read_text()).get("task") if state.is_file() else None
@@ -133,8 +133,7 @@ def run_application(args: argparse.Namespace, ckpt: Path, task: type) -> int:
 def run_multimodal(args: argparse.Namespace, ckpt: Path) -> int:
     import dataclasses
 
-    from omnigpt.train.evaluate import evaluate_checkpoint
-    from omnigpt.train.tasks.multimodal import recipe_eval_sources
+    from omnigpt.apps.multimodal.task import recipe_eval_sources
 
     if args.data:
         from omnigpt.train.recipe import MMSource
@@ -151,3 +150,22 @@ def run_multimodal(args: argparse.Namespace, ckpt: Path) -> int:
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
     return 0
+
+
+def evaluate_checkpoint(ckpt: str | Path, sources: Any = None, max_new_tokens: int = 24) -> dict[str, Any]:
+    """Task metrics of a saved multimodal or contrastive model (kind from ``config.json``'s ``model_type``) on
+    ``sources`` (default: the ``data.eval`` list of the recipe that trained it). Keys are ``SOURCE/metric``."""
+    import omnigpt.apps.contrastive.task as contrastive
+    import omnigpt.apps.multimodal.task as multimodal
+    from omnigpt.checkpoints.pretrained import load_pretrained, model_type
+    from omnigpt.text.processors import Processor
+
+    ckpt = Path(ckpt)
+    kind = model_type(ckpt)
+    sources = multimodal.recipe_eval_sources(ckpt) if sources is None else sources
+    model, processor = load_pretrained(ckpt), Processor.from_pretrained(ckpt)
+    if kind == "omnigpt-multimodal":
+        return multimodal.answer_metrics(model, processor, sources, max_new_tokens)
+    if kind == "omnigpt-contrastive":
+        return contrastive.retrieval_metrics(model, processor, sources)
+    raise ValueError(f"{ckpt}: model_type {kind!r} is not a multimodal or contrastive model")

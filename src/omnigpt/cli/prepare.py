@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.recipe:
-        from omnigpt.train.tasks import load_recipe
+        from omnigpt.apps import load_recipe
 
         spec = load_recipe(args.recipe).data
     else:

@@ -20,9 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omnigpt.train.tasks import load_recipe
+    from omnigpt.apps import load_recipe
     from omnigpt.train.trainer import NonFiniteLossError, train
 
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun rank: end with the agent, even if it is SIGKILLed
+        from omnigpt.files.workers import die_with_parent
+
+        die_with_parent()
     overrides = [o for o in args.overrides if o != "--resume"]
     resume = args.resume or "--resume" in args.overrides
     recipe = load_recipe(args.recipe, overrides, world_size=int(os.environ.get("WORLD_SIZE", "1")))

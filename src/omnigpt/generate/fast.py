@@ -1,16 +1,17 @@
 """The decode step as one function over a static KV cache, compiled as one graph (gpt-fast style).
 
-``generate``'s generic path runs ``GPT.forward`` for every new token: input checks with a host sync, mask
-bookkeeping, an output record, then one Python call and ATen dispatch per op — thousands per token (views
-included) around SmolLM2's 121 matrix–vector products. With int4 weights on 2 AVX2 cores those ops take ~40% of a step.
-``DecodeSession`` runs the same blocks on the same weights (``Block.forward``: the model file keeps its one
-attention path) in a form ``torch.compile`` can turn into one graph:
+``generate``'s generic path calls ``model(...)`` for every new token: one Python call and ATen dispatch per op —
+thousands per token (views included) around SmolLM2's 121 matrix–vector products. With int4 weights on 2 AVX2 cores
+those ops take ~40% of a step. ``DecodeSession`` calls the same ``model.forward`` on the same weights (the model
+trusts its input and never syncs with the host: ``generate`` checked the input) in a form ``torch.compile`` can
+turn into one graph:
 
 * **Static cache**: each layer's keys and values live in a preallocated (B, nkv, L + 1, hs) tensor; a step writes
-  slot ``pos`` in place (``index_copy_``) and attends over the view [0, pos] — no copy, no mask (one new token may
-  see every key before it). The spare slot keeps that view always shorter than the buffer (see below).
-* **One function** (``decode_step``): embeddings, blocks, final norm, LM head for a chunk (B, T) at positions
-  [pos, pos + T). The prompt (T = P from position 0) and each decode step (T = 1) use the same code.
+  slot ``pos`` in place (``models.kv_cache.StaticKVCache``: ``index_copy_``) and attends over the view [0, pos] —
+  no copy, no mask (one new token may see every key before it). The spare slot keeps that view always shorter than
+  the buffer (see below).
+* **One function** (``decode_step``): ``model(ids, past_key_values=static caches, logits_to_keep=1)`` for a chunk
+  (B, T) at positions [pos, pos + T). The prompt (T = P from position 0) and each decode step (T = 1) use it.
 * **Compiled** (``compile=True`` or a ``torch.compile`` mode name): ``torch.compile(decode_step, dynamic=True,
   fullgraph=True)`` makes the decode step one inductor graph (norms, RoPE, SiLU·up, residual adds and dtype casts
   fused; int4/int8 products stay ATen's packed kernels, fp32 ones MKL's). ``pos`` and the cache length are
@@ -25,7 +26,7 @@ attention path) in a form ``torch.compile`` can turn into one graph:
   cannot lower) the session warns once and runs eagerly — same results, no crash. The prompt is always encoded
   eagerly: its length varies from call to call.
 
-Exactness: the eager step is ``GPT.forward`` with a ``KVCache`` minus the checks — same modules, order, kernels and
+Exactness: the eager step is the generic path's ``model(...)`` over another cache — same modules, order, kernels and
 (at batch 1) the same bit-identical ``kernels.matvec`` plan — so its logits equal the generic path's bit for bit;
 the compiled step fuses element-wise ops, which moves logits by float rounding (~1e-6 relative in fp32; bf16
 activations of the int4/int8 kernels round more). ``tests/test_decode_fast.py`` checks both against the full forward.
@@ -44,61 +45,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from omnigpt.kernels.matmul import use_planned_linears
 from omnigpt.kernels.matvec import DEFAULT as MATVEC
-from omnigpt.kernels.matvec import MatvecPlanner, decode_planner, planned_decode
-from omnigpt.models.gpt import GPT, rope_cos_sin
-
-
-class _Slots:
-    """One layer's window on the static cache for one call, with ``KVCache.update``'s contract (what attention
-    calls): write the new keys/values at [pos, pos + T) in place, return slots [0, pos + T) as views."""
-
-    def __init__(self, k: Tensor, v: Tensor, pos: int) -> None:
-        self.k, self.v, self.pos = k, v, pos  # k, v: (B, nkv, L + 1, hs)
-
-    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        end = self.pos + k.shape[2]
-        slots = torch.arange(self.pos, end, device=k.device)  # (T,)
-        self.k.index_copy_(2, slots, k)  # in place, also in the compiled graph (inductor re-inplaces it)
-        self.v.index_copy_(2, slots, v)
-        # The visible slots' positions (S,) are only read when attention needs a mask (prompts, banded layers).
-        return self.k[:, :, :end], self.v[:, :, :end], torch.arange(end, device=k.device)
+from omnigpt.kernels.matvec import MatvecPlanner, planned_decode
+from omnigpt.models.gpt import GPT
+from omnigpt.models.kv_cache import StaticKVCache
 
 
 def decode_step(model: GPT, k_cache: list[Tensor], v_cache: list[Tensor], ids: Tensor, pos: int) -> Tensor:
     """Logits (B, V) after the last of ``ids`` (B, T), the tokens at positions [pos, pos + T); their keys and values
-    go into ``k_cache[i]``/``v_cache[i]`` (B, nkv, L + 1, hs) of each layer i, slots [pos, pos + T).
-
-    What ``GPTModel.forward`` + the LM head compute for an unpadded batch with a cache, without the input checks
-    (``generate`` checks once per call): the function ``torch.compile`` traces."""
-    tr, T = model.transformer, ids.shape[1]
-    q_pos = torch.arange(pos, pos + T, device=ids.device)  # (T,) absolute positions
-    x = tr.wte(ids)  # (B, T, C)
-    rope = None
-    if tr.wpe is not None:  # learned positions (GPT-1/2/3)
-        x = x + tr.wpe(q_pos)[None]
-    else:  # rotary (Llama): cos, sin each (1, T, hs)
-        rope = rope_cos_sin(q_pos[None], model.config.head_size, model.config.rope_theta)
-    for i, block in enumerate(tr.h):
-        x = block(x, q_pos, None, _Slots(k_cache[i], v_cache[i], pos), rope)
-    if tr.ln_f is not None:
-        x = tr.ln_f(x)
-    return _head(model, x[:, -1])  # (B, V)
-
-
-def _head(model: GPT, h: Tensor) -> Tensor:
-    """The LM head on h (B, C). A plain ``nn.Linear`` head goes through the active matvec plan, as in
-    ``decode._last_logits`` (eager batch 1: bit-identical, ~2× MKL's one-core gemv); otherwise it is called."""
-    head, planner = model.lm_head, decode_planner()  # no planner while compiling
-    if planner is not None and type(head) is nn.Linear:
-        return planner.linear(h, head.weight, head.bias)
-    return head(h)
+    go into ``k_cache[i]``/``v_cache[i]`` (B, nkv, L + 1, hs) of each layer i, slots [pos, pos + T). The function
+    ``torch.compile`` traces: the model's own forward over static caches."""
+    caches = [StaticKVCache(k, v, pos) for k, v in zip(k_cache, v_cache, strict=True)]
+    return model(ids, past_key_values=caches, logits_to_keep=1).logits[:, -1]  # (B, V)
 
 
 def supports(model: nn.Module) -> bool:
-    """Whether ``decode_step`` computes what calling ``model`` would: an omnigpt ``GPT`` whose forward (and its
-    backbone's) is the class's own — not overridden by a subclass or patched on the instance (tests slow a
-    backbone down that way; such a model keeps the generic path, which calls it)."""
+    """Whether the session may run ``model``: an omnigpt ``GPT`` whose forward (and its backbone's) is the class's
+    own — not overridden by a subclass or patched on the instance (tests slow a backbone down that way; such a
+    model keeps the generic path, whose every call reaches the patch)."""
     return (isinstance(model, GPT) and type(model).forward is GPT.forward and "forward" not in vars(model)
             and "forward" not in vars(model.transformer))
 
@@ -134,6 +99,7 @@ class DecodeSession:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
         self.model, self.length, self.pos, self.planner = model, length, 0, planner
+        use_planned_linears(model)  # eager batch-1 steps: one-row products through the matvec plan
         self.mode = "" if compile is False else "default" if compile is True else str(compile)
         self.compile_seconds = 0.0
 

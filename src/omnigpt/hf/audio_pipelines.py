@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from omnigpt.apps.voice_commands.data import clip_features, read_clips
 from omnigpt.checkpoints.pretrained import load_pretrained
 from omnigpt.checkpoints.state import resolve_checkpoint
-from omnigpt.data.keywords import clip_features, read_clips
 from omnigpt.models.audio_classifier import AudioClassifier
 from omnigpt.text.processors import ProcessorError
 

@@ -12,21 +12,17 @@ images are refused with a ``ProcessorError`` (a ValueError) naming the file.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from omnigpt.checkpoints.pretrained import load_pretrained
 from omnigpt.checkpoints.state import resolve_checkpoint
 from omnigpt.hf.vision_pipelines import as_pil
 from omnigpt.models.pix2seq import Pix2Seq
-
-PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212))
 
 
 class ObjectDetector:
@@ -83,28 +79,4 @@ def object_detection(model: str | Path | None = None, device: str | None = None,
     return ObjectDetector(loaded, device or "cpu", threshold)
 
 
-def draw_boxes(image: np.ndarray | Image.Image, boxes: Sequence[Sequence[float]], labels: Sequence[str] = (),
-               scores: Sequence[float] | None = None, truth: Sequence[Sequence[float]] = (), scale: int = 4,
-               colors: Sequence[int] = ()) -> Image.Image:
-    """The image enlarged ``scale`` times with true boxes in white and predicted ones in colour (label and score
-    above). Boxes are y0 x0 y1 x1 in the image's pixels, ends exclusive; ``colors`` index ``PALETTE``."""
-    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-    img = img.convert("RGB")
-    img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    draw = ImageDraw.Draw(img)
-    for y0, x0, y1, x1 in truth:
-        draw.rectangle([x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1], outline=(255, 255, 255), width=1)
-    for i, (y0, x0, y1, x1) in enumerate(boxes):
-        color = PALETTE[(colors[i] if i < len(colors) else i) % len(PALETTE)]
-        draw.rectangle([x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1], outline=color, width=2)
-        text = labels[i] if i < len(labels) else ""
-        if scores is not None:
-            text = f"{text} {scores[i]:.2f}"
-        if text:
-            ty = max(0, y0 * scale - 11)
-            draw.rectangle([x0 * scale, ty, x0 * scale + 6 * len(text) + 2, ty + 10], fill=color)
-            draw.text((x0 * scale + 1, ty - 1), text, fill=(0, 0, 0))
-    return img
-
-
-__all__ = ["ObjectDetector", "draw_boxes", "object_detection"]
+__all__ = ["ObjectDetector", "object_detection"]

@@ -30,9 +30,11 @@ from torch import Tensor
 from omnigpt.checkpoints.hf import load_pretrained
 from omnigpt.checkpoints.pretrained import save_pretrained
 from omnigpt.config import GPTConfig
+from omnigpt.generate.inputs import check_inputs
 from omnigpt.hf.generation import GenerationConfig, GenerationMixin
 from omnigpt.hf.tokenizer import PreTrainedTokenizerFast
-from omnigpt.models.gpt import GPT, GPTForSequenceClassification, GPTModel, KVCache, causal_lm_loss, make_kv_cache
+from omnigpt.models.gpt import GPT, GPTForSequenceClassification, GPTModel, causal_lm_loss
+from omnigpt.models.kv_cache import KVCache, make_kv_cache
 from omnigpt.text.gpt2_vocab import gpt2_tokenizer
 from omnigpt.text.tokenizer import Tokenizer
 
@@ -147,6 +149,15 @@ def _check_unsupported(output_attentions: bool | None) -> None:
         raise ValueError("output_attentions=True is not supported by omnigpt (attention runs fused)")
 
 
+def _checked_mask(config: GPTConfig, input_ids: Tensor | None, inputs_embeds: Tensor | None,
+                  attention_mask: Tensor | None, position_ids: Tensor | None,
+                  past_key_values: list[KVCache] | None) -> Tensor | None:
+    """Check the inputs (``generate.inputs.check_inputs``: the model trusts its own); the mask, None if no padding."""
+    past = past_key_values[0].pos if past_key_values else 0
+    padded = check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids, past)
+    return attention_mask if padded else None
+
+
 def _embed(model: GPTModel, input_ids: Tensor | None, inputs_embeds: Tensor | None,
            token_type_ids: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
     """HF adds ``wte(token_type_ids)`` to the token embeddings; omnigpt does it by passing inputs_embeds."""
@@ -174,6 +185,8 @@ class GPT2Model(_Pretrained, GPTModel):
                 use_cache: bool | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None) -> Any:
         _check_unsupported(output_attentions)
+        attention_mask = _checked_mask(self.config, input_ids, inputs_embeds, attention_mask, position_ids,
+                                       past_key_values)
         input_ids, inputs_embeds = _embed(self, input_ids, inputs_embeds, token_type_ids)
         cache = _cache(self.config, past_key_values, use_cache)
         out = super().forward(input_ids, attention_mask, position_ids, inputs_embeds, cache,
@@ -196,6 +209,8 @@ class GPT2LMHeadModel(GenerationMixin, _Pretrained, GPT):
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, logits_to_keep: int = 0) -> Any:
         _check_unsupported(output_attentions)
+        attention_mask = _checked_mask(self.config, input_ids, inputs_embeds, attention_mask, position_ids,
+                                       past_key_values)
         input_ids, inputs_embeds = _embed(self.transformer, input_ids, inputs_embeds, token_type_ids)
         cache = _cache(self.config, past_key_values, use_cache)
         out = super().forward(input_ids, attention_mask, position_ids, None, inputs_embeds, cache,
@@ -220,6 +235,7 @@ class GPT2ForSequenceClassification(_Pretrained, GPTForSequenceClassification):
         _check_unsupported(output_attentions)
         if past_key_values is not None or use_cache:
             raise ValueError("sequence classification runs without a KV cache (past_key_values / use_cache)")
+        _checked_mask(self.config, input_ids, inputs_embeds, attention_mask, position_ids, None)  # pools by the mask
         input_ids, inputs_embeds = _embed(self.transformer, input_ids, inputs_embeds, token_type_ids)
         out = super().forward(input_ids, attention_mask, position_ids, None, inputs_embeds,
                               bool(output_hidden_states))

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from omnigpt.checkpoints.registry import load
 from omnigpt.text.task_card import classification_ids, prompt_ids, stop_ids, task_card
 
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
@@ -63,31 +64,6 @@ def _texts(inputs: str | Sequence[str]) -> tuple[list[str], bool]:
     return texts, single
 
 
-def load_model(model: str | Path, device: str | None = None) -> tuple[Any, Any, str | None]:
-    """(model in eval mode, tokenizer, chat template or None) of a run / checkpoint directory or offline name."""
-    path = Path(model)
-    if path.exists():
-        import json
-
-        from omnigpt.checkpoints.state import load_model as load
-        from omnigpt.checkpoints.state import resolve_checkpoint
-        from omnigpt.text.tokenizer import load_tokenizer
-
-        ckpt = resolve_checkpoint(path)
-        m, tok = load(ckpt), load_tokenizer(ckpt)
-        cfg = ckpt / "tokenizer_config.json"
-        template = json.loads(cfg.read_text()).get("chat_template") if cfg.is_file() else None
-    else:
-        from omnigpt.checkpoints.registry import from_pretrained
-
-        pre = from_pretrained(str(model))
-        m, tok = pre.model, pre.preprocessor
-        template = getattr(tok, "chat_template", None)
-    if device is not None:
-        m = m.to(torch.device(device))
-    return m.eval(), tok, template
-
-
 class Pipeline:
     """A loaded model and its task card; subclasses implement ``__call__``."""
 
@@ -100,7 +76,7 @@ class Pipeline:
                                  "runs/apps/sentiment-zh; configs/tasks/sentiment-zh.yaml trains one)")
             model = DEFAULT_CHAT_MODEL
         self.name = str(model)
-        self.model, self.tokenizer, self.template = load_model(model, device)
+        self.model, self.tokenizer, self.template, _ = load(model, device)
         self.card = task_card(self.model.config)
         self.defaults = defaults
         have = self.card.get("pipeline")
@@ -274,5 +250,5 @@ def pipeline(task: str, model: str | Path | None = None, device: str | None = No
 
 
 __all__ = ["ALIASES", "PIPELINES", "Pipeline", "SpeechRecognitionPipeline", "SummarizationPipeline",
-           "TextClassificationPipeline", "TextGenerationPipeline", "TranslationPipeline", "load_model", "pipeline",
+           "TextClassificationPipeline", "TextGenerationPipeline", "TranslationPipeline", "pipeline",
            "resolve_task"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from omnigpt.checkpoints import registry
-from omnigpt.checkpoints.assets import asset_path
+from omnigpt.files.assets import asset_path
 
 
 def locate(name_or_path: str | Path, gguf_file: str | None = None) -> tuple[str, Path]:

@@ -91,7 +91,7 @@ class PreTrainedTokenizerFast:
     def from_gguf(cls, path: str | Path, **kwargs: Any) -> PreTrainedTokenizerFast:
         """The tokenizer a GGUF file describes, with its bos/eos/pad tokens and chat template."""
         from omnigpt.checkpoints.gguf import read_fields
-        from omnigpt.text.gguf_tokenizer import GGUFTokenizer
+        from omnigpt.checkpoints.gguf_tokenizer import GGUFTokenizer
 
         path = Path(path)
         reader = gguf_reader(path)

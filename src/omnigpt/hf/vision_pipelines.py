@@ -104,7 +104,7 @@ class MobileNetClassifier:
         self.top_k = top_k
 
     def __call__(self, inputs: Any, top_k: int | None = None) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
-        from omnigpt.text.pipelines import classify_image
+        from omnigpt.checkpoints.encoders import classify_image
 
         single = not isinstance(inputs, list | tuple)
         items = [inputs] if single else list(inputs)

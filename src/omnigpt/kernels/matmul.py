@@ -15,8 +15,10 @@ pinning a plan file (or ``matmul_plan: off``) makes separate runs bit-identical 
 planned (fp32 GEMMs run near the machine's peak whole), and only above ``min_flops`` (small ones are not worth
 measuring).
 
-``planned_linear`` is ``F.linear`` with the three GEMMs of its forward and backward planned; ``models.gpt.Linear``
-uses it while a planner is active (``with planned(planner): …``), which the trainer does around each micro-step.
+``planned_linear`` is ``F.linear`` with the three GEMMs of its forward and backward planned; ``Linear`` uses it while
+a planner is active (``with planned(planner): …``), which the trainer does around each micro-step. The models build
+plain ``nn.Linear``s; ``use_planned_linears(model)`` swaps ``Linear`` in (the trainer on bf16 CPU runs, ``generate``
+for the decode plan of ``kernels.matvec``), the way ``kernels.quantize`` swaps int8/int4 linears in.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ _ACTIVE: MatmulPlanner | None = None
 
 @contextlib.contextmanager
 def planned(planner: MatmulPlanner | None) -> Iterator[None]:
-    """Within the block, ``models.gpt.Linear`` and the fused LM-head loss plan their bf16 GEMMs with ``planner``
+    """Within the block, ``Linear`` and the fused LM-head loss plan their bf16 GEMMs with ``planner``
     (None: a no-op). Backward passes use the planner their forward saw, wherever they run."""
     global _ACTIVE
     previous, _ACTIVE = _ACTIVE, planner
@@ -209,3 +211,13 @@ class Linear(nn.Linear):
         if decoding is not None and x.numel() == self.in_features:
             return decoding.linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
+
+
+def use_planned_linears(model: nn.Module) -> nn.Module:
+    """Make every plain ``nn.Linear`` of ``model`` a ``Linear``, in place, and return ``model``. Module replacement by
+    class: the same object keeps its parameters (ties included), state dict and hooks, and computes what it did until
+    a plan is active. Idempotent; subclasses (``Int8Linear``'s siblings, LoRA layers) are left as they are."""
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.__class__ = Linear
+    return model

@@ -18,9 +18,10 @@ change. It then measures in place — the next calls of that shape cycle through
 the fastest by median, if it beats the plain call by 10%. This is ``kernels/matmul.py``'s per-shape planning for
 one-row products.
 
-``planned_decode(planner)`` turns it on for ``models.gpt.Linear`` (the blocks' projections) in the current thread,
-only for one-row inference inputs; ``generate`` wraps its model calls in it and applies ``planner.linear`` to the
-LM head itself. Training, state dicts and every other call are unchanged.
+``planned_decode(planner)`` turns it on for ``kernels.matmul.Linear`` in the current thread, only for one-row
+inference inputs; ``generate`` swaps that class in for the model's ``nn.Linear``s (``use_planned_linears``: the
+blocks' projections and the LM head) and wraps its model calls in it. Training, state dicts and every other call are
+unchanged.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ _local = threading.local()
 
 @contextlib.contextmanager
 def planned_decode(planner: MatvecPlanner | None = DEFAULT) -> Iterator[None]:
-    """Within the block (this thread only), ``models.gpt.Linear`` runs one-row inference products through
+    """Within the block (this thread only), ``kernels.matmul.Linear`` runs one-row inference products through
     ``planner`` (None: a no-op)."""
     previous = getattr(_local, "planner", None)
     _local.planner = planner

@@ -10,9 +10,8 @@ from omnigpt.models.gpt import (
     GPTForSequenceClassification,
     GPTModel,
     GPTOutput,
-    KVCache,
-    make_kv_cache,
 )
+from omnigpt.models.kv_cache import KVCache, make_kv_cache
 from omnigpt.models.multimodal import (
     MULTIMODAL_PRESETS,
     MultimodalConfig,

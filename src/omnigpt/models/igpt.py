@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from omnigpt.config import GPTConfig, PresetConfig
-from omnigpt.models.gpt import GPT, GPTOutput, make_kv_cache
+from omnigpt.models.gpt import GPT, GPTOutput
+from omnigpt.models.kv_cache import make_kv_cache
 
 IGPT_TYPE = "omnigpt-igpt"
 

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from omnigpt.config import GPTConfig, PresetConfig
 from omnigpt.models.audio import AudioConfig, AudioEncoder
-from omnigpt.models.gpt import GPT, GPTOutput, KVCache
+from omnigpt.models.gpt import GPT, GPTOutput
+from omnigpt.models.kv_cache import KVCache
 from omnigpt.models.mobilenet import MobileNetV2, MobileNetV2Config, MobileNetV2Encoder
 from omnigpt.models.vision import EncoderOutput, VisionConfig, ViT
 

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from omnigpt.config import GPTConfig, PresetConfig
-from omnigpt.models.gpt import GPT, GPTOutput, make_kv_cache
+from omnigpt.models.gpt import GPT, GPTOutput
+from omnigpt.models.kv_cache import make_kv_cache
 from omnigpt.models.vision import VisionConfig, ViT
 
 PIX2SEQ_TYPE = "omnigpt-pix2seq"

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 from omnigpt.config import GPTConfig, PresetConfig
 from omnigpt.kernels.matmul import Linear
 from omnigpt.models.audio import AudioConfig, AudioEncoder, sinusoids
-from omnigpt.models.gpt import MLP, CausalSelfAttention, KVCache
+from omnigpt.models.gpt import MLP, CausalSelfAttention
+from omnigpt.models.kv_cache import KVCache
 from omnigpt.models.vision import init_encoder_weights
 
 MODEL_TYPE = "omnigpt-whisper"

@@ -11,6 +11,7 @@ never contain file paths or memory addresses: an unexpected exception becomes a 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -129,34 +130,72 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+DRAIN_BYTES = 64 * 1024 * 1024  # an oversized body up to this size is read and dropped before the 413 goes out
+DRAIN_SECONDS = 10.0  # ... for at most this long
+
+
 class BodyLimitMiddleware:
-    """Answer 413 when a request body exceeds ``max_bytes``: by its Content-Length, or while it streams in."""
+    """Answer 413 when a request body exceeds ``max_bytes``: by its Content-Length, or while it streams in.
+
+    Before answering, the rest of the body is read and dropped (up to ``DRAIN_BYTES`` / ``DRAIN_SECONDS``): a server
+    that answers and closes while the client's upload still sits unread in its socket makes the kernel send a TCP
+    reset, and the client, still sending, sees "connection reset" instead of the 413 (OpenAI's client then retries
+    the upload twice). A client that sent ``Expect: 100-continue`` has sent no body yet and gets the 413 at once;
+    a body larger than the drain bound gets it with ``connection: close``, as before.
+    """
 
     def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, receive: Receive, send: Send, received: int, declared: int | None, *,
+                      unsent: bool) -> None:
+        """413; ``unsent``: no body bytes are on their way (all read, or the client awaits "100 Continue")."""
+
+        async def drain() -> bool | None:  # True: all read; False: more than DRAIN_BYTES; None: the client left
+            size = received
+            while size <= DRAIN_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return None
+                size += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return True
+            return False
+
+        drained: bool | None = unsent
+        if not unsent and (declared is None or declared <= DRAIN_BYTES):
+            try:
+                drained = await asyncio.wait_for(drain(), DRAIN_SECONDS)
+            except TimeoutError:
+                drained = False
+            if drained is None:
+                return  # nobody to answer
         err = APIError(413, f"Request body too large: the limit is {self.max_bytes} bytes.",
                        code="request_too_large")
         body = json.dumps(err.body()).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if not drained:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        declared: int | None = None
+        expect_continue = False
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
-                    declared = 0
-                if declared > self.max_bytes:
-                    await self._reject(send)
-                    return
+                    declared = None
+            elif name == b"expect":
+                expect_continue = value.strip().lower() == b"100-continue"
+        if declared is not None and declared > self.max_bytes:
+            await self._reject(receive, send, 0, declared, unsent=expect_continue)
+            return
         # Read the whole (bounded) body now, then replay it to the app as one message.
         chunks: list[bytes] = []
         size = 0
@@ -167,7 +206,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._reject(send)
+                await self._reject(receive, send, size, declared, unsent=not message.get("more_body", False))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -31,6 +31,11 @@ from omnigpt.serve.errors import APIError, bad_request
 from omnigpt.text.processors import ProcessorError, load_audio, load_image
 
 MAX_IMAGE_PIXELS = 50_000_000
+# Decoded audio is float32 at the file's own rate and channel count before it is down-mixed and resampled: a header
+# (FLAC's total samples, a WAV's rate) can declare far more than any recording holds, and a compressed file of
+# silence really does decode to that much. Budget: the duration limit at 96 kHz in stereo (460 MB at 600 s).
+MAX_AUDIO_RATE, MAX_AUDIO_CHANNELS = 384_000, 32
+BUDGET_RATE_CHANNELS = 96_000 * 2
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,7 @@ def audio_from_bytes(data: bytes, param: str, max_seconds: float | None) -> tupl
         path = Path(tmp) / "upload"
         path.write_bytes(data)
         try:
+            _check_decoded_size(path, param, max_seconds)
             return load_audio(path, max_seconds=max_seconds)
         except ProcessorError as e:
             message = str(e).replace(f"{path}: ", "").replace(str(path), "the file")
@@ -125,6 +131,24 @@ def audio_from_bytes(data: bytes, param: str, max_seconds: float | None) -> tupl
         except (OSError, RuntimeError, ValueError):
             raise bad_request(f"{param}: could not be read as audio (WAV, FLAC or OGG).", param=param,
                               code="invalid_audio") from None
+
+
+def _check_decoded_size(path: Path, param: str, max_seconds: float | None) -> None:
+    """A 400 for audio whose header declares an implausible rate or channel count, or more samples than the budget,
+    before anything is decoded (unreadable headers are left to ``load_audio`` to report)."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception:  # noqa: BLE001 (not audio libsndfile knows: load_audio says so)
+        return
+    if not 0 < info.samplerate <= MAX_AUDIO_RATE or not 0 < info.channels <= MAX_AUDIO_CHANNELS:
+        raise bad_request(f"{param}: the audio header declares {info.samplerate} Hz and {info.channels} channels "
+                          f"(at most {MAX_AUDIO_RATE} Hz and {MAX_AUDIO_CHANNELS} channels are accepted).",
+                          param=param, code="invalid_audio")
+    if max_seconds is not None and info.frames * info.channels > max_seconds * BUDGET_RATE_CHANNELS:
+        raise bad_request(f"{param}: the audio decodes to {info.frames:,} frames of {info.channels} channels, more "
+                          f"than {max_seconds:g} s of 96 kHz stereo.", param=param, code="audio_too_long")
 
 
 def require_file(fields: dict[str, str | FormFile], name: str = "file") -> FormFile:

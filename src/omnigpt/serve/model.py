@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
@@ -35,9 +35,7 @@ from omnigpt.serve.prompts import (
     TemplateError,
     load_chat_template,
 )
-
-if TYPE_CHECKING:
-    from omnigpt.serve.app import ServeSettings
+from omnigpt.serve.settings import ServeSettings
 
 MAX_CHARS_PER_TOKEN = 32  # character cap on a prompt before tokenizing: context length × this
 MAX_PROMPTS = 64  # prompts in one /v1/completions request (each becomes n rows)
@@ -103,7 +101,7 @@ def load_served_model(model: str | Path, name: str | None = None, device: str = 
     d = resolve_checkpoint(d)  # a run directory (runs/demo) serves its newest complete checkpoint
     multimodal = processor = None
     if model_type(d) == "omnigpt-multimodal":  # its decoder answers text turns; the tokenizer is the processor's
-        from omnigpt.data.llava import load_processor
+        from omnigpt.apps.llava.data import load_processor
 
         multimodal = load_pretrained(d, map_location=device, dtype=torch_dtype).eval()
         processor = load_processor(d)  # a ChatProcessor when the decoder is a pretrained chat model

@@ -190,7 +190,7 @@ def _embedding_inputs(body: S.EmbeddingRequest) -> list[str]:
 
 
 async def embeddings(models: OfflineModels, body: S.EmbeddingRequest) -> S.EmbeddingList:
-    from omnigpt.text.pipelines import embed_sentences
+    from omnigpt.checkpoints.encoders import embed_sentences
 
     models.check(body.model, EMBEDDING_MODELS, "/v1/embeddings")
     items = _embedding_inputs(body)

@@ -13,8 +13,8 @@ and a report a reader can regenerate.
 
 Compute is counted from the shapes (``study/flops.py``): C = 6·N·D + 12·D·d_attn·Σ_l k̄_l (N: matmul weights
 incl. the LM head; D: trained tokens; k̄_l: mean keys a query sees in layer l, banded layers counting their window).
-Runs go to ``plan.workers`` processes with one thread each; each run is a pure function of its recipe, so the
-numbers do not depend on how many run at once.
+Runs go to ``plan.workers`` processes with one thread each (``files/workers.py``: they die with the study, however
+it ends); each run is a pure function of its recipe, so the numbers do not depend on how many run at once.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import os
 import platform
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
 from omnigpt.data.shards import DataSpec, prepare_data
+from omnigpt.files.workers import process_pool
 from omnigpt.study.plan import FAMILIES, StudyPlan, lm_recipe, mm_recipe
 from omnigpt.study.report import build_report
 from omnigpt.study.runs import ATTENTION_TEXT, lm_run, mm_run
@@ -40,9 +40,7 @@ def _map(fn: Any, specs: list[dict[str, Any]], workers: int) -> list[dict[str, A
         return []
     if workers <= 0:
         return [fn(s) for s in specs]
-    import multiprocessing as mp
-
-    with ProcessPoolExecutor(max_workers=min(workers, len(specs)), mp_context=mp.get_context("spawn")) as pool:
+    with process_pool(min(workers, len(specs))) as pool:  # workers die with this process, however it ends
         return list(pool.map(fn, specs))
 
 

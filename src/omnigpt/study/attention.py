@@ -1,8 +1,8 @@
 """Attention made visible: the reference path's softmax(QKᵀ/√d_k) weights, head summaries and heat maps.
 
-The weights come from ``GPT(..., output_attentions=True)``, which runs every layer through
-``models.gpt.attention_reference`` (the formula written out) and returns the matrix that multiplied V — the
-tests check that it reproduces the fused path's attention output. Head summaries (Olsson et al. 2022,
+The weights come from running the model with ``models.gpt.attention_reference`` (the formula written out) in place
+of each layer's SDPA call, which hands over the matrix that multiplied V — the tests check that it reproduces the
+fused path's attention output. Head summaries (Olsson et al. 2022,
 "In-context learning and induction heads"; Clark et al. 2019, "What does BERT look at?"):
 
 * entropy — mean over queries of −Σ_j p_ij·ln p_ij (nats); 0 = one key, ln(i+1) = uniform over the past;
@@ -15,6 +15,7 @@ tests check that it reproduces the fused path's attention output. Head summaries
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from omnigpt.models.gpt import GPT
+from omnigpt.models.gpt import GPT, attention_reference
 
 
 @torch.no_grad()
@@ -31,10 +32,18 @@ def attention_weights(model: GPT, ids: Sequence[int] | Tensor) -> list[Tensor]:
     was = model.training
     model.eval()
     x = torch.as_tensor(ids, dtype=torch.long).view(1, -1)
-    out = model(x.to(model.lm_head.weight.device), output_attentions=True)
-    model.train(was)
-    assert out.attentions is not None
-    return [a[0].float().cpu() for a in out.attentions]
+    weights: list[Tensor] = []
+    layers = [block.attn for block in model.transformer.h]
+    saved = [attn.sdpa for attn in layers]
+    for attn in layers:  # the reference in place of SDPA (same arguments), handing over each layer's weights
+        attn.sdpa = functools.partial(attention_reference, weights=weights)
+    try:
+        model(x.to(model.lm_head.weight.device))
+    finally:
+        for attn, sdpa in zip(layers, saved, strict=True):
+            attn.sdpa = sdpa
+        model.train(was)
+    return [w[0].float().cpu() for w in weights]
 
 
 def head_summaries(att: Tensor) -> dict[str, Tensor]:

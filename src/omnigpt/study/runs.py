@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from omnigpt.apps import load_recipe
 from omnigpt.data.shards import TokenData, eval_windows
 from omnigpt.models.gpt import GPT
 from omnigpt.study.attention import analyse
 from omnigpt.study.flops import matmul_params, training_flops
-from omnigpt.train.tasks import load_recipe
 from omnigpt.train.trainer import Trainer
 
 # The chosen text of the heat maps: Hamlet's soliloquy, whose repeated words ("to be", "to") show copying heads.
@@ -88,7 +88,7 @@ class CurveTrainer(Trainer):
     """The trainer with the generated answers' accuracy added to every periodic validation (not only the last)."""
 
     def validate(self, limit: int | None) -> dict[str, Any]:
-        from omnigpt.train.tasks.multimodal import answer_metrics
+        from omnigpt.apps.multimodal.task import answer_metrics
 
         out = super().validate(limit)
         if limit is not None and self.r.data.eval:

@@ -1,6 +1,6 @@
 """OpenAI's GPT-2 vocabulary, offline: from the ``gpt2.tiktoken`` ranks to GPT-2's ``vocab.json`` + merges.
 
-``gpt2.tiktoken`` (in the ``openai-whisper`` sdist, checksummed by ``omnigpt.checkpoints.assets``) lists each
+``gpt2.tiktoken`` (in the ``openai-whisper`` sdist, checksummed by ``omnigpt.files.assets``) lists each
 token's bytes (base64) and rank. tiktoken merges the adjacent pair whose concatenation has the lowest rank, so the
 merge that forms a token is found by running that BPE on the token's own bytes with only lower ranks allowed: it
 stops at exactly two parts (transformers' ``TikTokenConverter`` does the same). Tokens are written as GPT-2's printable
@@ -103,7 +103,7 @@ def bpe_from_tiktoken(path: str | Path, special_tokens: dict[str, int] | None = 
 def gpt2_json() -> str:
     """The GPT-2 tokenizer as tokenizers JSON. Recovering 50k merges takes seconds, so the result is cached in the
     user cache (keyed by the file's SHA-256 and the tokenizers version) and checked on known ids when read back."""
-    from omnigpt.checkpoints.assets import asset_path, cache_dir
+    from omnigpt.files.assets import asset_path, cache_dir
 
     cached = cache_dir() / "tokenizers" / f"gpt2-{GPT2_TIKTOKEN[2][:16]}-tokenizers{tokenizers.__version__}.json"
     if cached.is_file():

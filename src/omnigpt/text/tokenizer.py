@@ -32,7 +32,7 @@ import tokenizers.pre_tokenizers
 import tokenizers.processors
 import tokenizers.trainers
 
-from omnigpt.checkpoints.io import read_json_object
+from omnigpt.files.atomic import read_json_object
 
 EOT = "<|endoftext|>"
 CHAR_FILE = "char_tokenizer.json"  # CharTokenizer's own format

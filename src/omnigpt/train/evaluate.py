@@ -18,8 +18,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -129,21 +127,3 @@ def evaluate_texts(model: GPT, tokenizer, texts: Sequence[str], batch_size: int 
     nats, tokens = nll_sum(model, windows, batch_size, dtype, progress)
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
     return _result(nats, tokens, len(windows), len(ids) / max(n_bytes, 1))
-
-
-def evaluate_checkpoint(ckpt: str | Path, sources: Any = None, max_new_tokens: int = 24) -> dict[str, Any]:
-    """Task metrics of a saved multimodal or contrastive model (kind from ``config.json``'s ``model_type``) on
-    ``sources`` (default: the ``data.eval`` list of the recipe that trained it). Keys are ``SOURCE/metric``."""
-    from omnigpt.checkpoints.pretrained import load_pretrained, model_type
-    from omnigpt.text.processors import Processor
-    from omnigpt.train.tasks import contrastive, multimodal
-
-    ckpt = Path(ckpt)
-    kind = model_type(ckpt)
-    sources = multimodal.recipe_eval_sources(ckpt) if sources is None else sources
-    model, processor = load_pretrained(ckpt), Processor.from_pretrained(ckpt)
-    if kind == "omnigpt-multimodal":
-        return multimodal.answer_metrics(model, processor, sources, max_new_tokens)
-    if kind == "omnigpt-contrastive":
-        return contrastive.retrieval_metrics(model, processor, sources)
-    raise ValueError(f"{ckpt}: model_type {kind!r} is not a multimodal or contrastive model")

@@ -5,8 +5,9 @@ One optimizer step, the way nanoGPT's ``train.py`` does it:
     for each of the ``accumulation`` micro-batches:  loss = task loss under autocast;  (loss / acc).backward()
     clip the global grad norm;  AdamW step (decay on matrices only);  lr from the stage's warmup + cosine
 
-What is trained comes from a ``Task`` (``train/tasks/``): it builds the model and its tokenizer or processor, gives
-the rows of each step's batch as a pure function of the step, the module that computes the loss, and evaluation.
+What is trained comes from a ``Task`` (``train/task.py``; the applications in ``apps/`` register theirs): it builds
+the model and its tokenizer or processor, gives the rows of each step's batch as a pure function of the step, the
+module that computes the loss, and evaluation.
 Around the step, for every task: staged schedules with per-module learning rates and frozen modules
 (``schedule.py``), periodic validation, a progress bar (a line per log interval when stdout is not a terminal),
 ``metrics.jsonl`` and ``loss.png``, atomic checkpoints (``checkpoints/state.py``), SIGTERM/SIGINT → checkpoint and
@@ -51,11 +52,12 @@ from tqdm.auto import tqdm
 
 from omnigpt.checkpoints import state as ts
 from omnigpt.kernels import matmul
+from omnigpt.kernels.attention import use_fp32_backward_attention
 from omnigpt.kernels.precision import machine, resolve_dtype
 from omnigpt.models.gpt import Block
 from omnigpt.train.recipe import Recipe, recipe_to_dict, validate
 from omnigpt.train.schedule import build_optimizer, set_lr
-from omnigpt.train.tasks import Task, task_class
+from omnigpt.train.task import Task, task_class
 
 
 class NonFiniteLossError(RuntimeError):
@@ -140,6 +142,8 @@ class Trainer:
         if self.is_main and loaded is None and (self.out / "metrics.jsonl").exists():
             (self.out / "metrics.jsonl").unlink()  # a fresh start: the old curve belonged to an abandoned run
         self.train_module = self.task.train_module().to(self.device)
+        if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:  # CPU bf16 kernels, by module replacement
+            use_fp32_backward_attention(matmul.use_planned_linears(self.train_module))
         self._trainable = [p.requires_grad for p in self.train_module.parameters()]  # before stages freeze any
         self.fsdp = self.world > 1 and r.parallelism == "fsdp"
         if self.fsdp:
