@@ -18,7 +18,8 @@ import torch
 from omnigpt.checkpoints.gguf import GGUF_KEYS, OMNIGPT_KEYS, GGUFError, load_gguf, quantize_model, unpermute_qk
 from omnigpt.config import GPTConfig
 from omnigpt.generate.decode import generate
-from omnigpt.models.gpt import GPT, make_kv_cache
+from omnigpt.models.gpt import GPT
+from omnigpt.models.kv_cache import make_kv_cache
 
 transformers = pytest.importorskip("transformers")
 

@@ -22,7 +22,8 @@ from omnigpt.models.contrastive import (
     zero_shot_classifier,
     zero_shot_predict,
 )
-from omnigpt.models.gpt import causal_lm_loss, make_kv_cache
+from omnigpt.models.gpt import causal_lm_loss
+from omnigpt.models.kv_cache import make_kv_cache
 from omnigpt.models.multimodal import (
     MultimodalConfig,
     MultimodalGPT,

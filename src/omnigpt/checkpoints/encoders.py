@@ -31,11 +31,10 @@ from omnigpt.checkpoints.bert import load_all_minilm_l6_v2, load_bert, load_bert
 from omnigpt.checkpoints.torchvision import imagenet_labels, load_mobilenet_v2
 from omnigpt.models.bert import BertModel
 from omnigpt.models.mobilenet import MobileNetV2
-from omnigpt.text.processors import ImageInput, load_image
+from omnigpt.text.processors import MAX_PIXELS, ImageInput, load_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MAX_PIXELS = 50_000_000  # refuse larger images (a 7071 × 7071 photo) before decoding them
 
 # ------------------------------------------------------------------------------------------------------------
 # Images

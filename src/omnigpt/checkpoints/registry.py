@@ -168,6 +168,8 @@ def load(name_or_path: str | Path, device: str | None = None, **options: Any) ->
 
     from omnigpt.checkpoints.pretrained import read_config
     from omnigpt.checkpoints.state import resolve_checkpoint
+    from omnigpt.text.chat_processor import load_processor
+    from omnigpt.text.processors import PROCESSOR_CONFIG
 
     path = Path(name_or_path)
     if path.is_dir():
@@ -175,14 +177,17 @@ def load(name_or_path: str | Path, device: str | None = None, **options: Any) ->
     pre = from_pretrained(path if path.exists() else str(name_or_path), **options)
     template = getattr(pre.preprocessor, "chat_template", None)
     kind = type(pre.model).__name__
+    preprocessor = pre.preprocessor
     if pre.source.is_dir():
         cfg = pre.source / "tokenizer_config.json"
         template = json.loads(cfg.read_text()).get("chat_template") if cfg.is_file() else template
         kind = str(read_config(pre.source).get("model_type", "omnigpt"))
+        if (pre.source / PROCESSOR_CONFIG).is_file():  # a multimodal model: its processor (tokenizer inside)
+            preprocessor = load_processor(pre.source)
     elif pre.source.suffix == ".gguf":
         kind = getattr(getattr(pre.model, "config", None), "name", None) or "gguf"
     model = pre.model if device is None else pre.model.to(device)
-    return Loaded(model.eval(), pre.preprocessor, template, kind)
+    return Loaded(model.eval(), preprocessor, template, kind)
 
 
 __all__ = ["MODELS", "Loaded", "OfflineModel", "Pretrained", "from_pretrained", "hf_cache_dir", "load"]

@@ -57,29 +57,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-    from omnigpt.checkpoints.pretrained import load_pretrained, model_type
-    from omnigpt.checkpoints.state import resolve_checkpoint
+    from omnigpt.checkpoints.registry import load
     from omnigpt.generate.text import stream_text
     from omnigpt.kernels.precision import weights_dtype
     from omnigpt.kernels.quantize import quantize
-    from omnigpt.text.tokenizer import load_tokenizer
+    from omnigpt.models.gpt import GPT
+    from omnigpt.models.multimodal import MultimodalGPT
 
-    dtype = weights_dtype(args.dtype)
     try:
-        if Path(args.model).is_dir():
-            args.model = resolve_checkpoint(args.model)  # a run directory means its newest checkpoint
-            if model_type(args.model) == "omnigpt-multimodal":
-                return _multimodal(args)
-            if args.image or args.audio:
-                raise ValueError(f"{args.model} is a text model ({model_type(args.model)}): --image/--audio need a "
-                                 f"multimodal checkpoint")
-            model = load_pretrained(args.model, dtype=dtype)
-            tokenizer = load_tokenizer(args.model)
-        else:
-            model, tokenizer = _named(args, dtype)
+        model, tokenizer, _, kind = load(args.model, dtype=weights_dtype(args.dtype))
     except OSError as e:  # not a directory, unreadable file: one line, no traceback
         print(f"omnigpt generate: error: {e}", file=sys.stderr)
         return 2
+    if isinstance(model, MultimodalGPT):
+        return _multimodal(args, model, tokenizer)
+    if args.image or args.audio:
+        raise ValueError(f"{args.model} is a text model ({kind}): --image/--audio need a multimodal checkpoint")
+    if not isinstance(model, GPT) or not hasattr(tokenizer, "decode"):
+        raise ValueError(f"{args.model} is not a text generator ({type(model).__name__}); see `omnigpt transcribe`, "
+                         f"`omnigpt classify-image`, `omnigpt embed`")
     if args.int8 or args.int4:
         quantize(model, bits=4 if args.int4 else 8)
     text = args.prompt if args.prompt is not None else args.chat
@@ -107,20 +103,6 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # e.g. piped into `head`: the reader is gone, which is not an error
         sys.stderr.close()
     return 0
-
-
-def _named(args: argparse.Namespace, dtype: Any) -> tuple[Any, Any]:
-    """A .gguf file or an offline name through the registry; it must be a text generator."""
-    from omnigpt.checkpoints.registry import from_pretrained
-    from omnigpt.models.gpt import GPT
-
-    if args.image or args.audio:
-        raise ValueError("--image/--audio need a multimodal checkpoint directory")
-    model, tokenizer, _ = from_pretrained(args.model, dtype=dtype)
-    if not isinstance(model, GPT) or not hasattr(tokenizer, "decode"):
-        raise ValueError(f"{args.model} is not a text generator ({type(model).__name__}); see `omnigpt transcribe`, "
-                         f"`omnigpt classify-image`, `omnigpt embed`")
-    return model, tokenizer
 
 
 class _SpecialAware:
@@ -166,15 +148,12 @@ def _chat_prompts(args: argparse.Namespace, tokenizer: Any, messages: list[str])
     return rendered, _SpecialAware(tokenizer), template.stop
 
 
-def _multimodal(args: argparse.Namespace) -> int:
+def _multimodal(args: argparse.Namespace, model: Any, processor: Any) -> int:
     """Answer ``--prompt`` about the given images / clips with a ``MultimodalGPT`` checkpoint."""
-    from omnigpt.checkpoints.pretrained import load_pretrained
     from omnigpt.generate.multimodal import answer
-    from omnigpt.text.processors import Processor
 
     if not (args.image or args.audio):
         raise ValueError(f"{args.model} is a multimodal model: give --image PATH and/or --audio PATH")
-    model, processor = load_pretrained(args.model), Processor.from_pretrained(args.model)
     text = answer(model, processor, args.prompt, images=args.image, audio=args.audio,
                   max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     print(text)

@@ -36,13 +36,12 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from omnigpt.text.processors import ImageInput, load_image
+from omnigpt.text.processors import MAX_PIXELS, ImageInput, load_image
 
 CLIPART_DIR = Path("/usr/share/openclipart/png")
 CLIPART_CLASSES: tuple[str, ...] = ("animals", "buildings", "food", "geography", "office", "people", "plants",
                                     "recreation", "tools", "transportation")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
-MAX_PIXELS = 50_000_000  # refuse larger files before decoding (decompression bombs)
 WHITE = (255, 255, 255)
 Split = Literal["train", "val", "test"]
 

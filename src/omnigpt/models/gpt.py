@@ -42,7 +42,6 @@ class Cache(Protocol):
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
-
 def rope_cos_sin(position_ids: Tensor, head_size: int, theta: float) -> tuple[Tensor, Tensor]:
     """RoPE (Su et al. 2021), Llama's replacement for wpe: cos and sin (B|1, T, hs) of every angle, fp32 as in HF.
     Channel pair (i, i + hs/2) at position p turns by p·θ^(-2i/hs), so a query·key product depends on distance."""
@@ -57,7 +56,6 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate x (B, nh, T, hs) by the angles (B|1, 1, T, hs): (x1, x2) → (x1 cos − x2 sin, x2 cos + x1 sin)."""
     x1, x2 = x.chunk(2, dim=-1)  # first and second half of the channels
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin  # "rotate_half"
-
 
 
 def build_attention_mask(q_pos: Tensor, k_pos: Tensor, window: int | None, key_padding: Tensor | None) -> Tensor:
@@ -115,8 +113,7 @@ class CausalSelfAttention(nn.Module):
         # 1/√d_k, optionally divided by (layer index + 1) as HF GPT-2's scale_attn_by_inverse_layer_idx does.
         scale = 1.0 / math.sqrt(self.head_size) if config.scale_attn_weights else 1.0
         self.scale = scale / (layer_idx + 1) if config.scale_attn_by_inverse_layer_idx else scale
-        eager = config.attn_implementation == "eager"
-        self.sdpa = attention_reference if eager else F.scaled_dot_product_attention
+        self.sdpa = attention_reference if config.attn_implementation == "eager" else F.scaled_dot_product_attention
 
     def forward(self, x: Tensor, q_pos: Tensor | None = None, padding: Tensor | None = None,
                 cache: Cache | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -130,8 +127,7 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:  # rotate by position; keys are cached rotated, so past keys never need it again
             cos, sin = rope[0].unsqueeze(1).to(q.dtype), rope[1].unsqueeze(1).to(q.dtype)  # (B|1, 1, T, hs)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        q_pos = torch.arange(T, device=x.device) if q_pos is None else q_pos
-        k_pos = q_pos
+        k_pos = q_pos = torch.arange(T, device=x.device) if q_pos is None else q_pos
         if cache is not None:
             k, v, k_pos = cache.update(k, v)  # (B, nkv, S, hs) with the past prepended; k_pos (S,)
 
@@ -210,7 +206,6 @@ class Block(nn.Module):
         return self.ln_2(x + self.mlp(x))
 
 
-
 @dataclass
 class GPTOutput:
     """What the models return; field names follow ``transformers``' ModelOutput classes."""
@@ -229,8 +224,7 @@ class GPTModel(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        # Llama has no wpe: positions enter as rotations of queries and keys (cos/sin computed per forward from the
-        # position ids, T × hs/2 angles — no buffer, so meta-device construction and dtype casts cannot touch it).
+        # Llama has no wpe: RoPE's angles are computed per forward (no buffer for meta-device or dtype casts to touch).
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.position_embedding == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
@@ -310,8 +304,7 @@ class GPT(nn.Module):
         ``logits_to_keep=k`` computes logits only for the last k positions (generation needs just one)."""
         out = self.transformer(input_ids, attention_mask, position_ids, inputs_embeds, past_key_values,
                                output_hidden_states)
-        h = out.last_hidden_state
-        out.logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)  # (B, T, V)
+        out.logits = self.lm_head(out.last_hidden_state[:, -logits_to_keep:])  # (B, T or k, V); -0: every position
         if labels is not None:
             out.loss = causal_lm_loss(out.logits, labels)
         return out

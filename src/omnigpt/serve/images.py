@@ -54,7 +54,7 @@ class ImagesResponse(BaseModel):
 
 
 class ImageModels:
-    """Named ``hf.vision_pipelines.ImageGenerator`` objects (loaded iGPT runs)."""
+    """Named ``apps.igpt.pipeline.TextToImagePipeline`` objects (loaded iGPT runs)."""
 
     def __init__(self, generators: dict[str, Any]) -> None:
         if not generators:
@@ -68,12 +68,12 @@ class ImageModels:
     def load(cls, runs: Sequence[str], names: Sequence[str | None] = (), device: str = "cpu") -> ImageModels:
         from pathlib import Path
 
-        from omnigpt.hf.vision_pipelines import text_to_image
+        from omnigpt.apps.igpt.pipeline import TextToImagePipeline
 
         out = {}
         for i, run in enumerate(runs):
             name = (names[i] if i < len(names) else None) or Path(run).resolve().name
-            out[name] = text_to_image(run, device)
+            out[name] = TextToImagePipeline(run, device)
         return cls(out)
 
     def cards(self) -> list[S.ModelCard]:

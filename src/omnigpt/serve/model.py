@@ -101,7 +101,7 @@ def load_served_model(model: str | Path, name: str | None = None, device: str = 
     d = resolve_checkpoint(d)  # a run directory (runs/demo) serves its newest complete checkpoint
     multimodal = processor = None
     if model_type(d) == "omnigpt-multimodal":  # its decoder answers text turns; the tokenizer is the processor's
-        from omnigpt.apps.llava.data import load_processor
+        from omnigpt.text.chat_processor import load_processor
 
         multimodal = load_pretrained(d, map_location=device, dtype=torch_dtype).eval()
         processor = load_processor(d)  # a ChatProcessor when the decoder is a pretrained chat model

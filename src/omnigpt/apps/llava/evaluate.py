@@ -33,9 +33,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from omnigpt.apps.llava.data import caption_conversations, load_processor, to_example
+from omnigpt.apps.llava.data import caption_conversations, to_example
 from omnigpt.data.batches import Example, collate
 from omnigpt.kernels.precision import autocast
+from omnigpt.text.chat_processor import load_processor
 
 NN_TRAIN_PER_SOURCE = 1500  # training images per source whose features the nearest-neighbour baseline searches
 

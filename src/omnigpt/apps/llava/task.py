@@ -30,10 +30,11 @@ import torch
 from torch import Tensor, nn
 
 from omnigpt.apps.common.multimodal import build_tokenizer, check_sources
-from omnigpt.apps.llava.data import CAPTION_QUESTION, ChatProcessor, caption_conversations, to_example
+from omnigpt.apps.llava.data import CAPTION_QUESTION, caption_conversations, to_example
 from omnigpt.data.batches import collate, mixture_indices
 from omnigpt.models.lora import LoRAConfig, LoRAWeights, apply_lora, lora_parameters
 from omnigpt.models.multimodal import MultimodalConfig, MultimodalGPT, ProjectorConfig
+from omnigpt.text.chat_processor import ChatProcessor
 from omnigpt.text.processors import Processor, ProcessorConfig
 from omnigpt.train.recipe import MMSource, RecipeError, model_config
 from omnigpt.train.schedule import module_groups
