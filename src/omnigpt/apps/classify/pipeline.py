@@ -20,6 +20,7 @@ from omnigpt.text.task_card import classification_ids
 
 class TextClassificationPipeline(TextPipeline):
     task = "text-classification"
+    always_list = True
 
     def __init__(self, model: str | Path | None = None, device: str | None = None, **defaults: Any) -> None:
         if model is None:

@@ -1,10 +1,11 @@
 """The one ``Pipeline`` base: every task's pipeline (``omnigpt.pipeline(task, model=...)``) is a subclass in its
 application's folder, as in transformers' ``pipelines/base.py``.
 
-A call runs ``preprocess`` on each input (given its position, so an error can name it), ``forward`` on batches of the
-preprocessed inputs under ``torch.inference_mode``, and ``postprocess`` on each batch's output, one result per
-input. One input gives one result, a list of inputs a list of results — the single-vs-list rule is written here
-once. Call options are checked once per call by ``options`` (defaults from the constructor, then the call's).
+A call runs ``preprocess`` on each input (given its position, so an error can name it), ``forward`` on batches of
+the preprocessed inputs under ``torch.inference_mode``, and ``postprocess`` on each batch's output, one result per
+input. One input gives one result, a list of inputs a list of results (transformers' text classification and
+text-to-text pipelines: a list in both cases) — the single-vs-list rule is written here once. Call options are
+checked once per call by ``options`` (defaults from the constructor, then the call's).
 
     class ImageClassificationPipeline(Pipeline):
         task = "image-classification"
@@ -37,6 +38,7 @@ class Pipeline:
     what: ClassVar[str] = "a model for this task"  # "an image classifier": named when the model is of another kind
     needs: ClassVar[str] = "a model directory"  # what ``model=`` must be (said when it is missing or wrong)
     batch_size: ClassVar[int] = 16
+    always_list: ClassVar[bool] = False  # one text still gives a list of one (transformers' text pipelines)
 
     def __init__(self, model: str | Path | None = None, device: str | None = None, **defaults: Any) -> None:
         if model is None:
@@ -90,7 +92,7 @@ class Pipeline:
             with torch.inference_mode():
                 output = self.forward(batch, **opts)
             out.extend(self.postprocess(output, batch, **opts))
-        return out[0] if single else out
+        return out[0] if single and not self.always_list else out
 
 
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"

@@ -22,6 +22,7 @@ LANGUAGES = {"en": "English", "es": "Spanish", "fr": "French", "de": "German", "
 
 class _Seq2SeqPipeline(TextPipeline):
     key = ""  # the output's field
+    always_list = True
 
     def zero_shot_card(self) -> dict[str, Any]:
         raise NotImplementedError
