@@ -22,8 +22,8 @@ from omnigpt.kernels.precision import describe_machine
 # name, recipe, extra overrides, seeds, what the row is
 Row = tuple[str, str, list[str], list[int], str]
 # the metrics a table shows, in this order (the first of them in eval.json that a row has); percentages ×100
-METRICS = ("accuracy", "macro_f1", "rouge1", "rouge2", "rougeL", "bleu", "chrf", "map50", "map", "bits_per_dim",
-           "cas", "fd", "wer", "rouge_l", "recall@1", "recall@5")
+METRICS = ("accuracy", "macro_f1", "rouge1", "rouge2", "rougeL", "bleu_sacrebleu", "bleu_whitespace", "chrf", "map50",
+           "map", "bits_per_dim", "cas", "fd", "wer", "rouge_l", "recall@1", "recall@5")
 FRACTIONS = ("accuracy", "macro_f1", "cas", "wer", "recall@1", "recall@5")
 
 

@@ -8,8 +8,8 @@ checkpoint is used).
   checkpoints, the data directory of the recipe that trained it.
 * Application runs (``classify``, ``seq2seq``, ``image-classify``, ``igpt``, ... — every task whose class overrides
   ``Task.evaluate_run``): the task's metrics on its held-out test split under their usual names (``accuracy``,
-  ``macro_f1``, ``rougeL``, ``bleu``, ...), the baselines measured in the same call under ``baselines``, and pictures
-  or sample tables, all written into the run directory (``--out DIR`` to choose) with ``eval.json``.
+  ``macro_f1``, ``rougeL``, ``bleu_sacrebleu``, ...), the baselines measured in the same call under ``baselines``, and
+  pictures or sample tables, all written into the run directory (``--out DIR`` to choose) with ``eval.json``.
 * Multimodal / contrastive models (``omnigpt.apps``): generated answers scored by exact match, BLEU and
   WER, or zero-shot accuracy and recall@k, on ``--data DIR`` (a prepared multimodal directory, ``--split``
   default test) or the recipe's ``data.eval`` sources. One JSON line is printed and written to ``eval.json`` in

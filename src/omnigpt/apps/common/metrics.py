@@ -68,10 +68,12 @@ def _ngrams(words: Sequence[str], n: int) -> Counter[tuple[str, ...]]:
     return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
-def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
-                max_n: int = 4) -> float:
-    """Corpus BLEU (0–100) of whitespace-tokenised ``hypotheses`` against one reference string per hypothesis or
-    a list of references per hypothesis. 0 when any n-gram order has no match (no smoothing)."""
+def bleu_whitespace(hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
+                    max_n: int = 4) -> float:
+    """Corpus BLEU (0–100) of whitespace-tokenised ``hypotheses`` against one reference string per hypothesis or a
+    list of references per hypothesis; 0 when any n-gram order has no match (no smoothing). Equals sacreBLEU with
+    ``tokenize="none", smooth_method="none"``: the score of the multimodal apps' short, normalised answers, which is
+    not the translation score (``translation_scores``: sacreBLEU's 13a tokenizer, smoothing)."""
     _same_length(hypotheses, references)
     matches, totals = [0] * max_n, [0] * max_n
     hyp_len = ref_len = 0
@@ -159,15 +161,15 @@ def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict:
 
 
 def translation_scores(predictions: Sequence[str], references: Sequence[str]) -> dict:
-    """``{"bleu", "chrf"}``: sacreBLEU's ``corpus_bleu`` (tokenizer 13a, exponential smoothing) and ``corpus_chrf``
-    (character 6-grams, beta 2), one reference per prediction, on sacreBLEU's 0–100 scale."""
+    """``{"bleu_sacrebleu", "chrf"}``: sacreBLEU's ``corpus_bleu`` (tokenizer 13a, exponential smoothing) and
+    ``corpus_chrf`` (character 6-grams, beta 2), one reference per prediction, on sacreBLEU's 0–100 scale."""
     import sacrebleu
 
     _same_length(predictions, references)
     if not predictions:
         raise ValueError("BLEU of an empty set is undefined")
     hyps, refs = list(predictions), [list(references)]
-    return {"bleu": float(sacrebleu.corpus_bleu(hyps, refs).score),
+    return {"bleu_sacrebleu": float(sacrebleu.corpus_bleu(hyps, refs).score),
             "chrf": float(sacrebleu.corpus_chrf(hyps, refs).score)}
 
 
@@ -184,5 +186,5 @@ def _same_length(a: Sequence[object], b: Sequence[object]) -> None:
         raise ValueError(f"got {len(a)} predictions for {len(b)} references")
 
 
-__all__ = ["accuracy", "classification_scores", "confusion", "corpus_bleu", "edit_distance", "exact_match",
+__all__ = ["accuracy", "classification_scores", "bleu_whitespace", "confusion", "edit_distance", "exact_match",
            "normalize_text", "recall_at_k", "rouge_scores", "translation_scores", "word_error_rate"]

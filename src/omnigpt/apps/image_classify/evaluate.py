@@ -4,7 +4,7 @@
 * ``pixel_baselines`` — nearest centroid and multinomial logistic regression on raw pixels (Fashion-MNIST);
 * ``feature_baselines`` — the majority class and logistic regression on the frozen ImageNet MobileNetV2's pooled
   features (the real-image sets: the linear probe a frozen backbone's head is measured against);
-* ``plot_curve`` (validation accuracy from ``metrics.jsonl``) and ``confusion_png``.
+* ``plot_curve`` (validation accuracy from ``metrics.jsonl``); the confusion matrix is ``common.figures``'.
 """
 
 from __future__ import annotations
@@ -111,27 +111,4 @@ def plot_curve(metrics_file: Path, png: Path) -> bool:
     return True
 
 
-def confusion_png(matrix: np.ndarray, labels: tuple[str, ...], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(labels)
-    fig, ax = plt.subplots(figsize=(2.5 + 0.6 * n, 2.5 + 0.6 * n), dpi=100)
-    ax.imshow(matrix, cmap="Blues")
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    ax.set_xticks(range(n), labels, rotation=45, ha="right")
-    ax.set_yticks(range(n), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-__all__ = ["confusion_png", "feature_baselines", "imagenet_features", "pixel_baselines", "plot_curve", "scores"]
+__all__ = ["feature_baselines", "imagenet_features", "pixel_baselines", "plot_curve", "scores"]

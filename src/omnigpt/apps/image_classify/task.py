@@ -39,8 +39,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from omnigpt.apps.common.figures import confusion_png
 from omnigpt.apps.common.images import AnyClassifier, AnyClassifierConfig, predict, split_train_val, to_pixels
-from omnigpt.apps.image_classify.evaluate import confusion_png, feature_baselines, pixel_baselines, plot_curve, scores
+from omnigpt.apps.image_classify.evaluate import feature_baselines, pixel_baselines, plot_curve, scores
 from omnigpt.checkpoints.state import load_model
 from omnigpt.data.imagesets import CLIPART_CLASSES, CLIPART_DIR, ImageFolderSet, load_image_folder
 from omnigpt.data.multimodal import FASHION_MNIST_CLASSES, load_fashion_mnist

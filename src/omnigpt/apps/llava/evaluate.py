@@ -2,7 +2,7 @@
 
 For every held-out image of the recipe's ``data.eval`` sources (images whose captions never appear in training: the
 prepared splits hold out by a hash of the caption) the model answers the caption question ("What is in this
-picture?") greedily; the answers are scored against the captions with corpus BLEU-4 (``metrics.corpus_bleu`` on
+picture?") greedily; the answers are scored against the captions with corpus BLEU-4 (``metrics.bleu_whitespace`` on
 normalised text) and ROUGE-L F1 (``rouge-score``), overall and per source.
 
 Image→text recall@k: ``data.recall_items`` images spread over the held-out set, each ranking the distinct captions
@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from omnigpt.apps.common import metrics
 from omnigpt.apps.llava.data import caption_conversations, to_example
 from omnigpt.data.batches import Example, collate
 from omnigpt.kernels.precision import autocast
@@ -47,11 +48,10 @@ def pick(items: list[Any], n: int) -> list[Any]:
 
 
 def caption_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
-    from omnigpt.apps.common import metrics
 
     norm = [metrics.normalize_text(p) for p in predictions]
     refs = [metrics.normalize_text(r) for r in references]
-    return {"bleu": round(metrics.corpus_bleu(norm, refs), 2),
+    return {"bleu_whitespace": round(metrics.bleu_whitespace(norm, refs), 2),
             "rouge_l": round(metrics.rouge_scores(predictions, references)["rougeL"], 2),
             "exact_match": round(metrics.exact_match(norm, refs), 4)}
 
@@ -99,9 +99,8 @@ def candidate_scores(model: Any, prompt: Example, candidates: list[list[int]]) -
 
 
 def recall(scores: Tensor, targets: list[int], ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """recall@k of (N, M) scores: the share of rows whose target column is among their k best."""
-    rank = (scores > scores[torch.arange(len(targets)), targets][:, None]).sum(1)  # (N,) candidates ranked above
-    return {f"recall@{k}": round(float((rank < k).float().mean()), 4) for k in ks}
+    """recall@k of (N, M) scores (``metrics.recall_at_k``), as ``recall@k`` keys rounded to 4 places."""
+    return {f"recall@{k}": round(r, 4) for k, r in metrics.recall_at_k(scores.float().numpy(), targets, ks).items()}
 
 
 def recall_eval(model: Any, processor: Any, convs: list[dict[str, Any]], question: str) -> dict[str, Any]:

@@ -86,7 +86,7 @@ def text_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[s
     norm = [metrics.normalize_text(p) for p in predictions]
     refs = [metrics.normalize_text(r) for r in references]
     return {"wer": metrics.word_error_rate(norm, refs), "exact_match": metrics.exact_match(norm, refs),
-            "bleu": metrics.corpus_bleu(norm, refs)}
+            "bleu_whitespace": metrics.bleu_whitespace(norm, refs)}
 
 
 def answer_metrics(model: MultimodalGPT, processor: Any, sources: Sequence[MMSource], max_new_tokens: int = 24,

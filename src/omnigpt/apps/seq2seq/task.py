@@ -13,8 +13,9 @@ LM-head cross-entropy (``sft.SFTLoss``). Data: ``data/textsets.py`` pairs (``sum
 ``translate-en-es``, ``translate-es-en``), split by a hash of each pair's group (a whole Bible book, a whole
 article). Evaluation: val loss during training; greedy outputs on ``data.generate`` val pairs at the end;
 ``evaluate_run`` (``omnigpt eval RUN``) generates for test pairs and scores them with rouge-score (summaries:
-``rouge1/2/L``) or sacreBLEU (translations: ``bleu``, ``chrf``), beside the baselines of ``train/baselines.py`` on
-the same pairs and, for a model fine-tuned from a chat model, that model's zero-shot output with the same prompt.
+``rouge1/2/L``) or sacreBLEU (translations: ``bleu_sacrebleu``, ``chrf``), beside the baselines of
+``apps/common/baselines.py`` on the same pairs and, for a model fine-tuned from a chat model, that model's
+zero-shot output with the same prompt.
 """
 
 from __future__ import annotations

@@ -235,8 +235,8 @@ class SFTTask(Task):
         ref_norm = [metrics.normalize_text(r) for r in refs]
         samples = [{"question": e.question, "answer": p, "reference": e.answer}
                    for e, p in zip(examples[:3], preds, strict=False)]
-        return {"exact_match": metrics.exact_match(norm, ref_norm), "bleu": metrics.corpus_bleu(norm, ref_norm),
-                "answers": len(preds), "samples": samples}
+        return {"exact_match": metrics.exact_match(norm, ref_norm),
+                "bleu_whitespace": metrics.bleu_whitespace(norm, ref_norm), "answers": len(preds), "samples": samples}
 
 
 __all__ = ["Example", "SFTLoss", "SFTTask", "collate", "encode_conversation", "read_conversations", "target_loss",
