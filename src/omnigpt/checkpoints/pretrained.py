@@ -85,10 +85,10 @@ MODEL_TYPES: dict[str, Callable[[], tuple[type, type]]] = {
     "omnigpt-contrastive": _contrastive,
     "omnigpt-image-classifier": _image_classifier,
     "omnigpt-igpt": _igpt,
-    "omnigpt-mobilenet-classifier": _mobilenet_classifier,  # fine-tuned MobileNetV2 (train/tasks/image_classify.py)
-    "omnigpt-pix2seq": _pix2seq,  # object detection (train/tasks/detect.py)
-    "omnigpt-whisper": _whisper,  # converted or fine-tuned Whisper (train/tasks/whisper_finetune.py)
-    "omnigpt-audio-classifier": _audio_classifier,  # voice commands (train/tasks/audio_classify.py)
+    "omnigpt-mobilenet-classifier": _mobilenet_classifier,  # fine-tuned MobileNetV2 (apps/image_classify)
+    "omnigpt-pix2seq": _pix2seq,  # object detection (apps/detect)
+    "omnigpt-whisper": _whisper,  # converted or fine-tuned Whisper (apps/asr)
+    "omnigpt-audio-classifier": _audio_classifier,  # voice commands (apps/voice_commands)
 }
 
 

@@ -113,6 +113,18 @@ def load_checkpoint_state(directory: Path) -> dict[str, Any]:
     }
 
 
+def saved_recipe(checkpoint: str | Path) -> dict[str, Any]:
+    """The recipe (as saved: a mapping) that trained ``checkpoint``, from its ``trainer_state/state.json``; ``{}`` for
+    a model saved outside training (a converted or downloaded directory)."""
+    path = Path(checkpoint) / STATE_DIR / "state.json"
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()).get("recipe") or {})
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a readable trainer state: {e}") from None
+
+
 def step_dirs(root: Path) -> list[tuple[int, Path]]:
     """Committed step_N directories under ``root``, oldest first (temp and half-written ones are ignored)."""
     if not root.is_dir():

@@ -2,7 +2,7 @@
 
 Prints "score  label" lines, best first, or with ``--json`` one JSON list of ``{"label", "score", "index"}``
 (``index`` is the ImageNet class id: two classes share a name, "crane" 134 and 517). Preprocessing is the model's
-own (torchvision's ImageNet evaluation transform, ``text.pipelines.imagenet_transform``). Non-images, truncated
+own (torchvision's ImageNet evaluation transform, ``checkpoints.encoders.imagenet_transform``). Non-images, truncated
 files and decompression bombs are refused in one line.
 """
 

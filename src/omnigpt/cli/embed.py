@@ -1,4 +1,4 @@
-"""``omnigpt embed TEXT [TEXT ...]``: sentence embeddings with ``all-minilm-l6-v2`` (``text.pipelines``).
+"""``omnigpt embed TEXT [TEXT ...]``: sentence embeddings with ``all-minilm-l6-v2`` (``checkpoints.encoders``).
 
 Prints one JSON list of vectors (unit length, 384 numbers each), or with ``--similarity`` the N × N cosine
 similarity matrix (a JSON list of rows). ``-`` reads the texts from stdin, one per line.

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from omnigpt.checkpoints.state import saved_recipe
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint directory, or a run directory (uses its newest checkpoint)")
@@ -69,9 +71,8 @@ def run(args: argparse.Namespace) -> int:
         source = f"{len(texts)} text file(s)"
     else:
         data_dir = args.data
-        state = ckpt / "trainer_state" / "state.json"
-        if data_dir is None and state.is_file():
-            data_dir = json.loads(state.read_text())["recipe"]["data"]["dir"]
+        if data_dir is None:
+            data_dir = saved_recipe(ckpt).get("data", {}).get("dir")
         if data_dir is None:
             raise ValueError(f"{ckpt} has no trainer state naming its data: pass --data DIR or --text FILE")
         data = TokenData(data_dir, verify=True)
@@ -112,8 +113,7 @@ def application_task(ckpt: Path) -> type | None:
     from omnigpt.apps import TASKS, task_class
     from omnigpt.train.task import Task
 
-    state = ckpt / "trainer_state" / "state.json"
-    name = json.loads(state.read_text()).get("task") if state.is_file() else None
+    name = saved_recipe(ckpt).get("task")
     if name not in TASKS:
         return None
     cls = task_class(name)

@@ -17,7 +17,7 @@ C → K; > 0: Linear → GELU → dropout → Linear (a two-layer MLP on the poo
 so the first logits are uniform and the first loss is ln K (the ViT paper's head init).
 
 The config also carries what a saved classifier needs to read a raw recording the way it was trained (sample rate,
-window length, whether log-mels are mean-normalised per band): ``data.keywords.clip_features`` reads them.
+window length, whether log-mels are mean-normalised per band): ``apps.voice_commands.data.clip_features`` reads them.
 Deliberate deviation from Whisper: clips are 1–2 s windows, not zero-padded 30 s ones; the pretrained encoder sees
 only the first ⌈T/2⌉ of its 1500 positions.
 """

@@ -24,25 +24,24 @@ import torch
 from torch import Tensor
 
 from omnigpt.models.gpt import GPT, attention_reference
+from omnigpt.train.task import evaluating
 
 
 @torch.no_grad()
 def attention_weights(model: GPT, ids: Sequence[int] | Tensor) -> list[Tensor]:
     """Each layer's attention weights (nh, T, T) for one sequence of token ids, on the reference path, fp32."""
-    was = model.training
-    model.eval()
-    x = torch.as_tensor(ids, dtype=torch.long).view(1, -1)
-    weights: list[Tensor] = []
-    layers = [block.attn for block in model.transformer.h]
-    saved = [attn.sdpa for attn in layers]
-    for attn in layers:  # the reference in place of SDPA (same arguments), handing over each layer's weights
-        attn.sdpa = functools.partial(attention_reference, weights=weights)
-    try:
-        model(x.to(model.lm_head.weight.device))
-    finally:
-        for attn, sdpa in zip(layers, saved, strict=True):
-            attn.sdpa = sdpa
-        model.train(was)
+    with evaluating(model):
+        x = torch.as_tensor(ids, dtype=torch.long).view(1, -1)
+        weights: list[Tensor] = []
+        layers = [block.attn for block in model.transformer.h]
+        saved = [attn.sdpa for attn in layers]
+        for attn in layers:  # the reference in place of SDPA (same arguments), handing over each layer's weights
+            attn.sdpa = functools.partial(attention_reference, weights=weights)
+        try:
+            model(x.to(model.lm_head.weight.device))
+        finally:
+            for attn, sdpa in zip(layers, saved, strict=True):
+                attn.sdpa = sdpa
     return [w[0].float().cpu() for w in weights]
 
 

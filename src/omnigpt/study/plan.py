@@ -113,7 +113,7 @@ def family_model(family: str, size: Size, block_size: int, window: int) -> dict[
 
 def lm_recipe(plan: StudyPlan, data_dir: str, out_dir: str, family: str, size: Size, seed: int, lr: float,
               window: int | None = None) -> dict[str, Any]:
-    """One LM run, as a recipe mapping for ``train.tasks.load_recipe(None, recipe)``."""
+    """One LM run, as a recipe mapping for ``apps.load_recipe(None, recipe)``."""
     return {
         "task": "lm", "out_dir": out_dir,
         "data": {"dir": data_dir, "sources": list(plan.sources), "tokenizer": plan.tokenizer, "val_fraction": 0.1},

@@ -5,7 +5,7 @@ string in ``tokenizer_config.json`` (a GGUF file: ``tokenizer.chat_template`` in
 Jinja2, rendered exactly as ``transformers`` renders them (``render_jinja_template``): Jinja's immutable sandbox,
 ``trim_blocks`` + ``lstrip_blocks``, the ``loopcontrols`` extension, a ``tojson`` that does not escape HTML,
 ``raise_exception`` and ``strftime_now``. One renderer for every caller: the HF-style tokenizers
-(``apply_chat_template``), fine-tuning (``train/tasks/sft.py``) and the server, so training, ``generate --chat`` and
+(``apply_chat_template``), fine-tuning (``apps/sft/task.py``) and the server, so training, ``generate --chat`` and
 ``/v1/chat/completions`` see the same prompt text.
 
 Models without a template get ``DEFAULT_CHAT_TEMPLATE``: plain "Role: text" lines ending in "Assistant:", which any

@@ -1,6 +1,6 @@
 """The task card: how an application model is prompted, saved inside its ``config.json`` (``extra["task"]``).
 
-Training (``train/tasks/classify.py``, ``train/tasks/seq2seq.py``) and inference (``omnigpt.pipeline``, ``omnigpt
+Training (``apps/classify/task.py``, ``apps/seq2seq/task.py``) and inference (``omnigpt.pipeline``, ``omnigpt
 run``) build a model's input from the same card with the functions here, so a model is always prompted the way it
 was trained. A card is a small JSON object:
 

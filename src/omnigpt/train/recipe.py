@@ -6,8 +6,8 @@ names the expected type, impossible combinations (a batch that does not split in
 trains a module the model lacks) are explained. Recipes hold data, model presets + overrides and the schedule —
 never architecture code.
 
-One schema: ``task`` picks what is trained (``lm``, ``multimodal``, ``contrastive``: ``train/tasks/``), and with
-it the shape of the ``data`` and ``model`` sections; everything else — batch, optimizer, ``stages``, bookkeeping —
+One schema: ``task`` picks what is trained (``lm``, ``multimodal``, ``contrastive``, ...: ``apps/<app>/task.py``), and
+with it the shape of the ``data`` and ``model`` sections; everything else — batch, optimizer, ``stages``, bookkeeping —
 has the same names and defaults for every task. An LM run is a recipe with one stage (the default). Overrides use
 dotted paths and YAML values: ``--max_steps=100 --model.n_layer=6 --data.sources=[a.txt,b.txt]``.
 References: nanoGPT's ``configurator.py`` (flat overrides), litgpt's config validation, torchtitan's job config.
@@ -200,7 +200,7 @@ class MMModelSpec:
     audio_seconds: float = 2.0  # clip window; longer clips are cut (truncate_audio) or refused
     truncate_audio: bool = True
     embed_dim: int = 128  # contrastive: the shared embedding width
-    # > 0: an auxiliary CTC loss on the audio encoder (train.tasks.multimodal.AudioCTC, module ctc_head; not saved)
+    # > 0: an auxiliary CTC loss on the audio encoder (apps.multimodal.task.AudioCTC, module ctc_head; not saved)
     ctc_weight: float = 0.0
 
 
@@ -239,7 +239,7 @@ def contrastive_config(spec: MMModelSpec, vocab_size: int | None = None) -> Any:
 
 @dataclass
 class SFTDataSpec:
-    """Instruction fine-tuning data (``train/tasks/sft.py``): conversations of user/assistant turns."""
+    """Instruction fine-tuning data (``apps/sft/task.py``): conversations of user/assistant turns."""
 
     # "wikipedia-qa": the built-in set (Wikipedia lead sections → "Describe X in one line." → its one-line
     # description); or a JSON Lines file, one {"id": str, "messages": [{"role", "content"}, ...]} per line
@@ -265,7 +265,7 @@ class Recipe:
     """One training run of any task. Batch sizes count sequences (lm: windows of block_size tokens; multimodal:
     conversations; contrastive: pairs)."""
 
-    task: str = "lm"  # a name in train.tasks.TASKS (lm, multimodal, contrastive, sft, classify, seq2seq, ...)
+    task: str = "lm"  # a name in apps.TASKS (lm, multimodal, contrastive, sft, classify, seq2seq, ...)
     out_dir: str = "runs/default"  # metrics.jsonl, loss.png, recipe.json, checkpoints/step_NNNNNN/
     data: Any = None  # the task's data section, of its type ``Task.data_spec``
     model: Any = None  # the task's model section, of its type ``Task.model_spec``
@@ -395,8 +395,8 @@ def read_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
 def parse_recipe(sections: Callable[[str], tuple[type, Any]], path: str | Path | None = None,
                  overrides: list[str] | dict[str, Any] | None = None, world_size: int = 1) -> Recipe:
     """Read, override, type-check and validate a recipe of any task. ``sections(task)`` gives the task's data and
-    model section types (``Task.data_spec``, ``Task.model_spec``; ``train.tasks.load_recipe`` passes them). Raises
-    ``RecipeError`` (a ValueError); the task's own checks follow in ``train.tasks.load_recipe``."""
+    model section types (``Task.data_spec``, ``Task.model_spec``; ``apps.load_recipe`` passes them). Raises
+    ``RecipeError`` (a ValueError); the task's own checks follow in ``apps.load_recipe``."""
     raw = dict(read_recipe(path, overrides))
     task = raw.get("task", "lm")
     try:

@@ -6,7 +6,8 @@ looks a task up by the recipe's ``task`` name, so it never imports an applicatio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,7 +50,7 @@ class Task:
 
     def new_model(self) -> nn.Module:
         """A fresh model of the same configuration (FSDP gathers the trained weights into it)."""
-        raise NotImplementedError
+        return type(self.model)(self.model.config)
 
     def train_module(self) -> nn.Module:
         raise NotImplementedError
@@ -59,6 +60,8 @@ class Task:
 
     def evaluate(self, limit: int | None, dtype: torch.dtype | None, loss_module: nn.Module | None,
                  ) -> dict[str, Any]:
+        """Validation metrics on the first ``limit`` items (all when None); the trainer calls it with the model in
+        eval mode, without gradients, under autocast to ``dtype`` (``loss_module``: the FSDP-wrapped loss)."""
         raise NotImplementedError
 
     @classmethod
@@ -113,6 +116,19 @@ class LossOf(nn.Module):
         return self.model(**batch).loss
 
 
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode without gradients for the block, then back in the mode it was in. The trainer runs
+    ``Task.evaluate`` inside it, so no task switches modes itself."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was)
+
+
 _REGISTRY: dict[str, Callable[[], type[Task]]] = {}
 
 
@@ -131,4 +147,5 @@ def task_class(name: str) -> type[Task]:
     return _REGISTRY[name]()
 
 
-__all__ = ["EpochOrder", "LossOf", "Task", "check_stage_modules", "register_task", "task_class", "task_names"]
+__all__ = ["EpochOrder", "LossOf", "Task", "check_stage_modules", "evaluating", "register_task", "task_class",
+           "task_names"]

@@ -57,7 +57,7 @@ from omnigpt.kernels.precision import machine, resolve_dtype
 from omnigpt.models.gpt import Block
 from omnigpt.train.recipe import Recipe, recipe_to_dict, validate
 from omnigpt.train.schedule import build_optimizer, set_lr
-from omnigpt.train.task import Task, task_class
+from omnigpt.train.task import Task, evaluating, task_class
 
 
 class NonFiniteLossError(RuntimeError):
@@ -284,7 +284,7 @@ class Trainer:
 
     def validate(self, limit: int | None) -> dict[str, Any]:
         """The task's validation metrics (``val_loss`` among them); a full evaluation when ``limit`` is None."""
-        with self._autocast():
+        with self._autocast(), evaluating(self.model):
             return self.task.evaluate(limit, self.amp_dtype, self.wrapped if self.fsdp else None)
 
     def _autocast(self) -> contextlib.AbstractContextManager:

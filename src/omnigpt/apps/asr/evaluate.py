@@ -2,7 +2,7 @@
 8 kHz, one speaker) and the 5 LibriVox clips (Debian ``pocketsphinx-testdata``), decoded greedily with
 faster-whisper's rules (``generate.whisper``), corpus WER under every normaliser of ``text.normalize.NORMALIZERS``.
 
-Used by the ``asr-whisper`` task's ``omnigpt eval`` (``train/tasks/whisper_finetune.py``) and ``benchmarks/asr.py``.
+Used by the ``asr-whisper`` task's ``omnigpt eval`` (``apps/asr/task.py``) and ``benchmarks/asr.py``.
 """
 
 from __future__ import annotations

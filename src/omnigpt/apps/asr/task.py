@@ -21,7 +21,7 @@ Frozen encoder (``model.freeze_encoder``, default): the encoder's output of each
 (float16, a deliberate deviation; the decoder reads it as float32), so later epochs cost only the decoder. With
 the encoder trained, every step encodes (B, 80, 3000) mels.
 
-Evaluation (``omnigpt eval RUN``, ``train/tasks/whisper_eval.py``): greedy decoding with faster-whisper's rules
+Evaluation (``omnigpt eval RUN``, ``apps/asr/evaluate.py``): greedy decoding with faster-whisper's rules
 (``generate.whisper``) on the 563 Asterisk prompts (Debian ``asterisk-core-sounds-en-wav``, 8 kHz, one speaker) and
 the 5 LibriVox clips (Debian ``pocketsphinx-testdata``); corpus WER under two normalisers
 (``text.normalize.NORMALIZERS``): ``basic`` (faster-whisper's report: lower case, punctuation stripped, digits as
@@ -324,9 +324,6 @@ class WhisperFinetuneTask(Task):
         self._cache: dict[tuple[str, int], Tensor] = {}
         self.tokens_per_step = r.batch_size * 24  # about 24 transcript tokens per clip
 
-    def new_model(self) -> Whisper:
-        return Whisper(self.model.config)
-
     def train_module(self) -> nn.Module:
         return WhisperLoss(self.model, self.r.model.freeze_encoder)
 
@@ -359,8 +356,6 @@ class WhisperFinetuneTask(Task):
     def evaluate(self, limit: int | None, dtype: torch.dtype | None, loss_module: nn.Module | None,
                  ) -> dict[str, Any]:
         """Teacher-forced loss on the first ``limit`` validation clips (other sentences, other voices)."""
-        was = self.model.training
-        self.model.eval()
         module = loss_module or WhisperLoss(self.model, self.r.model.freeze_encoder)
         dev = next(self.model.parameters()).device
         n = min(limit or len(self.clips["val"]), len(self.clips["val"]))
@@ -370,7 +365,6 @@ class WhisperFinetuneTask(Task):
             k = int((b["labels"] != -100).sum())
             total += float(module(**b)) * k
             count += k
-        self.model.train(was)
         return {"val_loss": total / max(count, 1)}
 
     @classmethod

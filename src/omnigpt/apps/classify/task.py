@@ -5,14 +5,14 @@ head reads the end token's last hidden state (GPT-1's "extract" token; HF's GPT2
 the last real token the same way). Batches are right-padded without an attention mask: causal attention never lets
 a real token see the padding after it, and the head reads position ``length - 1``. The decoder comes from scratch,
 from a language model the ``lm`` task pre-trained (GPT-1: pre-train, then fine-tune), or from a pretrained chat
-model (SmolLM2), fully or with LoRA adapters; the head always trains (``text_apps.py``).
+model (SmolLM2), fully or with LoRA adapters; the head always trains (``apps/common/text_model.py``).
 
 Data: ``data/textsets.py`` (``sentiment-zh``, ``topic-bbc``), split by a hash of each item's id: train here, val
 for the periodic evaluation, test for ``omnigpt eval`` only. Row j of step s is a pure function of (seed, s).
 
 Evaluation: val loss and accuracy during training; ``evaluate_run`` (``omnigpt eval RUN``): accuracy and macro-F1
-on the test split (scikit-learn), the baselines of ``train/baselines.py`` fitted on the same train split and scored
-on the same test items, and a confusion-matrix PNG.
+on the test split (scikit-learn), the baselines of ``apps/common/baselines.py`` fitted on the same train split and
+scored on the same test items, and a confusion-matrix PNG.
 """
 
 from __future__ import annotations
@@ -127,9 +127,6 @@ class ClassifyTask(Task):
         self.tokens_per_step = round(r.batch_size * sum(map(len, self.train_rows)) / len(self.train_rows))
         self.order = EpochOrder(len(self.train_rows), r.seed)
 
-    def new_model(self) -> GPTForSequenceClassification:
-        return GPTForSequenceClassification(self.config)
-
     def load_checkpoint(self, checkpoint: Path) -> None:
         """With LoRA the saved decoder is merged: keep the frozen base, take the head; adapters come from
         ``trainer_state/modules.pt``. Otherwise every weight comes from the checkpoint."""
@@ -153,11 +150,8 @@ class ClassifyTask(Task):
     def evaluate(self, limit: int | None, dtype: torch.dtype | None, loss_module: nn.Module | None,
                  ) -> dict[str, Any]:
         """Loss and accuracy on the first ``limit`` val items (all when None)."""
-        was = self.model.training
-        self.model.eval()
         rows, labels = self.val_rows[:limit], torch.tensor(self.val_labels[:limit])
         probs = predict(self.model, rows, self.pad)
-        self.model.train(was)
         loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels)
         return {"val_loss": float(loss), "val_accuracy": float((probs.argmax(-1) == labels).float().mean()),
                 "val_items": len(rows)}

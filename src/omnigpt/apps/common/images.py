@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from omnigpt.models.mobilenet import MobileNetClassifierConfig, MobileNetV2ForImageClassification
 from omnigpt.models.vision import ImageClassifierConfig, ViTForImageClassification
+from omnigpt.train.task import evaluating
 
 AnyClassifierConfig = ImageClassifierConfig | MobileNetClassifierConfig
 AnyClassifier = ViTForImageClassification | MobileNetV2ForImageClassification
@@ -38,13 +39,11 @@ def split_train_val(n: int, val_size: int) -> tuple[np.ndarray, np.ndarray]:
 @torch.no_grad()
 def predict(model: AnyClassifier, pixels: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
     """(logits (N, K) float32, pooled features (N, C)) in batches, in eval mode."""
-    was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    logits, feats = [], []
-    for i in range(0, len(pixels), batch_size):
-        out = model(pixels[i : i + batch_size].to(dev))
-        logits.append(out.logits.float().cpu())
-        feats.append(out.features.float().cpu())
-    model.train(was)
+    with evaluating(model):
+        dev = next(model.parameters()).device
+        logits, feats = [], []
+        for i in range(0, len(pixels), batch_size):
+            out = model(pixels[i : i + batch_size].to(dev))
+            logits.append(out.logits.float().cpu())
+            feats.append(out.features.float().cpu())
     return torch.cat(logits), torch.cat(feats)

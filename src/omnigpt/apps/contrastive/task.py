@@ -119,9 +119,6 @@ class ContrastiveTask(Task):
         ids, mask = tokenize_texts(self.processor.tokenizer, [rec["text"] for rec in items], self.max_len, eos)
         return pixels, ids, mask, [rec["text"] for rec in items]
 
-    def new_model(self) -> ContrastiveModel:
-        return ContrastiveModel(self.config)
-
     def train_module(self) -> nn.Module:
         return LossOf(self.model)
 
@@ -147,8 +144,6 @@ class ContrastiveTask(Task):
         sources = self.r.data.eval or self.r.data.train[:1]
         eos = self.processor.ids[self.processor.config.eos_token]
         pools = [self._pool(read_source(s, True, training=not self.r.data.eval), eos) for s in sources]
-        was = self.model.training
-        self.model.eval()
         total, n, bs = 0.0, 0, self.r.batch_size
         dev = next(self.model.parameters()).device
         for si, pool in enumerate(pools):
@@ -160,7 +155,6 @@ class ContrastiveTask(Task):
         out: dict[str, Any] = {"val_loss": total / max(n, 1)}
         if limit is None and self.r.data.eval:
             out |= retrieval_metrics(self.model, self.processor, self.r.data.eval)
-        self.model.train(was)
         return out
 
 

@@ -1,6 +1,6 @@
 """The ``detect`` task: object detection as token prediction (Pix2Seq, ``models/pix2seq.py``) on composed scenes.
 
-Data: ``data/scenes.py`` — Fashion-MNIST items pasted onto real photographs with exact boxes. Training scenes are
+Data: ``apps/detect/data.py`` — Fashion-MNIST items pasted onto real photographs with exact boxes. Training scenes are
 drawn on the fly (scene g of the run is a pure function of (seed, g): no epoch repeats a scene); validation scenes
 use the training photographs with held-out items; the test scenes (``test_scenes`` of them, seed ``test_seed``,
 the same for every run) use photographs and items that training never sees.
@@ -35,12 +35,12 @@ import torch
 from torch import Tensor, nn
 
 from omnigpt.apps.detect.data import Scene, SceneConfig, SceneGenerator
-from omnigpt.checkpoints.state import load_model
+from omnigpt.checkpoints.state import load_model, saved_recipe
 from omnigpt.config import GPTConfig
 from omnigpt.models.pix2seq import Pix2Seq, Pix2SeqConfig, encode_targets
 from omnigpt.models.vision import VisionConfig
 from omnigpt.train.recipe import RecipeError
-from omnigpt.train.task import LossOf, Task
+from omnigpt.train.task import LossOf, Task, evaluating
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
@@ -185,17 +185,16 @@ def coco_map(ground_truth: list[tuple[np.ndarray, np.ndarray]],
 def detect_scenes(model: Pix2Seq, scenes: list[Scene], batch_size: int = 100,
                   dtype: torch.dtype | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(boxes (M, 4), labels (M,), scores (M,)) per scene."""
-    was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    out = []
-    for i in range(0, len(scenes), batch_size):
-        x = to_pixels(scenes[i : i + batch_size]).to(dev)
-        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-            det = model.detect(x)
-        for b in range(len(x)):
-            out.append((det.boxes[b].cpu().numpy(), det.labels[b].cpu().numpy(), det.scores[b].float().cpu().numpy()))
-    model.train(was)
+    with evaluating(model):
+        dev = next(model.parameters()).device
+        out = []
+        for i in range(0, len(scenes), batch_size):
+            x = to_pixels(scenes[i : i + batch_size]).to(dev)
+            with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+                det = model.detect(x)
+            for b in range(len(x)):
+                out.append((det.boxes[b].cpu().numpy(), det.labels[b].cpu().numpy(),
+                            det.scores[b].float().cpu().numpy()))
     return out
 
 
@@ -355,9 +354,6 @@ class DetectTask(Task):
         self.preprocessor = None  # the config carries classes, image size and normalisation
         self.tokens_per_step = r.batch_size * self.config.target_length
 
-    def new_model(self) -> Pix2Seq:
-        return Pix2Seq(self.config)
-
     def train_module(self) -> nn.Module:
         return LossOf(self.model)
 
@@ -374,15 +370,12 @@ class DetectTask(Task):
                  ) -> dict[str, Any]:
         """Loss and COCO mAP on the first ``limit`` validation scenes."""
         scenes = self.val[:limit]
-        was = self.model.training
-        self.model.eval()
         dev = next(self.model.parameters()).device
         total = 0.0
         for i in range(0, len(scenes), 100):
             b = {k: v.to(dev) for k, v in self._batch(scenes[i : i + 100]).items()}
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
                 total += float(self.model(**b).loss) * len(b["targets"])
-        self.model.train(was)
         m = coco_map(truth(scenes), detect_scenes(self.model, scenes, dtype=dtype), len(self.config.classes))
         return {"val_loss": total / len(scenes), "val_map50": m["map50"], "val_map": m["map"]}
 
@@ -392,8 +385,7 @@ class DetectTask(Task):
         if not isinstance(model, Pix2Seq):
             raise ValueError(f"{checkpoint}: not a Pix2Seq detector ({type(model).__name__})")
         cfg = model.config
-        state = checkpoint / "trainer_state" / "state.json"
-        recipe = json.loads(state.read_text())["recipe"] if state.is_file() else {}
+        recipe = saved_recipe(checkpoint)
         data = DetectDataSpec(**recipe.get("data", {}))
         scfg = scene_config(data)
         n = data.test_scenes if limit is None else min(limit, data.test_scenes)

@@ -24,7 +24,6 @@ Metrics (``evaluate_run``):
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -37,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from omnigpt.apps.common.images import predict, split_train_val, to_pixels
-from omnigpt.checkpoints.state import load_model
+from omnigpt.checkpoints.state import load_model, saved_recipe
 from omnigpt.data.multimodal import FASHION_MNIST_CLASSES, load_fashion_mnist
 from omnigpt.models.igpt import IGPT, IGPTConfig, dequantize, fit_palette, quantize
 from omnigpt.train.recipe import RecipeError, model_config
@@ -165,9 +164,6 @@ class IGPTTask(Task):
         self.tokens_per_step = r.batch_size * self.config.pixels
         self._perms: dict[int, np.ndarray] = {}
 
-    def new_model(self) -> IGPT:
-        return IGPT(self.config)
-
     def train_module(self) -> nn.Module:
         return LossOf(self.model)
 
@@ -191,15 +187,12 @@ class IGPTTask(Task):
     def evaluate(self, limit: int | None, dtype: torch.dtype | None, loss_module: nn.Module | None,
                  ) -> dict[str, Any]:
         """Next-pixel loss (nats) and bits/dim on the first ``limit`` validation images."""
-        was = self.model.training
-        self.model.eval()
         codes, y = self.val_codes[:limit], self.val_y[:limit]
         dev = next(self.model.parameters()).device
         total = 0.0
         for i in range(0, len(codes), 100):
             c = codes[i : i + 100]
             total += float(self.model(c.to(dev), y[i : i + 100].to(dev)).loss) * len(c)
-        self.model.train(was)
         loss = total / len(codes)
         return {"val_loss": loss, "val_bits_per_dim": loss / math.log(2)}
 
@@ -209,8 +202,7 @@ class IGPTTask(Task):
         if not isinstance(model, IGPT):
             raise ValueError(f"{checkpoint}: not an iGPT model ({type(model).__name__})")
         cfg = model.config
-        state = checkpoint / "trainer_state" / "state.json"
-        data = IGPTDataSpec(**json.loads(state.read_text())["recipe"]["data"]) if state.is_file() else IGPTDataSpec()
+        data = IGPTDataSpec(**saved_recipe(checkpoint).get("data", {}))
         test_x, test_y = load_fashion_mnist("test", limit=limit)
         small = downsample(test_x, cfg.image_size)
         codes = quantize(torch.from_numpy(small), cfg.palette).flatten(1)

@@ -29,7 +29,6 @@ frozen backbone's head has to reach, without dropout or augmentation).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +39,9 @@ import torch
 from torch import Tensor, nn
 
 from omnigpt.apps.common.figures import confusion_png
-from omnigpt.apps.common.images import AnyClassifier, AnyClassifierConfig, predict, split_train_val, to_pixels
+from omnigpt.apps.common.images import AnyClassifierConfig, predict, split_train_val, to_pixels
 from omnigpt.apps.image_classify.evaluate import feature_baselines, pixel_baselines, plot_curve, scores
-from omnigpt.checkpoints.state import load_model
+from omnigpt.checkpoints.state import load_model, saved_recipe
 from omnigpt.data.imagesets import CLIPART_CLASSES, CLIPART_DIR, ImageFolderSet, load_image_folder
 from omnigpt.data.multimodal import FASHION_MNIST_CLASSES, load_fashion_mnist
 from omnigpt.models.mobilenet import (
@@ -219,11 +218,6 @@ class ImageClassifyTask(Task):
         self.tokens_per_step = r.batch_size  # images
         self._perms: dict[int, np.ndarray] = {}
 
-    def new_model(self) -> AnyClassifier:
-        if isinstance(self.config, MobileNetClassifierConfig):
-            return MobileNetV2ForImageClassification(self.config)
-        return ViTForImageClassification(self.config)
-
     def train_module(self) -> nn.Module:
         return ClassifierLoss(self.model, self.r.model.label_smoothing)
 
@@ -256,8 +250,7 @@ class ImageClassifyTask(Task):
         if not isinstance(model, ViTForImageClassification | MobileNetV2ForImageClassification):
             raise ValueError(f"{checkpoint}: not an image classifier ({type(model).__name__})")
         cfg = model.config
-        state = checkpoint / "trainer_state" / "state.json"
-        recipe = json.loads(state.read_text())["recipe"] if state.is_file() else {}
+        recipe = saved_recipe(checkpoint)
         data = recipe.get("data") or {}
         if isinstance(cfg, MobileNetClassifierConfig):
             images = folder_set(data, cfg.image_size)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from torch import Tensor
 
 from omnigpt.apps.common import metrics
 from omnigpt.apps.llava.data import caption_conversations, to_example
+from omnigpt.checkpoints.state import saved_recipe
 from omnigpt.data.batches import Example, collate
 from omnigpt.kernels.precision import autocast
 from omnigpt.text.chat_processor import load_processor
@@ -140,10 +140,9 @@ def nearest_neighbour_captions(train: list[dict[str, Any]], test: list[dict[str,
 
 
 def recipe_of(checkpoint: Path) -> dict[str, Any]:
-    state = Path(checkpoint) / "trainer_state" / "state.json"
-    if not state.is_file():
+    if not (recipe := saved_recipe(checkpoint)):
         raise ValueError(f"{checkpoint}: no trainer_state/state.json with the llava recipe that trained it")
-    return json.loads(state.read_text())["recipe"]
+    return recipe
 
 
 def evaluate_captions_run(checkpoint: Path, out: Path, limit: int | None = None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ Data: prepared image directories (``omnigpt prepare-mm``; a missing directory na
 ``data/openclipart``, ``data/fashion-mnist`` — is prepared on first use, with ``data.prepare[DIR]`` options). Every
 image's caption is asked as "What is in this picture?" beside the directory's own questions; rows draw their source
 by weight. Conversations are processed as batches are drawn (224-pixel RGB tensors are too big to keep for all).
-``evaluate_run`` (``omnigpt eval RUN``) is in ``train/tasks/llava_eval.py``.
+``evaluate_run`` (``omnigpt eval RUN``) is in ``apps/llava/evaluate.py``.
 """
 
 from __future__ import annotations
@@ -205,9 +205,6 @@ class LlavaTask(Task):
         self.tokens_per_step = round(r.batch_size * sum(len(e.input_ids) for e in sample) / len(sample))
         self._eval: list[Any] | None = None
 
-    def new_model(self) -> MultimodalGPT:
-        return MultimodalGPT(self.config)
-
     def load_checkpoint(self, checkpoint: Path) -> None:
         """Resume. With LoRA only the projector comes from the checkpoint (tower and decoder are the pretrained
         ones; the adapters come from ``trainer_state/modules.pt``)."""
@@ -238,8 +235,6 @@ class LlavaTask(Task):
             self._eval = [[to_example(c, self.processor, True) for c in
                            caption_conversations(s, False, self.r.data.question, with_questions=False)]
                           for s in self.r.data.eval or self.r.data.train[:1]]
-        was = self.model.training
-        self.model.eval()
         dev = next(self.model.parameters()).device
         total, n = 0.0, 0
         for examples in self._eval:
@@ -247,7 +242,6 @@ class LlavaTask(Task):
                 b = collate(examples[:limit][i : i + 16], self.pad)
                 total += float(self.model(**{k: v.to(dev) for k, v in b.items()}).loss) * len(b["input_ids"])
                 n += len(b["input_ids"])
-        self.model.train(was)
         return {"val_loss": total / max(n, 1)}
 
     @classmethod

@@ -82,9 +82,6 @@ class LMTask(Task):
         self.model = GPT(self.config)
         self.tokens_per_step = r.batch_size * self.block_size
 
-    def new_model(self) -> GPT:
-        return GPT(self.config)
-
     def train_module(self) -> nn.Module:
         return LMLoss(self.model)
 

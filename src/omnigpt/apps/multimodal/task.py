@@ -11,7 +11,6 @@ accuracy of one-word answers such as class names — BLEU and WER.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 
 from omnigpt.apps.common import metrics
 from omnigpt.apps.common.multimodal import build_tokenizer, check_model_stages, check_sources
+from omnigpt.checkpoints.state import saved_recipe
 from omnigpt.data.batches import collate, mixture_indices, read_source, spec_augment, to_example
 from omnigpt.generate.multimodal import generate_answers
 from omnigpt.models.multimodal import MultimodalGPT
@@ -107,8 +107,7 @@ def answer_metrics(model: MultimodalGPT, processor: Any, sources: Sequence[MMSou
 
 def recipe_eval_sources(ckpt: str | Path) -> list[MMSource]:
     """The ``data.eval`` sources of the recipe that trained ``ckpt`` (kept in its ``trainer_state/state.json``)."""
-    state = Path(ckpt) / "trainer_state" / "state.json"
-    recipe = json.loads(state.read_text())["recipe"] if state.is_file() else {}
+    recipe = saved_recipe(ckpt)
     sources = [MMSource(**s) for s in recipe.get("data", {}).get("eval", [])]
     if not sources:
         raise ValueError(f"{ckpt}: no recipe with data.eval sources is saved with it: pass --data DIR")
@@ -152,9 +151,6 @@ class MultimodalTask(Task):
         self.tokens_per_step = round(r.batch_size * mean_len)
         self._eval_examples: dict[str, list[Any]] = {}
 
-    def new_model(self) -> MultimodalGPT:
-        return MultimodalGPT(self.config)
-
     def train_module(self) -> nn.Module:
         w = self.r.model.ctc_weight
         return AudioCTC(self.model, w) if w > 0 else LossOf(self.model)
@@ -186,8 +182,6 @@ class MultimodalTask(Task):
         """Teacher-forced answer loss on the first ``limit`` items of every ``data.eval`` source; with
         ``limit=None`` on all of them, plus the generated answers' scores."""
         sources = self.r.data.eval or self.r.data.train[:1]
-        was = self.model.training
-        self.model.eval()
         total, n = 0.0, 0
         for src in sources:
             if src.label not in self._eval_examples:
@@ -202,7 +196,6 @@ class MultimodalTask(Task):
         out: dict[str, Any] = {"val_loss": total / max(n, 1)}
         if limit is None and self.r.data.eval:
             out |= answer_metrics(self.model, self.processor, self.r.data.eval, self.r.data.max_new_tokens)
-        self.model.train(was)
         return out
 
 

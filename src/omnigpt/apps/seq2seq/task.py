@@ -180,9 +180,6 @@ class Seq2SeqTask(Task):
         assert ex is not None  # the target is never empty (textsets drops empty pairs)
         return ex
 
-    def new_model(self) -> GPT:
-        return GPT(self.config)
-
     def load_checkpoint(self, checkpoint: Path) -> None:
         if self.lora is None:  # with LoRA: the frozen base is the pretrained one, adapters from modules.pt
             super().load_checkpoint(checkpoint)
@@ -199,8 +196,6 @@ class Seq2SeqTask(Task):
                  ) -> dict[str, Any]:
         """Target-token loss on the first ``limit`` val pairs (all when None); at the end also greedy outputs for
         ``data.generate`` val pairs, scored."""
-        was = self.model.training
-        self.model.eval()
         loss, n = target_loss(self.model, self.val_set[:limit], self.pad)
         out: dict[str, Any] = {"val_loss": loss, "val_tokens": n}
         if limit is None and self.r.data.generate:
@@ -208,7 +203,6 @@ class Seq2SeqTask(Task):
             outputs = generate_outputs(self.model, self.tokenizer, self.card, [p.source for p in pairs],
                                        self.template)
             out |= {f"val_{k}": v for k, v in score(self.r.data.dataset, outputs, [p.target for p in pairs]).items()}
-        self.model.train(was)
         return out
 
     @classmethod

@@ -190,9 +190,6 @@ class SFTTask(Task):
         self.tokens_per_step = round(r.batch_size * mean_len)
         self.order = EpochOrder(len(self.train_set), r.seed)
 
-    def new_model(self) -> GPT:
-        return GPT(self.config)
-
     def load_checkpoint(self, checkpoint: Path) -> None:
         """With LoRA the saved model is merged; the frozen base is already the pretrained one and the adapters come
         from ``trainer_state/modules.pt``. Full fine-tuning resumes from the saved weights."""
@@ -211,13 +208,10 @@ class SFTTask(Task):
                  ) -> dict[str, Any]:
         """Assistant-token loss on the first ``limit`` held-out conversations (all when None), weighted by token;
         with ``limit=None`` also greedy answers to ``data.generate`` held-out prompts."""
-        was = self.model.training
-        self.model.eval()
         loss, n = target_loss(self.model, self.val_set[:limit], self.pad)
         out: dict[str, Any] = {"val_loss": loss, "val_tokens": n}
         if limit is None and self.r.data.generate:
             out |= self.answer_metrics(self.val_set[: self.r.data.generate])
-        self.model.train(was)
         return out
 
     def answers(self, prompts: list[list[int]], max_new_tokens: int | None = None) -> list[str]:

@@ -102,7 +102,7 @@ def real_clips(words: Sequence[str]) -> list[dict[str, Any]]:
              for r in asterisk_prompts(ASTERISK_FOLDERS) if r["text"] in index]
     if missing := [w for w in words if not any(r["label"] == w for r in found)]:
         raise ValueError(f"no Asterisk recording of {missing} (the words need whole-prompt recordings; see "
-                         f"data.keywords.VOCABULARIES)")
+                         f"apps.voice_commands.data.VOCABULARIES)")
     return sorted(found, key=lambda r: (index[r["label"]], r["id"]))
 
 

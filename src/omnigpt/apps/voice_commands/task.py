@@ -1,8 +1,8 @@
 """The ``audio-classify`` task: voice commands (keyword spotting) trained on synthesised speech only and tested on
 real recordings.
 
-Data (``data.keywords``): the vocabulary's synthetic clips (espeak-ng, flite, piper; 8 kHz; cached, seeded) train
-the model; another draw of synthetic speakers (seed ``synth_seed + 1``) is the validation curve; the Asterisk
+Data (``data.py``): the vocabulary's synthetic clips (espeak-ng, flite, piper; 8 kHz; cached, seeded) train the
+model; another draw of synthetic speakers (seed ``synth_seed + 1``) is the validation curve; the Asterisk
 recordings of the same words are the test set, read only by ``evaluate_run`` (``omnigpt eval``) — never by training
 or model selection. Training rows are a pure function of (seed, step): an ``EpochOrder`` permutation, then per
 batch a generator seeded by (seed, step, first row) draws the augmentation — white noise under each clip
@@ -56,7 +56,7 @@ from omnigpt.apps.voice_commands.data import (
     synthetic_clips,
     vocabulary,
 )
-from omnigpt.checkpoints.state import load_model
+from omnigpt.checkpoints.state import load_model, saved_recipe
 from omnigpt.data.batches import spec_augment
 from omnigpt.data.speech import add_noise, warp_features
 from omnigpt.files.assets import cache_dir
@@ -64,7 +64,7 @@ from omnigpt.models.audio import AudioConfig
 from omnigpt.models.audio_classifier import AudioClassifier, AudioClassifierConfig
 from omnigpt.train.recipe import RecipeError
 from omnigpt.train.schedule import module_groups
-from omnigpt.train.task import EpochOrder, LossOf, Task
+from omnigpt.train.task import EpochOrder, LossOf, Task, evaluating
 
 PRETRAINED = ("whisper-tiny.en", "whisper-base")  # offline Whisper encoders (checkpoints.registry)
 
@@ -73,7 +73,7 @@ PRETRAINED = ("whisper-tiny.en", "whisper-base")  # offline Whisper encoders (ch
 class AudioDataSpec:
     """The vocabulary, its synthetic training and validation clips, the window and the augmentation."""
 
-    words: str | list[str] = "commands"  # a name in data.keywords.VOCABULARIES or a list of words
+    words: str | list[str] = "commands"  # a name in apps.voice_commands.data.VOCABULARIES or a list of words
     per_word: int = 64  # synthetic training clips per word
     val_per_word: int = 4  # synthetic validation clips per word (another seed: unseen speaker draws)
     synth_seed: int = 0  # the training clips' speaker draw; validation uses synth_seed + 1
@@ -142,12 +142,10 @@ def load_windows(records: list[dict[str, Any]], config: AudioClassifierConfig) -
 @torch.no_grad()
 def predict(model: AudioClassifier, features: Tensor, batch_size: int = 128) -> Tensor:
     """Class probabilities (N, K) float32, in batches, in eval mode."""
-    was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    out = [model(features[i : i + batch_size].to(dev)).logits.float().softmax(-1).cpu()
-           for i in range(0, len(features), batch_size)]
-    model.train(was)
+    with evaluating(model):
+        dev = next(model.parameters()).device
+        out = [model(features[i : i + batch_size].to(dev)).logits.float().softmax(-1).cpu()
+               for i in range(0, len(features), batch_size)]
     return torch.cat(out)
 
 
@@ -362,16 +360,14 @@ class AudioClassifyTask(Task):
                 train = val = None
         computed = train is None or val is None
         if computed:
-            was = self.model.training
-            self.model.eval()
-            val = torch.cat([self.model.pooled(self.val_x[i : i + chunk]) for i in range(0, n_val, chunk)])
-            rows = []
-            for c in range(copies):
-                rows.append(torch.cat([self.model.pooled(self.copy_features(range(i, min(i + chunk, n)), c))
-                                       for i in range(0, n, chunk)]))
-                print(f"feature cache: copy {c + 1}/{copies} of {n} clips done at "
-                      f"{time.perf_counter() - t0:.0f} s", flush=True)
-            self.model.train(was)
+            with evaluating(self.model):
+                val = torch.cat([self.model.pooled(self.val_x[i : i + chunk]) for i in range(0, n_val, chunk)])
+                rows = []
+                for c in range(copies):
+                    rows.append(torch.cat([self.model.pooled(self.copy_features(range(i, min(i + chunk, n)), c))
+                                           for i in range(0, n, chunk)]))
+                    print(f"feature cache: copy {c + 1}/{copies} of {n} clips done at "
+                          f"{time.perf_counter() - t0:.0f} s", flush=True)
             train = torch.stack(rows)  # (copies, N, C)
             built = {"seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads(),
                      "encoder_forwards": copies * n + n_val}
@@ -387,9 +383,6 @@ class AudioClassifyTask(Task):
         out.mkdir(parents=True, exist_ok=True)
         (out / "feature_cache.json").write_text(json.dumps(info, indent=1) + "\n")
         return train, val
-
-    def new_model(self) -> AudioClassifier:
-        return AudioClassifier(self.config)
 
     def train_module(self) -> nn.Module:
         return LossOf(self.model) if self.cache is None else HeadLoss(self.model)
@@ -413,11 +406,8 @@ class AudioClassifyTask(Task):
         if self.cache is None:
             probs = predict(self.model, self.val_x[:limit])
         else:  # the head on the cached clean vectors: what predict computes, without running the encoder again
-            was = self.model.training
-            self.model.eval()
             dev = next(self.model.parameters()).device
             probs = self.model.head(self.val_features[:limit].to(dev)).float().softmax(-1).cpu()
-            self.model.train(was)
         return {"val_loss": float(nn.functional.nll_loss(probs.clamp_min(1e-12).log(), y)),
                 "val_accuracy": float((probs.argmax(-1) == y).float().mean())}
 
@@ -447,8 +437,7 @@ class AudioClassifyTask(Task):
                           "label_score": round(float(probs[i, labels.index(t)]), 3)}
                          for i, (c, t, p) in enumerate(zip(test, truth, pred, strict=True)) if t != p]}
         # The baselines fit the run's own synthetic training clips (without augmentation) and score the same clips.
-        state = checkpoint / "trainer_state" / "state.json"
-        data = json.loads(state.read_text())["recipe"]["data"] if state.is_file() else {}
+        data = saved_recipe(checkpoint).get("data", {})
         spec = AudioDataSpec(**{k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(
             AudioDataSpec)}})
         train = synthetic_clips(labels, spec.per_word, spec.synth_seed, synth_settings(spec))
