@@ -24,9 +24,9 @@ def run(args: argparse.Namespace) -> int:
     from omnigpt.train.trainer import NonFiniteLossError, train
 
     if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun rank: end with the agent, even if it is SIGKILLed
-        from omnigpt.files.workers import die_with_parent
+        from omnigpt.files.workers import watch_parent
 
-        die_with_parent()
+        watch_parent()  # polled, not PR_SET_PDEATHSIG: the agent starts ranks from threads that end early
     overrides = [o for o in args.overrides if o != "--resume"]
     resume = args.resume or "--resume" in args.overrides
     recipe = load_recipe(args.recipe, overrides, world_size=int(os.environ.get("WORLD_SIZE", "1")))

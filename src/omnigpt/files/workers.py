@@ -71,6 +71,13 @@ def die_with_parent(parent: int | None = None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def watch_parent() -> None:
+    """End this process (SIGKILL) within a second of its parent's death, by polling ``os.getppid()`` from a daemon
+    thread. For a process whose parent may start it from a short-lived thread (torchrun's agent spawns its ranks
+    from worker threads), where ``PR_SET_PDEATHSIG`` would fire when that thread ends, long before the parent does."""
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="omnigpt-parent-watch").start()
+
+
 def _start_worker(parent: int, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> None:
     die_with_parent(parent)
     if initializer is not None:
@@ -148,4 +155,4 @@ def run(cmd: Sequence[str] | str, *, input: Any = None, capture_output: bool = F
     return subprocess.CompletedProcess(proc.args, code, out, err)
 
 
-__all__ = ["die_with_parent", "kill_group", "kill_workers", "popen", "process_pool", "run"]
+__all__ = ["die_with_parent", "kill_group", "kill_workers", "popen", "process_pool", "run", "watch_parent"]
