@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -396,7 +397,8 @@ def make_kinds(oneshot_client: Callable[[], httpx.AsyncClient]) -> dict[str, Kin
     big_image = data_url(random.Random(3).randbytes(MAX_BODY))
 
     async def image_chat_oversized(http: httpx.AsyncClient, url: str, stats: Stats, rng: random.Random) -> int | str:
-        return await _post(http, stats, "image_chat_oversized", url + "/v1/chat/completions", json=image_turn(big_image))
+        body = image_turn(big_image)
+        return await _post(http, stats, "image_chat_oversized", url + "/v1/chat/completions", json=body)
 
     chat, asr, emb, gen = "/v1/chat/completions", "/v1/audio/transcriptions", "/v1/embeddings", "/v1/images/generations"
     model_busy = (200, 429)
@@ -443,8 +445,14 @@ async def mixed_load(url: str, seconds: float, kinds: dict[str, Kind] | None = N
     stats = stats or Stats()
     deadline = time.monotonic() + seconds
 
-    async def client(name: str, kind: Kind, i: int, http: httpx.AsyncClient) -> None:
+    async def client(name: str, kind: Kind, i: int) -> None:
         rng = random.Random(f"{seed}-{name}-{i}")
+        # Its own connection, idle only for ``pause`` between requests: a shared pool may reuse a connection idle for
+        # the server's keep-alive timeout (5 s) just as the server closes it, a client-side "connection reset".
+        async with _client() as http:
+            await requests(name, kind, rng, http)
+
+    async def requests(name: str, kind: Kind, rng: random.Random, http: httpx.AsyncClient) -> None:
         while time.monotonic() < deadline:
             stats.sent += 1
             t0 = time.perf_counter()
@@ -459,9 +467,7 @@ async def mixed_load(url: str, seconds: float, kinds: dict[str, Kind] | None = N
             if kind.pause:
                 await asyncio.sleep(kind.pause)
 
-    total = sum(k.clients for k in kinds.values())
-    async with _client(limits=httpx.Limits(max_connections=total + 4)) as http:
-        await asyncio.gather(*(client(n, k, i, http) for n, k in kinds.items() for i in range(k.clients)))
+    await asyncio.gather(*(client(n, k, i) for n, k in kinds.items() for i in range(k.clients)))
     return stats
 
 
@@ -504,12 +510,15 @@ def percentile(xs: list[float], q: float) -> float:
     return s[max(0, min(len(s) - 1, round(q * len(s)) - 1))]
 
 
+def _counts(c: Counter) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(c.items(), key=lambda kv: str(kv[0])))
+
+
 def report(stats: Stats, seconds: float) -> str:
     lines = [f"requests sent: {stats.sent} in {seconds:.0f} s ({stats.sent / max(seconds, 1e-9):.1f}/s)",
-             "by status: " + ", ".join(f"{k}: {v}" for k, v in sorted(stats.by_status.items(), key=lambda kv: str(kv[0])))]
-    lines.append("by kind:")
+             "by status: " + _counts(stats.by_status), "by kind:"]
     for name, c in stats.by_kind.items():
-        lines.append(f"  {name:<22} " + ", ".join(f"{k}: {v}" for k, v in sorted(c.items(), key=lambda kv: str(kv[0]))))
+        lines.append(f"  {name:<22} " + _counts(c))
     lines.append("latency per endpoint (all kinds, s):")
     for ep, xs in sorted(stats.latency.items()):
         lines.append(f"  {ep:<26} n={len(xs):>5}  p50 {statistics.median(xs):7.3f}  p95 {percentile(xs, 0.95):7.3f}")
@@ -588,52 +597,72 @@ class RSSSampler:
 # Schemathesis against the server's own schema
 
 
-def run_schemathesis(url: str, max_examples: int, seed: int = 0) -> dict[str, Any]:
-    """Every operation of ``/openapi.json``, positive and negative cases: 5xx and non-OpenAI 4xx are failures;
-    schemathesis' conformance checks (status codes, content types, response schemas) are reported beside them."""
-    import schemathesis
+SCHEMA_MODELS = {"/v1/chat/completions": CHAT, "/v1/completions": CHAT, "/v1/embeddings": MINILM,
+                 "/v1/images/generations": IMAGE, "/v1/audio/transcriptions": WHISPER}
+
+
+def _served_names(case: Any, path: str) -> None:
+    """Name the served model (and an iGPT class, a model id) in every other generated case, chosen by the generated
+    value's length so hypothesis stays deterministic: otherwise nearly every case stops at the unknown model's 404."""
+    body = case.body if isinstance(case.body, dict) else {}
+    if isinstance(body.get("model"), str) and path in SCHEMA_MODELS and len(body["model"]) % 2 == 0:
+        body["model"] = SCHEMA_MODELS[path]
+    prompt = body.get("prompt")
+    if path.startswith("/v1/images") and isinstance(prompt, str) and len(prompt) % 2 == 0:
+        body["prompt"] = IMAGE_CLASSES[len(prompt) % len(IMAGE_CLASSES)]
+    ids = case.path_parameters or {}
+    if isinstance(ids.get("model_id"), str) and len(ids["model_id"]) % 2 == 0:
+        ids["model_id"] = CHAT
+
+
+def _fuzz_operation(url: str, op: Any, mode: Any, max_examples: int, session: Any, out: dict[str, Any]) -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
     from schemathesis.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
+    label = f"{op.method.upper()} {op.path}"
+
+    @given(case=op.as_strategy(generation_mode=mode))
+    @settings(max_examples=max_examples, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    def one(case: Any) -> None:
+        _served_names(case, op.path)
+        response = case.call(base_url=url, session=session, timeout=120)
+        out["cases"] += 1
+        out["by_status"][response.status_code] += 1
+        out["by_operation"][label][response.status_code] += 1
+        problem = None
+        if response.status_code >= 500:
+            problem = f"{response.status_code}: {response.content[:200]!r}"
+        elif response.status_code >= 400:
+            problem = error_shape_problem(response.status_code, response.content)
+        if problem:
+            out["failures"].append(f"{label} ({mode.value}): {problem}\n    {case.as_curl_command()[:400]}")
+        for chk in (status_code_conformance, content_type_conformance, response_schema_conformance):
+            try:
+                case.validate_response(response, checks=[chk])
+            except (Exception, BaseExceptionGroup) as e:  # schemathesis raises a group of failures
+                out["conformance"][f"{label}: {chk.__name__}: {str(e).splitlines()[0][:120]}"] += 1
+
+    with contextlib.suppress(Unsatisfiable):
+        one()
+
+
+def run_schemathesis(url: str, max_examples: int) -> dict[str, Any]:
+    """Every operation of ``/openapi.json``, positive and negative cases: 5xx and non-OpenAI 4xx are failures;
+    schemathesis' conformance checks (status codes, content types, response schemas) are reported beside them."""
+    import requests
+    import schemathesis
+
     schema = schemathesis.openapi.from_url(url + "/openapi.json")
-    names = {"/v1/chat/completions": CHAT, "/v1/completions": CHAT, "/v1/embeddings": MINILM,
-             "/v1/images/generations": IMAGE}
     out: dict[str, Any] = {"cases": 0, "by_status": Counter(), "failures": [], "conformance": Counter(),
-                           "operations": 0}
-    session = __import__("requests").Session()
+                           "operations": 0, "by_operation": defaultdict(Counter)}
+    session = requests.Session()
     for result in schema.get_all_operations():
         op = result.ok()
         out["operations"] += 1
-        label = f"{op.method.upper()} {op.path}"
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-
-            @given(case=op.as_strategy(generation_mode=mode))
-            @settings(max_examples=max_examples, deadline=None, database=None, derandomize=True,
-                      suppress_health_check=list(HealthCheck))
-            def one(case: Any) -> None:
-                if isinstance(case.body, dict) and isinstance(case.body.get("model"), str) and op.path in names:
-                    case.body["model"] = names[op.path]  # else nearly every case stops at the unknown model's 404
-                response = case.call(base_url=url, session=session, timeout=120)
-                out["cases"] += 1
-                out["by_status"][response.status_code] += 1
-                problem = None
-                if response.status_code >= 500:
-                    problem = f"{response.status_code}: {response.content[:200]!r}"
-                elif response.status_code >= 400:
-                    problem = error_shape_problem(response.status_code, response.content)
-                if problem:
-                    out["failures"].append(f"{label} ({mode.value}): {problem}\n    {case.as_curl_command()[:400]}")
-                for chk in (status_code_conformance, content_type_conformance, response_schema_conformance):
-                    try:
-                        case.validate_response(response, checks=[chk])
-                    except Exception as e:  # noqa: BLE001 - any failed check is counted by name
-                        out["conformance"][f"{label}: {chk.__name__}: {str(e).splitlines()[0][:120]}"] += 1
-
-            try:
-                one()
-            except Unsatisfiable:
-                pass
+            _fuzz_operation(url, op, mode, max_examples, session, out)
     return out
 
 
@@ -641,6 +670,8 @@ def schemathesis_report(res: dict[str, Any]) -> str:
     lines = [f"schemathesis: {res['operations']} operations, {res['cases']} cases, "
              f"{len(res['failures'])} failures (5xx or not OpenAI's error shape)",
              "  by status: " + ", ".join(f"{k}: {v}" for k, v in sorted(res["by_status"].items()))]
+    for label, c in res["by_operation"].items():
+        lines.append(f"    {label:<34} " + ", ".join(f"{k}: {v}" for k, v in sorted(c.items())))
     lines += [f"  FAIL {f}" for f in res["failures"][:20]]
     if res["conformance"]:
         lines.append("  conformance findings (reported, not failures):")
@@ -704,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{args.rss_late_mib:.0f}): a leak keeps growing")
             if args.schemathesis:
                 t2 = time.perf_counter()
-                res = run_schemathesis(url, args.schemathesis, seed=args.seed)
+                res = run_schemathesis(url, args.schemathesis)
                 print(schemathesis_report(res) + f"\n  ({time.perf_counter() - t2:.0f} s)")
                 problems += res["failures"]
                 if httpx.get(url + "/health", timeout=10).status_code != 200:

@@ -12,7 +12,13 @@ import pytest
 from PIL import Image
 
 from omnigpt.apps.common import baselines, figures
-from omnigpt.apps.common.metrics import classification_scores, confusion, corpus_bleu, rouge_scores, translation_scores
+from omnigpt.apps.common.metrics import (
+    bleu_whitespace,
+    classification_scores,
+    confusion,
+    rouge_scores,
+    translation_scores,
+)
 from omnigpt.data import textsets
 from omnigpt.data.textsets import load_classification, load_pairs, split_items
 
@@ -82,17 +88,17 @@ def _chrf(hyp: str, ref: str, order: int = 6, beta: float = 2.0) -> float:
 def test_translation_scores_by_hand():
     # "the cat sat on the mat" vs "the cat sat on a mat": precisions 5/6, 3/5, 2/4, 1/3, equal lengths (BP 1)
     got = translation_scores(["the cat sat on the mat"], ["the cat sat on a mat"])
-    assert got["bleu"] == pytest.approx(100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
-    assert got["bleu"] == pytest.approx(53.7285, abs=1e-4)
+    assert got["bleu_sacrebleu"] == pytest.approx(100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
+    assert got["bleu_sacrebleu"] == pytest.approx(53.7285, abs=1e-4)
     assert got["chrf"] == pytest.approx(_chrf("the cat sat on the mat", "the cat sat on a mat"))
     assert translation_scores(["the cat sat"], ["the cat sits"])["chrf"] == pytest.approx(_chrf("the cat sat",
                                                                                                 "the cat sits"))
     # Corpus level: statistics summed over sentences (the repo's unsmoothed Papineni BLEU agrees when no order is 0).
     hyps = ["the quick brown fox jumps over the dog", "a man walks in the park today"]
     refs = ["the quick brown fox jumped over the lazy dog", "a man walks in the park"]
-    assert translation_scores(hyps, refs)["bleu"] == pytest.approx(corpus_bleu(hyps, refs))
+    assert translation_scores(hyps, refs)["bleu_sacrebleu"] == pytest.approx(bleu_whitespace(hyps, refs))
     same = "four words or more"  # BLEU-4 needs a 4-gram: a shorter sentence scores 0 unsmoothed
-    assert translation_scores([same], [same]) == pytest.approx({"bleu": 100.0, "chrf": 100.0})
+    assert translation_scores([same], [same]) == pytest.approx({"bleu_sacrebleu": 100.0, "chrf": 100.0})
 
 
 # ------------------------------------------------------------------------------------------------------- figures
@@ -175,5 +181,5 @@ def test_pair_baselines_summarize_slice():
 @bible
 def test_pair_baselines_copy_source_is_a_low_floor():
     got = baselines.pair_baselines("translate-en-es", "test", limit=200)["copy_source"]
-    assert 0 < got["bleu"] < 10 and 10 < got["chrf"] < 40  # shared names and numbers only
-    assert not math.isnan(got["bleu"])
+    assert 0 < got["bleu_sacrebleu"] < 10 and 10 < got["chrf"] < 40  # shared names and numbers only
+    assert not math.isnan(got["bleu_sacrebleu"])

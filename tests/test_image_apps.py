@@ -226,9 +226,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_image_classification_pipeline_shapes(runs: dict[str, Path]) -> None:
-    from omnigpt.hf.vision_pipelines import image_classification
+    from omnigpt.hf.pipelines import pipeline
 
-    clf = image_classification(str(runs["vit"]), top_k=3)
+    clf = pipeline("image-classification", str(runs["vit"]), top_k=3)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8))
     path = runs["root"] / "x.png"
     img.save(path)
@@ -245,9 +245,9 @@ def test_image_classification_pipeline_shapes(runs: dict[str, Path]) -> None:
 
 
 def test_pipelines_refuse_bad_inputs(runs: dict[str, Path]) -> None:
-    from omnigpt.hf.vision_pipelines import image_classification, text_to_image
+    from omnigpt.hf.pipelines import pipeline
 
-    clf = image_classification(str(runs["vit"]))
+    clf = pipeline("image-classification", str(runs["vit"]))
     bad = runs["root"] / "notes.png"
     bad.write_text("this is not an image")
     with pytest.raises(ValueError, match="notes.png"):
@@ -255,18 +255,18 @@ def test_pipelines_refuse_bad_inputs(runs: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="shape"):
         clf(np.zeros((2, 3, 4, 5), np.uint8))
     with pytest.raises(ValueError, match="not an image classifier"):
-        image_classification(str(runs["igpt"]))
-    draw = text_to_image(str(runs["igpt"]))
+        pipeline("image-classification", str(runs["igpt"]))
+    draw = pipeline("text-to-image", str(runs["igpt"]))
     with pytest.raises(ValueError, match="Ankle boot"):  # the message lists the valid classes
         draw("a purple giraffe")
     with pytest.raises(ValueError, match="not an image generator"):
-        text_to_image(str(runs["vit"]))
+        pipeline("text-to-image", str(runs["vit"]))
 
 
 def test_text_to_image_pipeline_shapes(runs: dict[str, Path]) -> None:
-    from omnigpt.hf.vision_pipelines import text_to_image
+    from omnigpt.hf.pipelines import pipeline
 
-    draw = text_to_image(str(runs["igpt"]))
+    draw = pipeline("text-to-image", str(runs["igpt"]))
     out = draw("sneaker", num_images=2, seed=0)
     assert len(out) == 2 and all(isinstance(o["image"], Image.Image) and o["image"].size == (4, 4) for o in out)
     again = draw("Sneaker", num_images=2, seed=0)
@@ -493,12 +493,13 @@ def test_mobilenet_task_trains_and_evaluates(mobilenet_run: dict[str, Any], tmp_
 
 
 def test_pipeline_on_a_fine_tuned_run(mobilenet_run: dict[str, Any]) -> None:
-    from omnigpt.hf.vision_pipelines import FineTunedMobileNetClassifier, image_classification
+    from omnigpt.hf.pipelines import pipeline
+    from omnigpt.models.mobilenet import MobileNetV2ForImageClassification
     from omnigpt.text.processors import ProcessorError
 
     run = mobilenet_run["root"] / "run"
-    clf = image_classification(str(run), top_k=3)
-    assert isinstance(clf, FineTunedMobileNetClassifier)
+    clf = pipeline("image-classification", str(run), top_k=3)
+    assert isinstance(clf.model, MobileNetV2ForImageClassification)
     path = mobilenet_run["root"] / "set" / "rings" / "05.png"
     one = clf(path)
     assert sorted(d["label"] for d in one) == sorted(SHAPES) and sum(d["score"] for d in one) == pytest.approx(1)

@@ -11,7 +11,7 @@ import torch
 
 from omnigpt.apps.common.metrics import (
     accuracy,
-    corpus_bleu,
+    bleu_whitespace,
     edit_distance,
     exact_match,
     normalize_text,
@@ -47,30 +47,30 @@ def test_recall_at_k_counts_ties_for_the_query_and_matches_the_torch_version():
     assert recall_at_k(sim, ks=(1, 5)) == pytest.approx(torch_recall(q, gal, ks=(1, 5)))
 
 
-def test_corpus_bleu_hand_computed():
+def test_bleu_whitespace_hand_computed():
     # Counts summed over both sentences (hand-counted):
     #   1-grams 5/6 + 5/5 = 10/11, 2-grams 3/5 + 4/4 = 7/9, 3-grams 1/4 + 3/3 = 4/7, 4-grams 0/3 + 2/2 = 2/5;
     #   candidate length 11 < reference length 12 → brevity penalty exp(1 − 12/11).
     expected = 100 * math.exp(1 - 12 / 11) * (10 / 11 * 7 / 9 * 4 / 7 * 2 / 5) ** 0.25
-    assert corpus_bleu(HYPS, REFS) == pytest.approx(expected, rel=1e-12)
+    assert bleu_whitespace(HYPS, REFS) == pytest.approx(expected, rel=1e-12)
     assert expected == pytest.approx(57.8947, abs=1e-3)
-    assert corpus_bleu(["a b c d e"], ["a b c d e"]) == pytest.approx(100.0)
-    assert corpus_bleu(["the cat sat on the mat"], ["the cat is on the mat"]) == 0.0  # no 4-gram match
+    assert bleu_whitespace(["a b c d e"], ["a b c d e"]) == pytest.approx(100.0)
+    assert bleu_whitespace(["the cat sat on the mat"], ["the cat is on the mat"]) == 0.0  # no 4-gram match
     # Clipping: "the the the the" matches "the" at most twice.
-    assert corpus_bleu(["the the the the the the the"], [["the cat the", "the"]]) == 0.0
+    assert bleu_whitespace(["the the the the the the the"], [["the cat the", "the"]]) == 0.0
 
 
-def test_corpus_bleu_multiple_references_clip_to_max_and_pick_closest_length():
+def test_bleu_whitespace_multiple_references_clip_to_max_and_pick_closest_length():
     hyp = ["the cat the cat on the mat"]
     refs = [["the cat is on the mat", "there is a cat on the mat the cat"]]
     sacrebleu = pytest.importorskip("sacrebleu", reason="sacrebleu (test reference, pinned in constraints.txt)")
 
-    ref = sacrebleu.corpus_bleu(hyp, [[r[0] for r in refs], [r[1] for r in refs]], tokenize="none",
+    ref = sacrebleu.bleu_whitespace(hyp, [[r[0] for r in refs], [r[1] for r in refs]], tokenize="none",
                                 smooth_method="none", force=True)
-    assert corpus_bleu(hyp, refs) == pytest.approx(ref.score, abs=1e-9)
+    assert bleu_whitespace(hyp, refs) == pytest.approx(ref.score, abs=1e-9)
 
 
-def test_corpus_bleu_matches_sacrebleu_on_random_corpora():
+def test_bleu_whitespace_matches_sacrebleu_on_random_corpora():
     sacrebleu = pytest.importorskip("sacrebleu", reason="sacrebleu (test reference, pinned in constraints.txt)")
     rng = random.Random(0)
     words = ["a", "b", "c", "d", "e", "f", "the", "cat", "dog", "sat", "on", "mat"]
@@ -78,8 +78,8 @@ def test_corpus_bleu_matches_sacrebleu_on_random_corpora():
         refs = [" ".join(rng.choices(words, k=rng.randint(3, 12))) for _ in range(5)]
         hyps = [" ".join(w if rng.random() < 0.7 else rng.choice(words) for w in r.split()[: rng.randint(2, 14)])
                 for r in refs]
-        ref = sacrebleu.corpus_bleu(hyps, [refs], tokenize="none", smooth_method="none", force=True).score
-        assert corpus_bleu(hyps, refs) == pytest.approx(ref, abs=1e-9)
+        ref = sacrebleu.bleu_whitespace(hyps, [refs], tokenize="none", smooth_method="none", force=True).score
+        assert bleu_whitespace(hyps, refs) == pytest.approx(ref, abs=1e-9)
 
 
 def _brute_force_distance(r: tuple[str, ...], h: tuple[str, ...]) -> int:

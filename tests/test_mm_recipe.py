@@ -259,7 +259,7 @@ def test_eval_reports_generation_metrics_per_source(trained, data, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result == json.loads((trained / "eval.json").read_text())
     for src, n in (("fmnist", 8), ("synth", None)):
-        assert {f"{src}/exact_match", f"{src}/wer", f"{src}/bleu", f"{src}/n"} <= set(result)
+        assert {f"{src}/exact_match", f"{src}/wer", f"{src}/bleu_whitespace", f"{src}/n"} <= set(result)
         assert 0.0 <= result[f"{src}/exact_match"] <= 1.0 and result[f"{src}/wer"] >= 0.0
         assert n is None or result[f"{src}/n"] == n
     held = [c for c in mm.read_conversations(data / "synth" / "train.llava.json") if mm.held_out(c["id"], 0.25)]

@@ -162,4 +162,4 @@ def test_spec_augment_and_text_scores():
     assert torch.equal(spec_augment(x, torch.Generator().manual_seed(0), gain=0.0), y)  # seeded
     s = text_scores(["seven", "a b"], ["Seven.", "a c"])
     assert s["wer"] == pytest.approx(1 / 3) and s["exact_match"] == 0.5
-    assert text_scores(["a b c d"], ["a b c d"])["bleu"] == pytest.approx(100.0)  # BLEU on 0-100
+    assert text_scores(["a b c d"], ["a b c d"])["bleu_whitespace"] == pytest.approx(100.0)  # BLEU on 0-100

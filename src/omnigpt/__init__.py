@@ -1,17 +1,22 @@
 """omnigpt: GPT-1/2/3 and multimodal transformers in readable PyTorch.
 
-The public API, re-exported lazily (``import omnigpt`` costs nothing until a name is used). The package is layered;
-each folder imports only from the folders listed before it (``tests/test_layers.py`` enforces the order):
+The public API, re-exported lazily (``import omnigpt`` costs nothing until a name is used); ``omnigpt.load(name or
+path)`` is the one loader (model, tokenizer or processor, chat template, kind). The package is layered; each folder
+imports only from the folders listed before it (``tests/test_layers.py`` enforces the order, lazy, type-only and
+``"module:function"`` string imports included):
 
     config.py     frozen configs and named presets
-    kernels/      CPU speed only: planned bf16 GEMMs, flash-attention backward, fused LM-head loss, int4/int8
-    models/       GPT-1/2/3 decoder, vision and audio encoders, multimodal fusion, contrastive — no file I/O
-    checkpoints/  atomic directories, the pretrained layer (every model_type), HF key tables, trainer state, assets
-    text/         tokenizers (char, byte-level BPE, exact GPT-2) and the image/audio processors
-    data/         corpora, token shards, multimodal data recipes
-    generate/     sampling filters, KV-cache decoding as an iterator, text streaming
-    hf/           transformers-shaped classes (``GPT2Tokenizer``, ``GPT2Model`` ...)
-    train/        one Trainer, the task protocol and its tasks (lm, multimodal, contrastive), recipes, evaluation
+    files/        atomic directories with a SHA-256 manifest, pinned registry assets
+    kernels/      CPU speed only: planned bf16 GEMMs, fused LM-head loss, int4/int8 linears, the dtype by hardware
+    models/       GPT-1/2/3 decoder, vision and audio encoders, Whisper, MobileNetV2, multimodal fusion — no file I/O
+    text/         tokenizers (char, byte-level BPE, exact GPT-2), chat templates, image/audio processors
+    checkpoints/  the pretrained layer (every model_type), HF/GGUF/CT2 readers, trainer state, ``load``
+    data/         corpora, token shards, multimodal data recipes, batching
+    generate/     sampling filters, KV-cache decoding as an iterator, compiled decode, text streaming, Whisper
+    train/        the one Trainer, the task protocol and registry, recipes, schedules, LM evaluation
+    apps/         one folder per application (task, data, evaluation, pipeline, README); apps/common shared
+    hf/           transformers-shaped classes (``GPT2Tokenizer``, ``GPT2Model`` ...) and ``pipeline(task)``
+    study/        the article's claims, measured (scaling, attention, multimodal curves)
     serve/        OpenAI-compatible API and chat page
     cli/          ``omnigpt <command>``
 """
@@ -30,7 +35,7 @@ _EXPORTS: dict[str, str] = {
     "GPTForSequenceClassification": "omnigpt.models.gpt", "KVCache": "omnigpt.models.kv_cache",
     "make_kv_cache": "omnigpt.models.kv_cache",
     "load_pretrained": "omnigpt.checkpoints.pretrained", "save_pretrained": "omnigpt.checkpoints.pretrained",
-    "from_pretrained": "omnigpt.checkpoints.registry",
+    "from_pretrained": "omnigpt.checkpoints.registry", "load": "omnigpt.checkpoints.registry",
     "BPETokenizer": "omnigpt.text.tokenizer", "CharTokenizer": "omnigpt.text.tokenizer",
     "Tokenizer": "omnigpt.text.tokenizer", "load_tokenizer": "omnigpt.text.tokenizer",
     "gpt2_tokenizer": "omnigpt.text.gpt2_vocab",

@@ -22,7 +22,10 @@ copy with overrides. Configs are never mutated (``dataclasses.replace`` makes a 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +41,12 @@ MLPS = ("gelu", "swiglu")  # "gelu" = Linear, ``activation``, Linear (any of ACT
 class PresetConfig:
     """What every frozen config dataclass here shares: named presets, copies with overrides, a plain dict.
 
-    A subclass returns its preset table from ``_presets`` (a function: the table is built after the class)."""
+    A subclass declares its fields, returns its preset table from ``_presets`` (a function: the table is built
+    after the class) and, when it is a saved model's top-level config, names its ``model_type``: ``to_dict`` then
+    puts that key first and ``from_dict`` checks it. ``from_dict`` rebuilds what JSON flattened, by the field types:
+    nested configs from their dicts (each by its own ``from_dict``), tuples from lists; unknown keys are an error."""
+
+    model_type = None  # str: the ``model_type`` key of config.json (None: a nested config, or the GPT's own dict)
 
     @classmethod
     def _presets(cls) -> Mapping[str, Any]:
@@ -55,7 +63,48 @@ class PresetConfig:
         return dataclasses.replace(self, **overrides)  # type: ignore[type-var]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return d if self.model_type is None else {"model_type": self.model_type, **d}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "config") -> Self:
+        """The config ``to_dict`` (then JSON) wrote; ``source`` names it in errors."""
+        d = dict(d)
+        if cls.model_type is not None and d.pop("model_type", cls.model_type) != cls.model_type:
+            raise ValueError(f"config is not an {cls.model_type} config")
+        return _build(cls, d, source)
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def _build(cls: type, d: dict[str, Any], source: str) -> Any:
+    """``cls(**d)`` with each value rebuilt by its field type (``_from_json``); unknown keys are a ValueError."""
+    types_ = _field_types(cls)
+    if unknown := sorted(set(d) - set(types_)):
+        raise ValueError(f"{source}: unknown {cls.__name__} keys {unknown}; valid keys: {sorted(types_)}")
+    return cls(**{k: _from_json(types_[k], v, f"{source} {k!r}") for k, v in d.items()})
+
+
+def _from_json(hint: Any, value: Any, source: str) -> Any:
+    """``value`` as JSON gave it, rebuilt as the type ``hint`` asks: a dataclass from a dict (a ``PresetConfig`` by
+    its ``from_dict``), a tuple from a list (item by item), the one dataclass of an optional; else unchanged."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        classes = [a for a in args if dataclasses.is_dataclass(a) or typing.get_origin(a) is tuple]
+        return _from_json(classes[0], value, source) if value is not None and len(classes) == 1 else value
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+        return hint.from_dict(value, source) if issubclass(hint, PresetConfig) else _build(hint, dict(value), source)
+    if origin is tuple and isinstance(value, list | tuple):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_json(args[0], v, source) for v in value)
+        if len(args) == len(value):
+            return tuple(_from_json(a, v, source) for a, v in zip(args, value, strict=True))
+        return tuple(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -169,14 +218,6 @@ class GPTConfig(PresetConfig):
     @classmethod
     def _presets(cls) -> Mapping[str, GPTConfig]:
         return PRESETS
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> GPTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown GPTConfig keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**d)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -138,6 +138,7 @@ def hf_cases() -> list[Case]:
             fixed_case(hf, "config.json", [("json_replace", ("n_layer",), 10**7)]),
             fixed_case(seed, "config.json", [("json_wrap", ("omnigpt", "wpe_initializer_range"))]),
             fixed_case(hf, "config.json", [("json_replace", ("resid_pdrop",), "x")]),
+            fixed_case(hf, "config.json", [("json_replace", ("architectures",), 32767)]),  # found by the long fuzz
             fixed_case(manifest, "manifest.sha256.json", [("json_add", (), "/dev/zero", "0" * 64)]),
             _with(manifest, "manifest.sha256.json", b"\xec[", "manifest not UTF-8")]
 

@@ -144,6 +144,10 @@ def _hf_to_config(d: dict[str, Any], path: Path) -> GPTConfig:
             raise CheckpointError(f"{path}: key {key!r} has value {v!r} of the wrong type")
         return v
 
+    def number(key: str, default: float) -> float:  # null counts as absent
+        v = get(key, default, (int, float))
+        return float(default if v is None else v)
+
     def refuse(key: str, ok: Any, why: str) -> None:
         if d.get(key, ok) != ok:
             raise CheckpointError(f"{path}: key {key!r} = {d[key]!r} is not supported by omnigpt ({why})")
@@ -152,7 +156,7 @@ def _hf_to_config(d: dict[str, Any], path: Path) -> GPTConfig:
     refuse("is_encoder_decoder", False, "decoder-only models only")
     if d.get("problem_type") == "multi_label_classification":
         raise CheckpointError(f"{path}: key 'problem_type' = 'multi_label_classification' is not supported")
-    p = {k: get(k, 0.1, (int, float)) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
+    p = {k: number(k, 0.1) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
     if len(set(p.values())) > 1:
         warnings.warn(f"{path}: dropouts {p} differ; omnigpt uses one rate, resid_pdrop={p['resid_pdrop']} "
                       "(inference is unaffected)", stacklevel=3)
@@ -160,9 +164,8 @@ def _hf_to_config(d: dict[str, Any], path: Path) -> GPTConfig:
         name=str(d.get("_name_or_path") or model_type), vocab_size=get("vocab_size", 50257 if model_type == "gpt2"
                                                                         else 40478),
         block_size=get("n_positions", 1024 if model_type == "gpt2" else 512), n_embd=get("n_embd", 768),
-        n_layer=get("n_layer", 12), n_head=get("n_head", 12), dropout=float(p["resid_pdrop"]),
-        layer_norm_epsilon=float(get("layer_norm_epsilon", 1e-5, (int, float))),
-        initializer_range=float(get("initializer_range", 0.02, (int, float))),
+        n_layer=get("n_layer", 12), n_head=get("n_head", 12), dropout=p["resid_pdrop"],
+        layer_norm_epsilon=number("layer_norm_epsilon", 1e-5), initializer_range=number("initializer_range", 0.02),
         tie_word_embeddings=get("tie_word_embeddings", True, bool), pad_token_id=get("pad_token_id"))
     labels = d.get("id2label")
     if isinstance(labels, dict) and labels:
@@ -215,6 +218,8 @@ def config_from_dict(d: dict[str, Any], path: str | Path = CONFIG) -> GPTConfig:
     else transformers' GPT-2 / GPT-1 keys, else a bare ``GPTConfig.save`` dict."""
     path = Path(path)
     model_type = d.get("model_type")
+    if not isinstance(d.get("architectures", []), list):
+        raise CheckpointError(f"{path}: key 'architectures' must be a list of class names")
     if model_type not in (None, "gpt2", "openai-gpt", "omnigpt"):
         raise CheckpointError(f"{path}: key 'model_type' is {model_type!r}; supported: 'gpt2', 'openai-gpt' "
                               "(and directories omnigpt wrote)")

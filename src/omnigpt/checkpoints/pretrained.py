@@ -14,6 +14,7 @@ writes into a directory the caller commits (the trainer adds ``trainer_state/`` 
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -30,71 +31,38 @@ WEIGHTS = "model.safetensors"
 GPT_TYPES = ("gpt2", "openai-gpt", "omnigpt")
 
 
-def _multimodal() -> tuple[type, type]:
-    from omnigpt.models.multimodal import MultimodalConfig, MultimodalGPT
-
-    return MultimodalConfig, MultimodalGPT
-
-
-def _contrastive() -> tuple[type, type]:
-    from omnigpt.models.contrastive import ContrastiveConfig, ContrastiveModel
-
-    return ContrastiveConfig, ContrastiveModel
-
-
-def _image_classifier() -> tuple[type, type]:
-    from omnigpt.models.vision import ImageClassifierConfig, ViTForImageClassification
-
-    return ImageClassifierConfig, ViTForImageClassification
-
-
-def _igpt() -> tuple[type, type]:
-    from omnigpt.models.igpt import IGPT, IGPTConfig
-
-    return IGPTConfig, IGPT
-
-
-def _mobilenet_classifier() -> tuple[type, type]:
-    from omnigpt.models.mobilenet import MobileNetClassifierConfig, MobileNetV2ForImageClassification
-
-    return MobileNetClassifierConfig, MobileNetV2ForImageClassification
-
-
-def _pix2seq() -> tuple[type, type]:
-    from omnigpt.models.pix2seq import Pix2Seq, Pix2SeqConfig
-
-    return Pix2SeqConfig, Pix2Seq
-
-
-def _whisper() -> tuple[type, type]:
-    from omnigpt.models.whisper import Whisper, WhisperConfig
-
-    return WhisperConfig, Whisper
-
-
-def _audio_classifier() -> tuple[type, type]:
-    from omnigpt.models.audio_classifier import AudioClassifier, AudioClassifierConfig
-
-    return AudioClassifierConfig, AudioClassifier
-
-
-# model_type → () -> (config class with from_dict/to_dict, model class taking the config). Imported on use so that
-# loading a GPT does not import every family.
-MODEL_TYPES: dict[str, Callable[[], tuple[type, type]]] = {
-    "omnigpt-multimodal": _multimodal,
-    "omnigpt-contrastive": _contrastive,
-    "omnigpt-image-classifier": _image_classifier,
-    "omnigpt-igpt": _igpt,
-    "omnigpt-mobilenet-classifier": _mobilenet_classifier,  # fine-tuned MobileNetV2 (apps/image_classify)
-    "omnigpt-pix2seq": _pix2seq,  # object detection (apps/detect)
-    "omnigpt-whisper": _whisper,  # converted or fine-tuned Whisper (apps/asr)
-    "omnigpt-audio-classifier": _audio_classifier,  # voice commands (apps/voice_commands)
+# model_type → ("module:ConfigClass", "module:ModelClass"): the config class has from_dict/to_dict, the model class
+# takes the config. Strings, imported on use, so that loading a GPT does not import every family.
+MODEL_TYPES: dict[str, tuple[str, str] | Callable[[], tuple[type, type]]] = {
+    "omnigpt-multimodal": ("omnigpt.models.multimodal:MultimodalConfig", "omnigpt.models.multimodal:MultimodalGPT"),
+    "omnigpt-contrastive": ("omnigpt.models.contrastive:ContrastiveConfig",
+                            "omnigpt.models.contrastive:ContrastiveModel"),
+    "omnigpt-image-classifier": ("omnigpt.models.vision:ImageClassifierConfig",
+                                 "omnigpt.models.vision:ViTForImageClassification"),
+    "omnigpt-igpt": ("omnigpt.models.igpt:IGPTConfig", "omnigpt.models.igpt:IGPT"),
+    "omnigpt-mobilenet-classifier": ("omnigpt.models.mobilenet:MobileNetClassifierConfig",  # apps/image_classify
+                                     "omnigpt.models.mobilenet:MobileNetV2ForImageClassification"),
+    "omnigpt-pix2seq": ("omnigpt.models.pix2seq:Pix2SeqConfig", "omnigpt.models.pix2seq:Pix2Seq"),  # apps/detect
+    "omnigpt-whisper": ("omnigpt.models.whisper:WhisperConfig", "omnigpt.models.whisper:Whisper"),  # apps/asr
+    "omnigpt-audio-classifier": ("omnigpt.models.audio_classifier:AudioClassifierConfig",  # apps/voice_commands
+                                 "omnigpt.models.audio_classifier:AudioClassifier"),
 }
 
 
-def register_model_type(model_type: str, classes: Callable[[], tuple[type, type]]) -> None:
-    """Make ``load_pretrained`` build ``model_type`` directories with ``classes()`` = (config class, model class)."""
+def register_model_type(model_type: str, classes: tuple[str, str] | Callable[[], tuple[type, type]]) -> None:
+    """Make ``load_pretrained`` build ``model_type`` directories with (config class, model class): a pair of
+    "module:name" strings, or a function returning the two classes."""
     MODEL_TYPES[model_type] = classes
+
+
+def model_classes(model_type: str) -> tuple[type, type]:
+    """(config class, model class) of a registered ``model_type``, imported now."""
+    entry = MODEL_TYPES[model_type]
+    if callable(entry):
+        return entry()
+    config_cls, model_cls = (getattr(importlib.import_module(module), name)
+                             for module, _, name in (ref.partition(":") for ref in entry))
+    return config_cls, model_cls
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -128,7 +96,7 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
         raise hf.CheckpointError(f"{d / CONFIG}: model_type {kind!r} is not one omnigpt loads ({known})")
     if gpt_options:
         raise TypeError(f"load_pretrained: {sorted(gpt_options)} apply to GPT checkpoints, not {kind!r}")
-    config_cls, model_cls = MODEL_TYPES[kind]()
+    config_cls, model_cls = model_classes(kind)
     try:
         config = config_cls.from_dict(cfg)
     except (TypeError, ValueError, KeyError) as e:
@@ -184,5 +152,5 @@ def save_pretrained(model: nn.Module, directory: str | Path, tokenizer: Any = No
     return Path(directory)
 
 
-__all__ = ["MODEL_TYPES", "load_pretrained", "model_type", "read_config", "register_model_type", "save_pretrained",
-           "write_pretrained"]
+__all__ = ["MODEL_TYPES", "load_pretrained", "model_classes", "model_type", "read_config", "register_model_type",
+           "save_pretrained", "write_pretrained"]

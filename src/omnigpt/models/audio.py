@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,10 +59,6 @@ class AudioConfig(PresetConfig):
     @classmethod
     def _presets(cls) -> Mapping[str, AudioConfig]:
         return AUDIO_PRESETS
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AudioConfig:
-        return cls(**d)
 
 
 AUDIO_PRESETS: dict[str, AudioConfig] = {

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +43,7 @@ ENCODERS = ("scratch", "whisper")
 class AudioClassifierConfig(PresetConfig):
     """An audio encoder + a classifier over ``labels``, and the front end its inputs need."""
 
+    model_type = MODEL_TYPE
     name: str = "custom"
     audio: AudioConfig = AudioConfig()
     labels: tuple[str, ...] = ()
@@ -82,16 +82,6 @@ class AudioClassifierConfig(PresetConfig):
     @classmethod
     def _presets(cls) -> Mapping[str, AudioClassifierConfig]:
         return {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model_type": MODEL_TYPE, **super().to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AudioClassifierConfig:
-        d = dict(d)
-        if d.pop("model_type", MODEL_TYPE) != MODEL_TYPE:
-            raise ValueError(f"config is not an {MODEL_TYPE} config")
-        return cls(**{**d, "audio": AudioConfig.from_dict(d["audio"]), "labels": tuple(d["labels"])})
 
 
 @dataclass

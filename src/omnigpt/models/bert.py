@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -74,10 +74,6 @@ class BertConfig(PresetConfig):
     @classmethod
     def _presets(cls) -> Mapping[str, BertConfig]:
         return BERT_PRESETS
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BertConfig:
-        return cls(**d)
 
 
 BERT_PRESETS: dict[str, BertConfig] = {

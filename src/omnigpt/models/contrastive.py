@@ -16,11 +16,9 @@ one space for many modalities) — zero-shot classification and retrieval on top
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +87,7 @@ def recall_at_k(queries: Tensor, gallery: Tensor, ks: Sequence[int] = (1, 5, 10)
 class ContrastiveConfig(PresetConfig):
     """Two towers (``modalities``, each one of image/audio/text) projected into one ``embed_dim`` space."""
 
+    model_type = MODEL_TYPE
     name: str = "custom"
     modalities: tuple[str, str] = ("image", "text")
     embed_dim: int = 128
@@ -109,20 +108,6 @@ class ContrastiveConfig(PresetConfig):
     @classmethod
     def _presets(cls) -> Mapping[str, ContrastiveConfig]:
         return CONTRASTIVE_PRESETS
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model_type": MODEL_TYPE, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ContrastiveConfig:
-        d = dict(d)
-        if d.pop("model_type", MODEL_TYPE) != MODEL_TYPE:
-            raise ValueError(f"config is not an {MODEL_TYPE} config")
-        d["modalities"] = tuple(d["modalities"])
-        d["vision"] = VisionConfig.from_dict(d["vision"]) if d.get("vision") else None
-        d["audio"] = AudioConfig.from_dict(d["audio"]) if d.get("audio") else None
-        d["text"] = GPTConfig.from_dict(d["text"], source="config.json 'text'") if d.get("text") else None
-        return cls(**d)
 
 
 CONTRASTIVE_PRESETS: dict[str, ContrastiveConfig] = {

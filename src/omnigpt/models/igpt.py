@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -65,6 +64,7 @@ class IGPTConfig(PresetConfig):
     """A class-conditional pixel GPT: the decoder's config (vocab = palette + classes, block = 1 + H·W) is derived
     from ``gpt`` (a GPTConfig giving the width and depth) so that the two can never disagree."""
 
+    model_type = IGPT_TYPE
     name: str = "custom"
     gpt: GPTConfig = GPTConfig(name="igpt", n_layer=4, n_head=4, n_embd=128)
     palette: tuple[float, ...] = (0.0, 255.0)  # grey value of each code, ascending
@@ -106,17 +106,6 @@ class IGPTConfig(PresetConfig):
     @classmethod
     def _presets(cls) -> Mapping[str, IGPTConfig]:
         return {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model_type": IGPT_TYPE, **super().to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> IGPTConfig:
-        d = dict(d)
-        if d.pop("model_type", IGPT_TYPE) != IGPT_TYPE:
-            raise ValueError(f"config is not an {IGPT_TYPE} config")
-        return cls(**{**d, "gpt": GPTConfig.from_dict(d["gpt"], source="config.json 'gpt'"),
-                      "palette": tuple(d["palette"]), "classes": tuple(d["classes"])})
 
 
 class IGPT(nn.Module):

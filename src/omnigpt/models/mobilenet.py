@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -133,13 +132,6 @@ class MobileNetV2Config(PresetConfig):
     def _presets(cls) -> Mapping[str, MobileNetV2Config]:
         return MOBILENET_PRESETS
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MobileNetV2Config:
-        d = dict(d)
-        if "setting" in d:  # JSON has lists; the frozen config keeps tuples
-            d["setting"] = tuple(tuple(row) for row in d["setting"])
-        return cls(**d)
-
 
 MOBILENET_PRESETS: dict[str, MobileNetV2Config] = {
     # torchvision mobilenet_v2 / IMAGENET1K_V1: 3,504,872 parameters (+ 34,164 BatchNorm buffer values).
@@ -252,6 +244,7 @@ class MobileNetClassifierConfig(PresetConfig):
     transparent pixels are composited onto. Preprocessing reads all three from here, so a saved run classifies
     raw image files."""
 
+    model_type = MOBILENET_CLASSIFIER_TYPE
     name: str = "custom"
     mobilenet: MobileNetV2Config = MOBILENET_PRESETS["mobilenet-v2"]
     labels: tuple[str, ...] = ()
@@ -288,18 +281,6 @@ class MobileNetClassifierConfig(PresetConfig):
     @classmethod
     def _presets(cls) -> Mapping[str, MobileNetClassifierConfig]:
         return {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model_type": MOBILENET_CLASSIFIER_TYPE, **super().to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MobileNetClassifierConfig:
-        d = dict(d)
-        if d.pop("model_type", MOBILENET_CLASSIFIER_TYPE) != MOBILENET_CLASSIFIER_TYPE:
-            raise ValueError(f"config is not an {MOBILENET_CLASSIFIER_TYPE} config")
-        return cls(**{**d, "mobilenet": MobileNetV2Config.from_dict(d["mobilenet"]), "labels": tuple(d["labels"]),
-                      "pixel_mean": tuple(d["pixel_mean"]), "pixel_std": tuple(d["pixel_std"]),
-                      "background": tuple(d["background"])})
 
 
 class MobileNetV2ForImageClassification(nn.Module):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +39,7 @@ class Pix2SeqConfig(PresetConfig):
     """A ViT encoder + GPT decoder over boxes-as-tokens. The decoder's ``vocab_size`` and ``block_size`` are
     derived from the image size, the classes and ``max_objects`` so that they can never disagree."""
 
+    model_type = PIX2SEQ_TYPE
     name: str = "custom"
     vision: VisionConfig = VisionConfig(image_size=64, patch_size=8, n_layer=3, n_head=4, n_embd=128,
                                         use_cls_token=False)
@@ -79,19 +79,6 @@ class Pix2SeqConfig(PresetConfig):
     @classmethod
     def _presets(cls) -> Mapping[str, Pix2SeqConfig]:
         return {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model_type": PIX2SEQ_TYPE, **super().to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Pix2SeqConfig:
-        d = dict(d)
-        if d.pop("model_type", PIX2SEQ_TYPE) != PIX2SEQ_TYPE:
-            raise ValueError(f"config is not an {PIX2SEQ_TYPE} config")
-        return cls(**{**d, "vision": VisionConfig.from_dict(d["vision"]),
-                      "gpt": GPTConfig.from_dict(d["gpt"], source="config.json 'gpt'"),
-                      "classes": tuple(d["classes"]), "pixel_mean": tuple(d["pixel_mean"]),
-                      "pixel_std": tuple(d["pixel_std"])})
 
 
 def encode_targets(boxes: list[Tensor], labels: list[Tensor], config: Pix2SeqConfig) -> Tensor:

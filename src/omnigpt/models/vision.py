@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -97,10 +96,6 @@ class VisionConfig(PresetConfig):
     @classmethod
     def _presets(cls) -> Mapping[str, VisionConfig]:
         return VISION_PRESETS
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> VisionConfig:
-        return cls(**d)
 
 
 VISION_PRESETS: dict[str, VisionConfig] = {
@@ -191,6 +186,7 @@ class ImageClassifierConfig(PresetConfig):
     """A ViT + linear classifier over ``labels``. ``pixel_mean``/``pixel_std`` normalise inputs in [0, 1] (the
     training set's statistics; preprocessing reads them from here so a saved model classifies raw images)."""
 
+    model_type = IMAGE_CLASSIFIER_TYPE
     name: str = "custom"
     vision: VisionConfig = VisionConfig()
     labels: tuple[str, ...] = ()
@@ -212,16 +208,6 @@ class ImageClassifierConfig(PresetConfig):
     @classmethod
     def _presets(cls) -> Mapping[str, ImageClassifierConfig]:
         return {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model_type": IMAGE_CLASSIFIER_TYPE, **super().to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ImageClassifierConfig:
-        d = dict(d)
-        if d.pop("model_type", IMAGE_CLASSIFIER_TYPE) != IMAGE_CLASSIFIER_TYPE:
-            raise ValueError(f"config is not an {IMAGE_CLASSIFIER_TYPE} config")
-        return cls(**{**d, "vision": VisionConfig.from_dict(d["vision"]), "labels": tuple(d["labels"])})
 
 
 @dataclass

@@ -21,7 +21,6 @@ stores it in fp16) rather than recomputed. The decoding rules (prompts, suppress
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +46,7 @@ MODEL_TYPE = "omnigpt-whisper"
 class WhisperConfig(PresetConfig):
     """Architecture of a Whisper model, plus the decoding facts its checkpoint carries (CTranslate2's config.json)."""
 
+    model_type = MODEL_TYPE
     name: str = "custom"
     n_mels: int = 80
     n_audio_ctx: int = 1500  # encoder positions: 30 s = 3000 mel frames → 1500 after the stride-2 conv
@@ -91,22 +91,6 @@ class WhisperConfig(PresetConfig):
     @classmethod
     def _presets(cls) -> Mapping[str, WhisperConfig]:
         return WHISPER_PRESETS
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model_type": MODEL_TYPE, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> WhisperConfig:
-        d = dict(d)
-        if d.pop("model_type", MODEL_TYPE) != MODEL_TYPE:
-            raise ValueError(f"config is not an {MODEL_TYPE} config")
-        known = {f.name for f in dataclasses.fields(cls)}
-        if unknown := sorted(set(d) - known):
-            raise ValueError(f"unknown WhisperConfig keys {unknown}")
-        for key in ("suppress_ids", "suppress_ids_begin", "lang_ids"):
-            d[key] = tuple(int(i) for i in d.get(key, ()))
-        d["alignment_heads"] = tuple((int(a), int(b)) for a, b in d.get("alignment_heads", ()))
-        return cls(**d)
 
 
 WHISPER_PRESETS: dict[str, WhisperConfig] = {

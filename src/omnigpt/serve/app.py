@@ -52,7 +52,20 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, desc in [(400, "Bad request"), (401, "Missing or wrong API key"), (404, "Unknown model"),
                        (413, "Request body too large"), (429, "Queue full: retry after Retry-After seconds")]
 }
-_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+# One server-sent event (OpenAPI before 3.2 describes a stream by the schema of each event): ``data`` is a JSON chunk,
+# or ``[DONE]`` at the end.
+_SSE = {"text/event-stream": {"schema": {"type": "object", "required": ["data"], "properties": {
+    "data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}}}
+# The multipart form of /v1/audio/transcriptions (the route reads it itself: media.parse_form), as OpenAI documents it.
+_TRANSCRIPTION_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "WAV, FLAC or OGG audio"},
+        "model": {"type": "string", "description": "a speech model this server has (default whisper-tiny.en)"},
+        "language": {"type": "string", "description": "ISO-639-1 code, e.g. en"},
+        "response_format": {"type": "string", "enum": ["json", "text", "verbose_json"]},
+        "temperature": {"type": "number", "description": "only 0 (decoding is deterministic)"},
+        "beam_size": {"type": "integer", "minimum": 1, "maximum": 10, "description": "extension: beam search"},
+    }}}}}}
 
 
 def create_app(served: ServedModel | Sequence[ServedModel], settings: ServeSettings | None = None,
@@ -166,7 +179,8 @@ def create_app(served: ServedModel | Sequence[ServedModel], settings: ServeSetti
 
     @app.post("/v1/audio/transcriptions", response_model=S.Transcription | S.TranscriptionVerbose,
               responses={**_ERRORS, 200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                                          "description": "The transcription (json, verbose_json or text)"}})
+                                          "description": "The transcription (json, verbose_json or text)"}},
+              openapi_extra=_TRANSCRIPTION_FORM)
     async def audio_transcriptions(request: Request) -> Any:
         out = await transcription(offline, await request.body(), request.headers.get("content-type", ""),
                                   settings.max_audio_seconds)

@@ -121,10 +121,12 @@ async def generate_images(models: ImageModels, body: ImageGenerationRequest) -> 
     n = body.n or 1
     label = gen.classes[index]
 
+    temperature = gen.defaults["temperature"] if body.temperature is None else body.temperature
+
     def run() -> list[str]:
-        with models._locks[name]:
-            images = gen.generate(label, n, seed=body.seed, temperature=body.temperature)
-        return [_png_b64(im, size) for im in images]
+        with models._locks[name]:  # the pipeline's call: one prompt → [{"image": PIL image}, ...]
+            drawn = gen(label, num_images=n, seed=body.seed, temperature=temperature)
+        return [_png_b64(d["image"], size) for d in drawn]
 
     encoded = await asyncio.to_thread(run)
     return ImagesResponse(created=int(time.time()),

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from omnigpt.checkpoints.state import load_model
+from omnigpt.models.lora import LoRAConfig, LoRAWeights, apply_lora
 from omnigpt.train.recipe import RecipeError
 from omnigpt.train.schedule import module_groups
 
@@ -31,6 +32,8 @@ class Task:
     model: nn.Module
     preprocessor: Any  # tokenizer or processor, saved with the model
     tokens_per_step: int  # for throughput logs
+    lora: LoRAWeights | None = None  # the adapters, when the recipe fine-tunes with LoRA (``with_lora``)
+    lora_prefix: str = ""  # where the adapted module sits in ``model``'s state dict ("" = all of it)
 
     def __init__(self, recipe: Any) -> None:
         self.r = recipe
@@ -43,10 +46,26 @@ class Task:
     def prepare(cls, recipe: Any) -> None:
         """Prepare data on rank 0 (the other ranks wait, then read it)."""
 
+    def with_lora(self, module: nn.Module, config: LoRAConfig | None, prefix: str = "") -> None:
+        """LoRA as a model converter: adapters on ``module``'s linears (``config.targets``), the base frozen and
+        B = 0, so the model computes what it did; ``lora`` holds them for the loss module's parameter groups.
+        ``prefix``: ``module``'s place in ``model`` (``"transformer."``). Nothing happens when ``config`` is None."""
+        if config is not None:
+            apply_lora(module, config)
+            self.lora, self.lora_prefix = LoRAWeights(module), prefix
+
     def load_checkpoint(self, checkpoint: Path) -> None:
-        """Resume: put the saved model's weights into ``model`` (training-only modules come from
-        ``trainer_state/modules.pt`` afterwards)."""
-        self.model.load_state_dict(load_model(checkpoint).state_dict())
+        """Resume: put the saved model's weights into ``model`` (training-only modules, LoRA adapters among them,
+        come from ``trainer_state/modules.pt`` afterwards). With LoRA the checkpoint holds the merged model, so only
+        what lies outside the adapted module is taken; the frozen base stays the pretrained one."""
+        saved = load_model(checkpoint).state_dict()
+        if self.lora is None:
+            self.model.load_state_dict(saved)
+            return
+        outside = {k: v for k, v in saved.items() if not k.startswith(self.lora_prefix)}
+        result = self.model.load_state_dict(outside, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"{checkpoint}: weights the model does not have: {result.unexpected_keys[:5]}")
 
     def new_model(self) -> nn.Module:
         """A fresh model of the same configuration (FSDP gathers the trained weights into it)."""

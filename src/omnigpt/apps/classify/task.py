@@ -36,7 +36,7 @@ from omnigpt.apps.common.text_model import (
 from omnigpt.generate.classify import collate, predict
 from omnigpt.kernels.precision import autocast
 from omnigpt.models.gpt import GPTForSequenceClassification
-from omnigpt.models.lora import LoRAWeights, apply_lora, lora_parameters
+from omnigpt.models.lora import LoRAWeights, lora_parameters
 from omnigpt.text.task_card import EOT, classification_ids, end_token_id, task_card
 from omnigpt.train.recipe import RecipeError
 from omnigpt.train.schedule import module_groups
@@ -109,10 +109,7 @@ class ClassifyTask(Task):
         with_card(model, card, id2label={str(i): name for i, name in enumerate(self.labels)})
         self.model, self.preprocessor, self.tokenizer = model.train(), tok, tok
         self.config = model.config
-        self.lora = None
-        if r.model.lora is not None:
-            apply_lora(model.transformer, r.model.lora)  # freezes the decoder; B = 0, outputs unchanged
-            self.lora = LoRAWeights(model.transformer)
+        self.with_lora(model.transformer, r.model.lora, "transformer.")  # the score head trains in full
         self.pad = end_token_id(tok)  # any id would do: padding sits after the position the head reads
         index = {name: i for i, name in enumerate(self.labels)}
 
@@ -126,17 +123,6 @@ class ClassifyTask(Task):
         self.val_rows, self.val_labels = encode("val")
         self.tokens_per_step = round(r.batch_size * sum(map(len, self.train_rows)) / len(self.train_rows))
         self.order = EpochOrder(len(self.train_rows), r.seed)
-
-    def load_checkpoint(self, checkpoint: Path) -> None:
-        """With LoRA the saved decoder is merged: keep the frozen base, take the head; adapters come from
-        ``trainer_state/modules.pt``. Otherwise every weight comes from the checkpoint."""
-        from omnigpt.checkpoints.state import load_model
-
-        saved = load_model(checkpoint)
-        if self.lora is None:
-            self.model.load_state_dict(saved.state_dict())
-        else:
-            self.model.score.load_state_dict(saved.score.state_dict())
 
     def train_module(self) -> nn.Module:
         return ClassifierLoss(self.model, self.lora)

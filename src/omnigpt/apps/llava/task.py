@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from omnigpt.apps.common.multimodal import build_tokenizer, check_sources
 from omnigpt.apps.llava.data import CAPTION_QUESTION, caption_conversations, to_example
 from omnigpt.data.batches import collate, mixture_indices
-from omnigpt.models.lora import LoRAConfig, LoRAWeights, apply_lora, lora_parameters
+from omnigpt.models.lora import LoRAConfig, LoRAWeights, lora_parameters
 from omnigpt.models.multimodal import MultimodalConfig, MultimodalGPT, ProjectorConfig
 from omnigpt.text.chat_processor import ChatProcessor
 from omnigpt.text.processors import Processor, ProcessorConfig
@@ -169,7 +169,6 @@ class LlavaTask(Task):
         super().__init__(r)
         d, m = r.data, r.model
         self.pools = [caption_conversations(s, True, d.question, d.with_questions) for s in d.train]
-        self.lora: LoRAWeights | None = None
         vision = vision_config(m)
         projector = ProjectorConfig(m.projector, m.vision_merge)
         if m.decoder is not None:
@@ -184,9 +183,7 @@ class LlavaTask(Task):
                                                                            **proc_cfg), template, m.system)
             self.model = MultimodalGPT(self.config, base.train())  # the pretrained decoder itself, tied head kept
             base.requires_grad_(False)
-            if m.lora is not None:
-                apply_lora(base, m.lora)  # adapters start at B = 0: the decoder computes what it did
-                self.lora = LoRAWeights(base)
+            self.with_lora(base, m.lora, "language_model.")  # the projector (and tower) load from checkpoints
         else:
             texts = [t["value"] for pool in self.pools for c in pool for t in c["conversations"]]
             tok = build_tokenizer(r, texts)
@@ -204,17 +201,6 @@ class LlavaTask(Task):
         sample = [to_example(c, self.processor, True) for c in self.pools[0][:: max(1, len(self.pools[0]) // 16)]]
         self.tokens_per_step = round(r.batch_size * sum(len(e.input_ids) for e in sample) / len(sample))
         self._eval: list[Any] | None = None
-
-    def load_checkpoint(self, checkpoint: Path) -> None:
-        """Resume. With LoRA only the projector comes from the checkpoint (tower and decoder are the pretrained
-        ones; the adapters come from ``trainer_state/modules.pt``)."""
-        if self.lora is None:
-            return super().load_checkpoint(checkpoint)
-        from omnigpt.checkpoints.state import load_model
-
-        saved = load_model(checkpoint).state_dict()
-        self.model.vision_projector.load_state_dict(
-            {k.removeprefix("vision_projector."): v for k, v in saved.items() if k.startswith("vision_projector.")})
 
     def train_module(self) -> nn.Module:
         return LlavaLoss(self.model, self.lora)

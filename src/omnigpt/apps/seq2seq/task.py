@@ -39,7 +39,6 @@ from omnigpt.apps.common.text_model import (
 )
 from omnigpt.kernels.precision import autocast
 from omnigpt.models.gpt import GPT
-from omnigpt.models.lora import LoRAWeights, apply_lora
 from omnigpt.text.task_card import EOT, SEP, cut, prompt_ids, source_messages, stop_ids, task_card
 from omnigpt.train.recipe import RecipeError
 from omnigpt.train.task import EpochOrder, Task, check_stage_modules
@@ -152,10 +151,7 @@ class Seq2SeqTask(Task):
         self.config, self.card = base.config, card
         self.eos = stop_ids(card, tok)[0]
         self.pad = int(getattr(tok, "pad_token_id", None) or self.eos)
-        self.lora = None
-        if r.model.lora is not None:
-            apply_lora(self.model, r.model.lora)
-            self.lora = LoRAWeights(self.model)
+        self.with_lora(self.model, r.model.lora)
         pairs = load_pairs(d.dataset)
         self.train_set = [self.example(p.source, p.target) for p in split_items(pairs, "train")[: d.limit]]
         self.val_pairs = pick(split_items(pairs, "val"), 256)
@@ -179,10 +175,6 @@ class Seq2SeqTask(Task):
         ex = encode_conversation(self.tokenizer, ChatTemplate(self.template).render, messages, self.eos, 1 << 20)
         assert ex is not None  # the target is never empty (textsets drops empty pairs)
         return ex
-
-    def load_checkpoint(self, checkpoint: Path) -> None:
-        if self.lora is None:  # with LoRA: the frozen base is the pretrained one, adapters from modules.pt
-            super().load_checkpoint(checkpoint)
 
     def train_module(self) -> nn.Module:
         return SFTLoss(self.model, self.lora)

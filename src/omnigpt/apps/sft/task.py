@@ -37,7 +37,6 @@ from omnigpt.apps.common.chat import Example, SFTLoss, collate, encode_conversat
 from omnigpt.data.shards import split_of
 from omnigpt.data.sources import iter_jsonl
 from omnigpt.models.gpt import GPT
-from omnigpt.models.lora import LoRAWeights, apply_lora
 from omnigpt.text.chat_template import ChatTemplate
 from omnigpt.train.recipe import RecipeError, SFTDataSpec, SFTModelSpec
 from omnigpt.train.task import EpochOrder, Task, check_stage_modules
@@ -182,19 +181,10 @@ class SFTTask(Task):
         if not self.train_set or not self.val_set:
             raise ValueError(f"data.source {r.data.source!r}: {len(self.train_set)} training and {len(self.val_set)} "
                              f"held-out conversations; need both (more data, or another val_fraction)")
-        self.lora = None
-        if r.model.lora is not None:
-            apply_lora(self.model, r.model.lora)  # freezes the base; adapters start at B = 0
-            self.lora = LoRAWeights(self.model)
+        self.with_lora(self.model, r.model.lora)
         mean_len = sum(len(e.input_ids) for e in self.train_set) / len(self.train_set)
         self.tokens_per_step = round(r.batch_size * mean_len)
         self.order = EpochOrder(len(self.train_set), r.seed)
-
-    def load_checkpoint(self, checkpoint: Path) -> None:
-        """With LoRA the saved model is merged; the frozen base is already the pretrained one and the adapters come
-        from ``trainer_state/modules.pt``. Full fine-tuning resumes from the saved weights."""
-        if self.lora is None:
-            super().load_checkpoint(checkpoint)
 
     def train_module(self) -> nn.Module:
         return SFTLoss(self.model, self.lora)
