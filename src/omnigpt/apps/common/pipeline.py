@@ -84,7 +84,7 @@ class Pipeline:
         items = [inputs] if single else list(inputs)
         if not items:
             raise ValueError("no inputs: pass one input or a non-empty list of inputs")
-        opts = {**self.defaults, **self.options(**options)} if options else self.defaults
+        opts = self.options(**{**self.defaults, **options}) if options else self.defaults  # the call's win
         pre = [self.preprocess(item, i, **opts) for i, item in enumerate(items)]
         out: list[Any] = []
         for start in range(0, len(pre), self.batch_size):

@@ -39,7 +39,8 @@ class TextToImagePipeline(Pipeline):
         """``n`` grey PIL images of class ``prompt`` (ValueError for an unknown class)."""
         opts = self.options(n, seed, self.defaults["temperature"] if temperature is None else temperature)
         with torch.inference_mode():
-            return self.postprocess(self.forward([self.preprocess(prompt, 0)], **opts), [prompt], **opts)[0]
+            rows = self.postprocess(self.forward([self.preprocess(prompt, 0)], **opts), [prompt], **opts)
+        return [d["image"] for d in rows[0]]
 
     def preprocess(self, item: Any, index: int, **options: Any) -> int:
         if not isinstance(item, str):
