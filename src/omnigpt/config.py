@@ -41,16 +41,16 @@ MLPS = ("gelu", "swiglu")  # "gelu" = Linear, ``activation``, Linear (any of ACT
 class PresetConfig:
     """What every frozen config dataclass here shares: named presets, copies with overrides, a plain dict.
 
-    A subclass declares its fields, returns its preset table from ``_presets`` (a function: the table is built
-    after the class) and, when it is a saved model's top-level config, names its ``model_type``: ``to_dict`` then
-    puts that key first and ``from_dict`` checks it. ``from_dict`` rebuilds what JSON flattened, by the field types:
-    nested configs from their dicts (each by its own ``from_dict``), tuples from lists; unknown keys are an error."""
+    A subclass declares its fields; its preset table, if it has one, comes from ``_presets`` (a function: the table
+    is built after the class). A saved model's top-level config names its ``model_type``: ``to_dict`` puts that key
+    first and ``from_dict`` checks it. ``from_dict`` rebuilds what JSON flattened, by the field types: nested
+    configs from their dicts (each by its own ``from_dict``), tuples from lists; unknown keys are an error."""
 
     model_type = None  # str: the ``model_type`` key of config.json (None: a nested config, or the GPT's own dict)
 
     @classmethod
     def _presets(cls) -> Mapping[str, Any]:
-        raise NotImplementedError
+        return {}  # a config with no named presets (built by its task, read back from config.json)
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> Self:

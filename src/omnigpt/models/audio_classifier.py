@@ -24,7 +24,6 @@ only the first ⌈T/2⌉ of its 1500 positions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -78,10 +77,6 @@ class AudioClassifierConfig(PresetConfig):
     def frames(self) -> int:
         """Log-mel frames of one window (100 per second)."""
         return round(self.seconds * 100)
-
-    @classmethod
-    def _presets(cls) -> Mapping[str, AudioClassifierConfig]:
-        return {}
 
 
 @dataclass

@@ -16,7 +16,7 @@ tokens' logits masked out.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,10 +102,6 @@ class IGPTConfig(PresetConfig):
             shown = repr(name)[:80]
             raise ValueError(f"unknown class {shown}; this model draws: {', '.join(self.classes)}")
         return keys.index(key(name))
-
-    @classmethod
-    def _presets(cls) -> Mapping[str, IGPTConfig]:
-        return {}
 
 
 class IGPT(nn.Module):

@@ -278,10 +278,6 @@ class MobileNetClassifierConfig(PresetConfig):
         """Modules in ``features``: the stem, one per inverted residual block, the last 1×1 conv (19 for ImageNet)."""
         return 2 + sum(n for _, _, n, _ in self.mobilenet.setting)
 
-    @classmethod
-    def _presets(cls) -> Mapping[str, MobileNetClassifierConfig]:
-        return {}
-
 
 class MobileNetV2ForImageClassification(nn.Module):
     """``MobileNetV2`` whose ``classifier`` (dropout + Linear 1280 → K) is new, with ``config.freeze`` applied.

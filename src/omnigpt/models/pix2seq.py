@@ -19,7 +19,6 @@ objects past the end of the model's own list.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -75,10 +74,6 @@ class Pix2SeqConfig(PresetConfig):
     def target_length(self) -> int:
         """Tokens after ``<bos>``: ``max_objects`` objects and ``<eos>``."""
         return TOKENS_PER_OBJECT * self.max_objects + 1
-
-    @classmethod
-    def _presets(cls) -> Mapping[str, Pix2SeqConfig]:
-        return {}
 
 
 def encode_targets(boxes: list[Tensor], labels: list[Tensor], config: Pix2SeqConfig) -> Tensor:

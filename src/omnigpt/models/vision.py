@@ -205,10 +205,6 @@ class ImageClassifierConfig(PresetConfig):
     def num_labels(self) -> int:
         return len(self.labels)
 
-    @classmethod
-    def _presets(cls) -> Mapping[str, ImageClassifierConfig]:
-        return {}
-
 
 @dataclass
 class ImageClassifierOutput:

@@ -81,69 +81,55 @@ class ServedModel:
 
 def load_served_model(model: str | Path, name: str | None = None, device: str = "cpu",
                       dtype: str | None = None) -> ServedModel:
-    """Load a model to serve: a checkpoint directory (config.json + model.safetensors + tokenizer) or a training
-    run's newest one, a ``.gguf`` file, or an offline name (``smollm2-135m-instruct``). A multimodal checkpoint
-    serves its decoder for text turns and the whole model for image/audio turns."""
+    """Load a model to serve through ``omnigpt.load``: a checkpoint directory (config.json + model.safetensors +
+    tokenizer) or a training run's newest one, a ``.gguf`` file, or an offline name (``smollm2-135m-instruct``).
+    A multimodal checkpoint serves its decoder for text turns and the whole model for image/audio turns."""
     import torch
 
-    from omnigpt.checkpoints.pretrained import load_pretrained, model_type
+    from omnigpt.checkpoints.pretrained import GPT_TYPES, model_type
+    from omnigpt.checkpoints.registry import MODELS, hf_cache_dir, load
     from omnigpt.checkpoints.state import resolve_checkpoint
     from omnigpt.kernels.precision import weights_dtype
-    from omnigpt.text.tokenizer import load_tokenizer
+    from omnigpt.models.gpt import GPT
+    from omnigpt.models.multimodal import MultimodalGPT
 
     if dtype is not None and dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
     torch_dtype = torch.float16 if dtype == "float16" else weights_dtype(dtype or "float32", device)
-    d = Path(model)
-    if not d.is_dir():
-        return _load_named(str(model), name, device, torch_dtype)
-    name = name or d.resolve().name
-    d = resolve_checkpoint(d)  # a run directory (runs/demo) serves its newest complete checkpoint
-    multimodal = processor = None
-    if model_type(d) == "omnigpt-multimodal":  # its decoder answers text turns; the tokenizer is the processor's
-        from omnigpt.text.chat_processor import load_processor
-
-        multimodal = load_pretrained(d, map_location=device, dtype=torch_dtype).eval()
-        processor = load_processor(d)  # a ChatProcessor when the decoder is a pretrained chat model
+    path = Path(model)
+    if not path.exists() and str(model) not in MODELS and hf_cache_dir(str(model)) is None:
+        raise FileNotFoundError(f"model directory not found: {model} (and not an offline model name; offline "
+                                f"models: {', '.join(MODELS)})")
+    ckpt = resolve_checkpoint(path) if path.is_dir() else None  # a run directory serves its newest checkpoint
+    options = {"head": "lm"} if ckpt is not None and model_type(ckpt) in (*GPT_TYPES, "omnigpt") else {}
+    try:
+        loaded = load(model, device, dtype=torch_dtype, **options)
+    except OSError as e:
+        raise FileNotFoundError(str(e)) from None
+    lm, tokenizer, multimodal, processor = loaded.model, loaded.preprocessor, None, None
+    if isinstance(lm, MultimodalGPT):  # its decoder answers text turns; the tokenizer is the processor's
+        multimodal, processor = lm, loaded.preprocessor  # a ChatProcessor when the decoder is a chat model
         lm, tokenizer = multimodal.language_model, processor.tokenizer
-    else:
-        lm = load_pretrained(d, map_location=device, dtype=torch_dtype, head="lm").eval()
-        tokenizer = load_tokenizer(d)
-    eos_id = getattr(tokenizer, "eos_token_id", None)
+    if not isinstance(lm, GPT) or not hasattr(tokenizer, "encode"):
+        raise ValueError(f"{model!r} is not a text generator ({type(lm).__name__}); it cannot answer chat. "
+                         f"Speech and embedding models are served on first use at /v1/audio/transcriptions and "
+                         f"/v1/embeddings")
+    eos_id, bos_id = tokenizer.eos_token_id, getattr(tokenizer, "bos_token_id", None)
     eos = tokenizer.decode([eos_id]) if eos_id is not None else ""
+    bos = tokenizer.decode([bos_id]) if bos_id is not None else ""
+    if ckpt is not None:
+        chat = load_chat_template(ckpt, eos_token=eos)
+    elif loaded.template:
+        chat = ChatTemplate(loaded.template, eos_token=eos, bos_token=bos)
+    else:
+        chat = ChatTemplate(DEFAULT_CHAT_TEMPLATE, stop=list(DEFAULT_STOP), eos_token=eos)
     modalities = ["text"]
     if multimodal is not None:
         modalities += [m for m, part in (("image", "vision"), ("audio", "audio"))
                        if getattr(multimodal.config, part, None) is not None]
-    return ServedModel(name=name, model=lm, tokenizer=tokenizer, chat_template=load_chat_template(d, eos_token=eos),
-                       modalities=modalities, multimodal=multimodal, processor=processor)
-
-
-def _load_named(model: str, name: str | None, device: str, dtype: Any) -> ServedModel:
-    """A ``.gguf`` file or an offline name through ``from_pretrained``; it must be a text generator."""
-    from omnigpt.checkpoints.registry import MODELS, from_pretrained, hf_cache_dir
-    from omnigpt.models.gpt import GPT
-
-    if not Path(model).is_file() and model not in MODELS and hf_cache_dir(model) is None:
-        raise FileNotFoundError(f"model directory not found: {model} (and not an offline model name; offline "
-                                f"models: {', '.join(MODELS)})")
-    try:
-        loaded = from_pretrained(model, dtype=dtype)
-    except OSError as e:
-        raise FileNotFoundError(str(e)) from None
-    if not isinstance(loaded.model, GPT) or not hasattr(loaded.preprocessor, "encode"):
-        raise ValueError(f"{model!r} is not a text generator ({type(loaded.model).__name__}); it cannot answer chat. "
-                         f"Speech and embedding models are served on first use at /v1/audio/transcriptions and "
-                         f"/v1/embeddings")
-    tokenizer = loaded.preprocessor
-    template = getattr(tokenizer, "chat_template", None)
-    eos_id, bos_id = tokenizer.eos_token_id, getattr(tokenizer, "bos_token_id", None)
-    eos = tokenizer.decode([eos_id]) if eos_id is not None else ""
-    bos = tokenizer.decode([bos_id]) if bos_id is not None else ""
-    chat = (ChatTemplate(template, eos_token=eos, bos_token=bos) if template
-            else ChatTemplate(DEFAULT_CHAT_TEMPLATE, stop=list(DEFAULT_STOP), eos_token=eos))
-    return ServedModel(name=name or Path(model).name, model=loaded.model.to(device).eval(), tokenizer=tokenizer,
-                       chat_template=chat)
+    return ServedModel(name=name or (path.resolve().name if ckpt is not None else path.name), model=lm,
+                       tokenizer=tokenizer, chat_template=chat, modalities=modalities, multimodal=multimodal,
+                       processor=processor)
 
 
 # ------------------------------------------------------------------------------------------------------------
