@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from omnigpt.checkpoints.hf import CheckpointError, load_config, load_pretrained
+from omnigpt.checkpoints.hf import load_gpt
+from omnigpt.checkpoints.hf_config import CheckpointError, load_config
 from omnigpt.checkpoints.pretrained import save_pretrained
 from omnigpt.config import GPTConfig
 from omnigpt.hf import (
@@ -75,14 +76,14 @@ def test_gpt2_lm_matches_transformers_and_roundtrips(variant, tmp_path):
     overrides = GPT2_VARIANTS[variant]
     ref = random_hf(transformers.GPT2LMHeadModel, transformers.GPT2Config, **overrides)
     ref.save_pretrained(tmp_path / "hf")
-    ours = load_pretrained(tmp_path / "hf")
+    ours = load_gpt(tmp_path / "hf")
     assert isinstance(ours, GPT) and not ours.training
     assert ours.config.tie_word_embeddings == overrides.get("tie_word_embeddings", True)
     ids = ids_for(overrides.get("n_positions", 40))
     compare(ref, ours, ids)
     # save -> load -> save is bit-identical, and transformers reads omnigpt's directory with the same outputs
     save_pretrained(ours, tmp_path / "a")
-    save_pretrained(load_pretrained(tmp_path / "a"), tmp_path / "b")
+    save_pretrained(load_gpt(tmp_path / "a"), tmp_path / "b")
     for f in sorted(p.name for p in (tmp_path / "a").iterdir()):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "a").eval()
@@ -124,7 +125,7 @@ def test_backbone_and_classifier_match_with_padding(tmp_path):
     base = GPT2Model.from_pretrained(tmp_path / "cls")
     assert isinstance(base, GPTModel)
     compare(ref.transformer, base, ids)
-    lm = load_pretrained(tmp_path / "cls", head="lm")
+    lm = load_gpt(tmp_path / "cls", head="lm")
     assert lm.lm_head.weight is lm.transformer.wte.weight
 
 
@@ -166,7 +167,7 @@ def test_omnigpt_only_options_roundtrip_and_never_load_as_gpt2(tmp_path):
     assert load_config(tmp_path / "g3") == model.config
     ids = torch.randint(0, 512, (1, 20))
     with torch.no_grad():
-        torch.testing.assert_close(load_pretrained(tmp_path / "g3")(ids).logits, model(ids).logits, atol=0, rtol=0)
+        torch.testing.assert_close(load_gpt(tmp_path / "g3")(ids).logits, model(ids).logits, atol=0, rtol=0)
     with pytest.raises(Exception, match="omnigpt"):  # transformers refuses instead of silently dropping bands
         transformers.AutoConfig.from_pretrained(tmp_path / "g3")
     # GPT-1 with exact GELU cannot be expressed as openai-gpt, whose "gelu" is the tanh approximation;
@@ -174,7 +175,7 @@ def test_omnigpt_only_options_roundtrip_and_never_load_as_gpt2(tmp_path):
     gpt1 = GPT(GPTConfig.from_name("tiny-gpt1", activation="gelu"))
     save_pretrained(gpt1, tmp_path / "g1")
     assert json.loads((tmp_path / "g1" / "config.json").read_text())["model_type"] == "omnigpt"
-    assert load_pretrained(tmp_path / "g1").config == gpt1.config
+    assert load_gpt(tmp_path / "g1").config == gpt1.config
     save_pretrained(GPT(GPTConfig.from_name("tiny-gpt1")), tmp_path / "g1-tanh")
     assert json.loads((tmp_path / "g1-tanh" / "config.json").read_text())["model_type"] == "openai-gpt"
 
@@ -197,16 +198,16 @@ def edit_config(d, **changes):
 def test_unsupported_or_unknown_config_raises(hf_dir):
     edit_config(hf_dir, add_cross_attention=True)
     with pytest.raises(CheckpointError, match=r"config\.json: key 'add_cross_attention'"):
-        load_pretrained(hf_dir)
+        load_gpt(hf_dir)
     edit_config(hf_dir, add_cross_attention=False, activation_function="quick_gelu")
     with pytest.raises(CheckpointError, match=r"config\.json.*activation"):
-        load_pretrained(hf_dir)
+        load_gpt(hf_dir)
     edit_config(hf_dir, model_type="llama")
     with pytest.raises(CheckpointError, match=r"config\.json: key 'model_type' is 'llama'"):
-        load_pretrained(hf_dir)
+        load_gpt(hf_dir)
     (hf_dir / "config.json").write_text('{"model_type": "gpt2", ')
     with pytest.raises(CheckpointError, match=r"config\.json: not valid JSON"):
-        load_pretrained(hf_dir)
+        load_gpt(hf_dir)
 
 
 class Payload:
@@ -224,31 +225,31 @@ def test_bad_weights_name_file_and_key(hf_dir):
 
     write({k: v for k, v in good.items() if k != "transformer.h.1.mlp.c_fc.bias"})
     with pytest.raises(CheckpointError, match=r"model\.safetensors: missing keys \['transformer\.h\.1\.mlp\.c_fc"):
-        load_pretrained(hf_dir)
+        load_gpt(hf_dir)
     write({**good, "transformer.h.9.attn.c_attn.weight": torch.zeros(2)})
     with pytest.raises(CheckpointError, match=r"model\.safetensors: unexpected keys \['transformer\.h\.9"):
-        load_pretrained(hf_dir)
+        load_gpt(hf_dir)
     write({**good, "transformer.wpe.weight": torch.zeros(41, 40)})
     with pytest.raises(CheckpointError, match=r"model\.safetensors: key 'transformer\.wpe\.weight' has shape"):
-        load_pretrained(hf_dir)
+        load_gpt(hf_dir)
     write({**good, "transformer.ln_f.bias": torch.full((40,), float("nan"))})
     with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor 'transformer\.ln_f\.bias'.*NaN"):
-        load_pretrained(hf_dir)
+        load_gpt(hf_dir)
     write(good)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated download
     with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot read"):
-        load_pretrained(hf_dir)
+        load_gpt(hf_dir)
     path.unlink()
     (hf_dir / "pytorch_model.bin").write_bytes(b"PK\x03\x04 definitely not a zip")
     with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: cannot read with torch\.load"):
-        load_pretrained(hf_dir)
+        load_gpt(hf_dir)
     torch.save({"transformer.wte.weight": torch.zeros(2), "payload": Payload()}, hf_dir / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: cannot read with torch\.load\(weights_only"):
-        load_pretrained(hf_dir)  # arbitrary pickled objects are refused, never executed
+        load_gpt(hf_dir)  # arbitrary pickled objects are refused, never executed
     (hf_dir / "pytorch_model.bin").unlink()
     (hf_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"wte.weight": "../x"}}))
     with pytest.raises(CheckpointError, match=r"index\.json: shard name '\.\./x'"):
-        load_pretrained(hf_dir)
+        load_gpt(hf_dir)
 
 
 def test_flipped_byte_in_omnigpt_checkpoint_is_caught(tmp_path):
@@ -258,7 +259,7 @@ def test_flipped_byte_in_omnigpt_checkpoint_is_caught(tmp_path):
     data[-10] ^= 0x01  # a flipped bit inside a weight: safetensors itself cannot tell
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"model\.safetensors: SHA-256"):
-        load_pretrained(tmp_path / "m")
+        load_gpt(tmp_path / "m")
 
 
 def test_failed_save_leaves_nothing_behind(tmp_path):

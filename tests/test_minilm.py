@@ -25,7 +25,7 @@ from omnigpt.checkpoints.bert import (
     to_hf_state_dict,
 )
 from omnigpt.checkpoints.encoders import embed_sentences, tokenize_batch
-from omnigpt.checkpoints.hf import CheckpointError
+from omnigpt.checkpoints.hf_config import CheckpointError
 from omnigpt.models.bert import BertConfig, BertModel
 
 transformers = pytest.importorskip("transformers")

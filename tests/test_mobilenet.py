@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from omnigpt.checkpoints.encoders import IMAGENET_MEAN, IMAGENET_STD, classify_image, imagenet_transform
-from omnigpt.checkpoints.hf import CheckpointError
+from omnigpt.checkpoints.hf_config import CheckpointError
 from omnigpt.checkpoints.torchvision import (
     imagenet_labels,
     imagenet_synonyms,

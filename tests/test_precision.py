@@ -13,7 +13,8 @@ from test_train import tiny_recipe
 
 from omnigpt.apps import load_recipe
 from omnigpt.kernels import precision
-from omnigpt.train.trainer import run_status, train
+from omnigpt.train.report import run_status
+from omnigpt.train.trainer import train
 
 
 @pytest.fixture

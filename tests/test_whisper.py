@@ -23,7 +23,7 @@ from omnigpt.checkpoints.ctranslate2 import (
     whisper_config,
     whisper_dir,
 )
-from omnigpt.checkpoints.hf import CheckpointError
+from omnigpt.checkpoints.hf_config import CheckpointError
 from omnigpt.checkpoints.pretrained import load_pretrained, save_pretrained
 from omnigpt.generate.whisper import SpecialTokens, load_waveform, log_mel, pad_or_trim, token_cap, transcribe
 from omnigpt.models.whisper import Whisper, WhisperConfig

@@ -76,11 +76,11 @@ def _torchvision(d: Path) -> object:
 
 
 def _safetensors(d: Path) -> object:
-    from omnigpt.checkpoints.hf import load_pretrained
+    from omnigpt.checkpoints.hf import load_gpt
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "dropouts differ", "no score.weight": warnings are allowed
-        return load_pretrained(d)
+        return load_gpt(d)
 
 
 def _image(d: Path) -> object:

@@ -30,7 +30,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from omnigpt.checkpoints.hf import CheckpointError
+from omnigpt.checkpoints.hf_config import CheckpointError
 from omnigpt.checkpoints.torchvision import strict_load
 from omnigpt.files.assets import asset_path
 from omnigpt.files.atomic import read_json_object

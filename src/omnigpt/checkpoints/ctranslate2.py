@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from omnigpt.checkpoints.hf import CheckpointError
+from omnigpt.checkpoints.hf_config import CheckpointError
 from omnigpt.checkpoints.pretrained import register_model_type
 from omnigpt.files.assets import asset_path, fetch_package
 from omnigpt.files.atomic import sha256_file

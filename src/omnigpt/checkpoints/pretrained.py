@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from omnigpt.checkpoints import hf
+from omnigpt.checkpoints.hf_config import CheckpointError, not_local_error
 from omnigpt.files.atomic import atomic_directory, read_json_object, verify_manifest
 
 CONFIG = "config.json"
@@ -69,12 +70,12 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     """``config.json`` of a model directory, after its SHA-256 manifest (when omnigpt wrote it) checks out."""
     d = Path(directory)
     if not d.is_dir():
-        raise hf.not_local_error(str(directory))
+        raise not_local_error(str(directory))
     try:
         verify_manifest(d)  # flipped bytes or edits after saving are an error, not a silently different model
     except ValueError as e:
-        raise hf.CheckpointError(str(e)) from None
-    return read_json_object(d / CONFIG, hf.CheckpointError, " (not a saved model directory)")
+        raise CheckpointError(str(e)) from None
+    return read_json_object(d / CONFIG, CheckpointError, " (not a saved model directory)")
 
 
 def model_type(directory: str | Path) -> str:
@@ -90,17 +91,17 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
     cfg = read_config(d)
     kind = cfg.get("model_type")
     if kind is None or kind in GPT_TYPES:
-        return hf.load_pretrained(d, map_location, dtype, **gpt_options)
+        return hf.load_gpt(d, map_location, dtype, **gpt_options)
     if kind not in MODEL_TYPES:
         known = ", ".join([*GPT_TYPES, *MODEL_TYPES])
-        raise hf.CheckpointError(f"{d / CONFIG}: model_type {kind!r} is not one omnigpt loads ({known})")
+        raise CheckpointError(f"{d / CONFIG}: model_type {kind!r} is not one omnigpt loads ({known})")
     if gpt_options:
         raise TypeError(f"load_pretrained: {sorted(gpt_options)} apply to GPT checkpoints, not {kind!r}")
     config_cls, model_cls = model_classes(kind)
     try:
         config = config_cls.from_dict(cfg)
     except (TypeError, ValueError, KeyError) as e:
-        raise hf.CheckpointError(f"{d / CONFIG}: {e}") from None
+        raise CheckpointError(f"{d / CONFIG}: {e}") from None
     model = model_cls(config)
     _load_weights(model, d / WEIGHTS, map_location)
     if dtype is not None:
@@ -112,12 +113,12 @@ def _load_weights(model: nn.Module, path: Path, map_location: str | torch.device
     from safetensors.torch import load_model
 
     if not path.is_file():
-        raise hf.CheckpointError(f"{path}: file not found")
+        raise CheckpointError(f"{path}: file not found")
     model.to(map_location)
     try:
         load_model(model, str(path), strict=True, device=str(map_location))
     except (OSError, RuntimeError) as e:  # missing / unexpected keys, wrong shapes, truncated file
-        raise hf.CheckpointError(f"{path}: cannot load weights: {e}") from None
+        raise CheckpointError(f"{path}: cannot load weights: {e}") from None
 
 
 def write_pretrained(model: nn.Module, directory: str | Path, tokenizer: Any = None) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from omnigpt.checkpoints.hf import CheckpointError
+from omnigpt.checkpoints.hf_config import CheckpointError
 from omnigpt.files.assets import asset_path
 from omnigpt.models.mobilenet import MobileNetV2, MobileNetV2Config
 

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 def training_status(ckpt: Path) -> dict[str, Any]:
     """``{"training": run.json}`` of the run that wrote ``ckpt`` (empty when it has none), and a loud line on stderr
     when that run stopped before its planned steps: its numbers are those of an unfinished run."""
-    from omnigpt.train.trainer import run_status
+    from omnigpt.train.report import run_status
 
     status = run_status(run_dir_of(ckpt))
     if status is None:

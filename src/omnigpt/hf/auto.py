@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omnigpt.checkpoints.hf import load_config
+from omnigpt.checkpoints.hf_config import load_config
 from omnigpt.checkpoints.pretrained import model_type
 from omnigpt.hf.gpt2 import (
     GPT2_NAMES,

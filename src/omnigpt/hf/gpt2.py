@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from omnigpt.checkpoints.hf import load_pretrained
+from omnigpt.checkpoints.hf import load_gpt
 from omnigpt.checkpoints.pretrained import save_pretrained
 from omnigpt.config import GPTConfig
 from omnigpt.generate.inputs import check_inputs
@@ -107,7 +107,7 @@ class _Pretrained:
         unknown = sorted(set(kwargs) - _HARMLESS)
         if unknown:
             raise TypeError(f"{cls.__name__}.from_pretrained: unsupported options {unknown}")
-        model = load_pretrained(directory, map_location, dtype, cls._head,  # type: ignore[arg-type]
+        model = load_gpt(directory, map_location, dtype, cls._head,  # type: ignore[arg-type]
                                 model_class=cls)  # type: ignore[arg-type]
         if isinstance(model, GenerationMixin):  # generation_config.json beside the weights, as transformers reads it
             model.generation_config = GenerationConfig.from_pretrained(directory, model.config)

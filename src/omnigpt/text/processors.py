@@ -82,19 +82,6 @@ def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return img
 
 
-def as_pil(image: ImageInput | np.ndarray) -> Image.Image:
-    """A path, PIL image or array → a decoded PIL image (arrays: (H, W) or (H, W, 1|3|4); uint8, or floats in
-    [0, 1]). What every image pipeline accepts."""
-    if isinstance(image, np.ndarray):
-        a = image
-        if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
-            raise ProcessorError(f"an image array must be (H, W) or (H, W, 1|3|4), got shape {a.shape}")
-        if a.dtype != np.uint8:
-            a = (np.clip(a.astype(np.float64), 0.0, 1.0) * 255).round().astype(np.uint8)
-        return Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a)
-    if not isinstance(image, str | Path | Image.Image):
-        raise ProcessorError(f"expected an image path, PIL image or array, got {type(image).__name__}")
-    return load_image(image)
 
 
 def image_to_tensor(img: Image.Image, size: int, mode: Literal["RGB", "L"], mean: Sequence[float],

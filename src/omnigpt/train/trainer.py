@@ -53,9 +53,10 @@ from tqdm.auto import tqdm
 from omnigpt.checkpoints import state as ts
 from omnigpt.kernels import matmul
 from omnigpt.kernels.attention import use_fp32_backward_attention
-from omnigpt.kernels.precision import machine, resolve_dtype
+from omnigpt.kernels.precision import resolve_dtype
 from omnigpt.models.gpt import Block
 from omnigpt.train.recipe import Recipe, recipe_to_dict, validate
+from omnigpt.train.report import plot_metrics, write_run_status
 from omnigpt.train.schedule import build_optimizer, set_lr
 from omnigpt.train.task import Task, evaluating, task_class
 
@@ -442,50 +443,6 @@ class Trainer:
                            history=self.history)
 
 
-def write_run_status(out: Path, step: int, r: Recipe, time_limited: bool, interrupted: bool,
-                     precision: dict[str, str], wall: float) -> None:
-    """``run.json``: how the run ended (steps done / planned, whether and why it stopped early), its dtype and
-    device. ``omnigpt eval`` copies it into ``eval.json``, so an unfinished run's numbers never pass for finished."""
-    why = (f"max_minutes guard ({r.max_minutes} min) reached" if time_limited
-           else "stopped by a signal" if interrupted else None)
-    status = {"steps_done": step, "steps_planned": r.max_steps, "finished": step >= (r.max_steps or 0),
-              "stopped_early": why, "wall_time_s": round(wall, 1), "precision": precision, "machine": machine()}
-    (out / "run.json").write_text(json.dumps(status, indent=1) + "\n")
-
-
-def run_status(run_dir: Path) -> dict[str, Any] | None:
-    """The ``run.json`` that ``write_run_status`` left in ``run_dir``, or None."""
-    f = Path(run_dir) / "run.json"
-    return json.loads(f.read_text()) if f.is_file() else None
-
-
-def plot_metrics(metrics: Path, png: Path) -> None:
-    """Train and validation loss against step (matplotlib's Agg backend: no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()] if metrics.exists() else []
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r and math.isfinite(r["loss"])]
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    final = [(r["step"], r["final_val_loss"]) for r in rows if "final_val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train", lw=1)
-    if val:
-        ax.plot(*zip(*val, strict=True), "o-", label="val (fixed slice)", ms=3)
-    if final:
-        ax.plot(*zip(*final, strict=True), "*", color="C3", ms=10, label="val, full pass")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
-
-
 def train(recipe: Recipe, resume: bool = False) -> TrainResult:
     """Build a ``Trainer`` from ``recipe`` and run it (the library entry point behind ``omnigpt train``)."""
     trainer = Trainer(recipe, resume=resume)
@@ -497,5 +454,4 @@ def train(recipe: Recipe, resume: bool = False) -> TrainResult:
             dist.destroy_process_group()
 
 
-__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "device_for", "plot_metrics", "run_status", "train",
-           "write_run_status"]
+__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "device_for", "train"]

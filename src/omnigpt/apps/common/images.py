@@ -1,15 +1,21 @@
-"""What the image applications share (image-classify, igpt): uint8 images → a classifier's normalised input, the
-fixed train/validation split of Fashion-MNIST's training images, and batched prediction (logits + pooled features,
-igpt's classification accuracy of samples and Fréchet distance use the same classifier)."""
+"""What the image applications share (image-classify, igpt, detect): any image input → a decoded PIL image
+(``as_pil``, what every image pipeline accepts), uint8 images → a classifier's normalised input (``to_pixels``, the
+same in training and in the pipeline), the fixed train/validation split of Fashion-MNIST's training images, and
+batched prediction (logits + pooled features; igpt's classification accuracy of samples and Fréchet distance use the
+same classifier)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from omnigpt.models.mobilenet import MobileNetClassifierConfig, MobileNetV2ForImageClassification
 from omnigpt.models.vision import ImageClassifierConfig, ViTForImageClassification
+from omnigpt.text.processors import ImageInput, ProcessorError, load_image
 from omnigpt.train.task import evaluating
 
 AnyClassifierConfig = ImageClassifierConfig | MobileNetClassifierConfig
@@ -47,3 +53,18 @@ def predict(model: AnyClassifier, pixels: Tensor, batch_size: int = 500) -> tupl
             logits.append(out.logits.float().cpu())
             feats.append(out.features.float().cpu())
     return torch.cat(logits), torch.cat(feats)
+
+
+def as_pil(image: ImageInput | np.ndarray) -> Image.Image:
+    """A path, PIL image or array → a decoded PIL image (arrays: (H, W) or (H, W, 1|3|4); uint8, or floats in
+    [0, 1]). What every image pipeline accepts."""
+    if isinstance(image, np.ndarray):
+        a = image
+        if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+            raise ProcessorError(f"an image array must be (H, W) or (H, W, 1|3|4), got shape {a.shape}")
+        if a.dtype != np.uint8:
+            a = (np.clip(a.astype(np.float64), 0.0, 1.0) * 255).round().astype(np.uint8)
+        return Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a)
+    if not isinstance(image, str | Path | Image.Image):
+        raise ProcessorError(f"expected an image path, PIL image or array, got {type(image).__name__}")
+    return load_image(image)

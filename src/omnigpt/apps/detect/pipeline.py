@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from omnigpt.apps.common.images import as_pil
 from omnigpt.apps.common.pipeline import Pipeline
 from omnigpt.models.pix2seq import Detections, Pix2Seq
-from omnigpt.text.processors import as_pil
 
 
 class ObjectDetectionPipeline(Pipeline):

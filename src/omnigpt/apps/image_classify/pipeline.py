@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from omnigpt.apps.common.images import to_pixels
+from omnigpt.apps.common.images import as_pil, to_pixels
 from omnigpt.apps.common.pipeline import Pipeline, check_top_k, ranked
 from omnigpt.data.imagesets import render
 from omnigpt.models.mobilenet import MobileNetV2, MobileNetV2ForImageClassification
 from omnigpt.models.vision import ViTForImageClassification
-from omnigpt.text.processors import as_pil
 
 MOBILENET = "mobilenet-v2"
 

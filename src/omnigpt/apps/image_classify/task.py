@@ -209,7 +209,9 @@ class ImageClassifyTask(Task):
             self.config = classifier_config(r.model, data.classes)
             self.fill = 255  # white, the background clip art was rendered on
         self.val_pixels, self.val_y = to_pixels(val_x, self.config), torch.from_numpy(val_y)
-        self.model = self.new_model()
+        model_class = (MobileNetV2ForImageClassification if isinstance(self.config, MobileNetClassifierConfig)
+                       else ViTForImageClassification)
+        self.model = model_class(self.config)  # (Task.new_model reads self.model, which does not exist yet)
         if isinstance(self.model, MobileNetV2ForImageClassification) and r.model.init == "pretrained":
             from omnigpt.checkpoints.torchvision import load_mobilenet_v2
 

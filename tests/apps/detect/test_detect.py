@@ -255,6 +255,7 @@ def test_object_detection_pipeline_shape_and_bad_input(tmp_path: Path) -> None:
 # The task
 
 
+@pytest.mark.e2e
 @needs_fmnist
 def test_detect_task_trains_and_evaluates(tmp_path: Path) -> None:
     """The task through the one Trainer (a few steps), then ``evaluate_run``: metric names, baselines, picture."""

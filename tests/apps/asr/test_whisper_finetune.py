@@ -134,6 +134,7 @@ def run(tmp_path_factory):
     return r, root, train(r)
 
 
+@pytest.mark.e2e
 @needs_tts
 def test_few_steps_lower_the_loss_and_the_run_reloads(run):
     from omnigpt.apps.asr.task import WhisperFinetuneTask
@@ -160,6 +161,7 @@ def test_few_steps_lower_the_loss_and_the_run_reloads(run):
         (Path(result.checkpoint) / "config.json").read_text())["model_type"] == "omnigpt-whisper"
 
 
+@pytest.mark.e2e
 @needs_tts
 def test_pipeline_loads_the_run(run):
     from omnigpt import pipeline

@@ -181,6 +181,7 @@ def changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> set[str]:
     return {k for k in a if not torch.equal(a[k], b[k])}
 
 
+@pytest.mark.e2e
 def test_stage1_trains_only_the_projector_then_lora(trained: dict[str, Any]) -> None:
     before, after = trained["before"], trained["after"]
     stage1 = changed(before, after[2])
@@ -193,6 +194,7 @@ def test_stage1_trains_only_the_projector_then_lora(trained: dict[str, Any]) -> 
     assert not any(k.startswith("vision_encoder.") for k in changed(before, after[3]))
 
 
+@pytest.mark.e2e
 def test_saved_run_reloads_with_the_same_logits(trained: dict[str, Any], shapes: Path) -> None:
     from omnigpt.checkpoints.pretrained import load_pretrained
     from omnigpt.checkpoints.state import resolve_checkpoint
@@ -213,6 +215,7 @@ def test_saved_run_reloads_with_the_same_logits(trained: dict[str, Any], shapes:
     assert json.loads((ckpt / "trainer_state" / "state.json").read_text())["task"] == "llava"
 
 
+@pytest.mark.e2e
 def test_recall_scoring_with_the_cache_equals_a_full_forward(trained: dict[str, Any], shapes: Path) -> None:
     from omnigpt.apps.llava.evaluate import candidate_scores, recall
 
@@ -255,6 +258,7 @@ def server(trained: dict[str, Any]) -> Iterator[tuple[str, Any]]:
         yield url, served
 
 
+@pytest.mark.e2e
 def test_openai_client_asks_what_is_in_the_picture(server: tuple[str, Any]) -> None:
     openai = pytest.importorskip("openai", reason="needs the openai client (test dependency)")
     from omnigpt.generate.multimodal import generate_answers
@@ -277,6 +281,7 @@ def test_openai_client_asks_what_is_in_the_picture(server: tuple[str, Any]) -> N
     assert t.choices[0].message.content is not None
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("part", "code"), [
     ({"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"not a png").decode()}},
      "invalid_image"),
@@ -318,6 +323,7 @@ def test_scratch_baseline_is_the_same_task_with_a_small_decoder(shapes: Path, tm
     assert b["pixel_values"].shape == (2, 3, 16, 16) and float(t.train_module()(**b).detach()) > 0
 
 
+@pytest.mark.e2e
 def test_omnigpt_eval_writes_caption_metrics_and_baselines(trained: dict[str, Any]) -> None:
     from omnigpt.cli.main import main
 

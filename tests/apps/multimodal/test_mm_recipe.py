@@ -2,7 +2,8 @@
 mixed image + speech model trains, saves a loadable and reproducible checkpoint, and is scored by generation;
 mixed batches hold both modalities with the loss on answer tokens only; a run killed with SIGKILL and resumed ends
 bit-identical to one never interrupted; two processes under torchrun train what one process does. Uses the real
-assets (Fashion-MNIST PNGs, espeak-ng speech) at tiny sizes."""
+assets (Fashion-MNIST PNGs, espeak-ng speech) at tiny sizes. The contrastive recipe (train, eval, exact resume) is
+tests/apps/contrastive/test_contrastive.py."""
 
 from __future__ import annotations
 
@@ -74,17 +75,6 @@ def tiny_recipe(root: Path, out: Path, **over) -> dict:
     return r
 
 
-def clip_recipe(root: Path, out: Path, **over) -> dict:
-    fm = str(root / "fmnist")
-    r = {"task": "contrastive", "out_dir": str(out),
-         "data": {"train": [{"dir": fm}], "eval": [{"dir": fm, "split": "test"}]},
-         "model": {"text": {"preset": "tiny-gpt2", "block_size": 48}, "vision": "tiny-vit", "embed_dim": 16},
-         "stages": [{"name": "clip", "steps": 10, "lr": 3e-3}], "warmup": 2, "batch_size": 16, "threads": 1,
-         "seed": 5, "log_interval": 1, "eval_interval": 5, "progress": False}
-    r.update(over)
-    return r
-
-
 def write(path: Path, recipe: dict) -> Path:
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -95,13 +85,6 @@ def trained(data, tmp_path_factory) -> Path:
     """The tiny mixed recipe trained once, in this process, never interrupted."""
     run = tmp_path_factory.mktemp("runs") / "mixed"
     assert main(["train", str(write(run.parent / "mixed.yaml", tiny_recipe(data, run)))]) == 0
-    return run
-
-
-@pytest.fixture(scope="module")
-def clip_trained(data, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "clip"
-    assert main(["train", str(write(run.parent / "clip.yaml", clip_recipe(data, run)))]) == 0
     return run
 
 
@@ -230,6 +213,7 @@ def test_spec_augment_masks_training_features_seeded_by_step_and_row(data, tmp_p
 # Train → checkpoint → eval
 
 
+@pytest.mark.e2e
 def test_multimodal_recipe_trains_saves_loadable_reproducible_checkpoint(trained, data, tmp_path):
     ckpt = latest_checkpoint(trained / "checkpoints")
     assert ckpt.name == "step_000020"
@@ -254,6 +238,7 @@ def test_multimodal_recipe_trains_saves_loadable_reproducible_checkpoint(trained
     assert main(["train", str(write(tmp_path / "r.yaml", tiny_recipe(data, again)))]) == 2
 
 
+@pytest.mark.e2e
 def test_eval_reports_generation_metrics_per_source(trained, data, capsys):
     assert main(["eval", str(trained)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -273,16 +258,6 @@ def test_eval_reports_generation_metrics_per_source(trained, data, capsys):
                  str(trained / "other.json")]) == 0
     other = json.loads((trained / "other.json").read_text())
     assert other["fmnist/n"] == 5 and "synth/n" not in other
-
-
-def test_contrastive_recipe_trains_and_reports_zero_shot_accuracy(clip_trained, capsys):
-    rows = [r for r in metric_rows(clip_trained) if "loss" in r]
-    assert len(rows) == 10 and all(math.isfinite(r["loss"]) for r in rows)
-    capsys.readouterr()
-    assert main(["eval", str(clip_trained)]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert 0.0 <= result["fmnist/accuracy"] <= 1.0 and result["fmnist/n"] == 32
-    assert "fmnist/image_to_text_r@1" not in result  # captions repeat per class: recall@k is undefined
 
 
 def test_audio_ctc_adds_the_ctc_loss_of_the_encoder_output_computed_once():
@@ -327,6 +302,7 @@ def test_audio_ctc_adds_the_ctc_loss_of_the_encoder_output_computed_once():
 # Exact resume after SIGKILL (subprocesses) against the uninterrupted runs above
 
 
+@pytest.mark.e2e
 def test_multimodal_run_killed_twice_resumes_bit_identical(data, tmp_path, capsys):
     # The recipe's auxiliary CTC head (trainer_state/modules.pt) and spec_augment (masks seeded by step and row, so
     # the replayed steps see the same ones) are both on.
@@ -354,6 +330,7 @@ def test_multimodal_run_killed_twice_resumes_bit_identical(data, tmp_path, capsy
     assert metric_rows(run) == metric_rows(reference)
 
 
+@pytest.mark.e2e
 def test_resume_restores_the_ctc_head(data, tmp_path):
     """The auxiliary CTC head (``AudioCTC.ctc_head``) trains with the model and has AdamW moments in the
     checkpoint, so a resumed run must continue from its trained weights."""
@@ -381,22 +358,11 @@ def test_resume_restores_the_ctc_head(data, tmp_path):
         "trainer_state/ and load them after train_module() is built.")
 
 
-def test_contrastive_run_killed_resumes_bit_identical(clip_trained, data, tmp_path, capsys):
-    run = tmp_path / "clip"
-    recipe = write(tmp_path / "clip.yaml", clip_recipe(data, run, checkpoint_interval=2, keep_checkpoints=20))
-    ckpts = run / "checkpoints"
-    kill_after(ckpts / "step_000004" / "COMPLETE", start_training(recipe))
-    killed = latest_checkpoint(ckpts).name
-    assert main(["train", str(recipe), "--resume"]) == 0
-    assert_bit_identical(checkpoint_weights(run, 10), checkpoint_weights(clip_trained, 10),
-                         f"killed after {killed}, resumed")
-    assert metric_rows(run) == metric_rows(clip_trained)
-
-
 # ------------------------------------------------------------------------------------------------------------
 # torchrun: 2 CPU processes (gloo) == 1 process with micro_batch = batch_size / 2
 
 
+@pytest.mark.e2e
 def test_two_processes_match_one_process_with_half_micro_batches(data, tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists():

@@ -283,6 +283,7 @@ def test_pipeline_bad_inputs_name_the_input(saved_model, tmp_path):
         pipeline("audio-classification")
 
 
+@pytest.mark.e2e
 def test_train_and_eval_end_to_end(tmp_path, monkeypatch):
     """omnigpt train + omnigpt eval on a 3-word vocabulary: eval.json has accuracy on the real clips, the same-run
     baselines and the failures; the confusion PNG is written; the pipeline loads the run."""

@@ -65,7 +65,7 @@ def test_bleu_whitespace_multiple_references_clip_to_max_and_pick_closest_length
     refs = [["the cat is on the mat", "there is a cat on the mat the cat"]]
     sacrebleu = pytest.importorskip("sacrebleu", reason="sacrebleu (test reference, pinned in constraints.txt)")
 
-    ref = sacrebleu.bleu_whitespace(hyp, [[r[0] for r in refs], [r[1] for r in refs]], tokenize="none",
+    ref = sacrebleu.corpus_bleu(hyp, [[r[0] for r in refs], [r[1] for r in refs]], tokenize="none",
                                 smooth_method="none", force=True)
     assert bleu_whitespace(hyp, refs) == pytest.approx(ref.score, abs=1e-9)
 
@@ -78,7 +78,7 @@ def test_bleu_whitespace_matches_sacrebleu_on_random_corpora():
         refs = [" ".join(rng.choices(words, k=rng.randint(3, 12))) for _ in range(5)]
         hyps = [" ".join(w if rng.random() < 0.7 else rng.choice(words) for w in r.split()[: rng.randint(2, 14)])
                 for r in refs]
-        ref = sacrebleu.bleu_whitespace(hyps, [refs], tokenize="none", smooth_method="none", force=True).score
+        ref = sacrebleu.corpus_bleu(hyps, [refs], tokenize="none", smooth_method="none", force=True).score
         assert bleu_whitespace(hyps, refs) == pytest.approx(ref, abs=1e-9)
 
 

@@ -1,5 +1,5 @@
-"""Metrics, figures and same-run baselines of the language applications (train/metrics.py wrappers,
-train/figures.py, train/baselines.py): each wrapper against values worked out by hand or by an independent
+"""Metrics, figures and same-run baselines of the language applications (apps/common/metrics.py wrappers,
+apps/common/figures.py, apps/common/baselines.py): each wrapper against values worked out by hand or by an independent
 implementation, the artefacts as valid PNG / Markdown, the baselines on small slices of the real sets."""
 
 from __future__ import annotations
