@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from omnigpt.data import multimodal as mm
+from omnigpt.text.chat_processor import ChatProcessor
 from omnigpt.text.tokenizer import CharTokenizer
 
 
@@ -62,8 +63,11 @@ class Example:
 
 
 def to_example(conv: dict[str, Any], processor: Any, with_answer: bool) -> Example:
-    """Run the processor on one conversation (its last turn is the answer: ``mm.conversation_prompt``)."""
-    prompt, answer = mm.conversation_prompt(conv)
+    """Run the processor on one conversation; its last turn is the answer. The prompt is in the processor's format:
+    a ``ChatProcessor`` renders the decoder's chat template (LLaVA-1.5), a plain processor writes "User: …
+    Assistant: " (``mm.conversation_prompt``); the answer gets the processor's eos."""
+    chat = isinstance(processor, ChatProcessor)
+    prompt, answer = processor.conversation_prompt(conv) if chat else mm.conversation_prompt(conv)
     b = processor(prompt, images=conv["images"], audio=conv["audio"], answers=answer if with_answer else None)
     labels = b["labels"][0] if with_answer else torch.full_like(b["input_ids"][0], -100)
     return Example(b["input_ids"][0], labels, b.get("pixel_values"), b.get("input_features"), answer)

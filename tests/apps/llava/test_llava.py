@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from omnigpt.apps import load_recipe
-from omnigpt.apps.llava.data import to_example
+from omnigpt.data.batches import to_example
 from omnigpt.data.formats import caption_to_conversation, write_conversations, write_jsonl
 from omnigpt.models.multimodal import MultimodalConfig, MultimodalGPT
 from omnigpt.text.chat_processor import ChatProcessor, load_processor

@@ -11,32 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from omnigpt.data import multimodal as mm
-from omnigpt.data.batches import Example
-from omnigpt.text.chat_processor import ChatProcessor
 
 CAPTION_QUESTION = "What is in this picture?"
 
 
 
 
-
-
-def prompt_and_answer(conv: dict[str, Any], processor: Any) -> tuple[str, str]:
-    """The training prompt of a conversation in the processor's format (chat template, or "User: … Assistant: ")."""
-    if isinstance(processor, ChatProcessor):
-        return processor.conversation_prompt(conv)
-    return mm.conversation_prompt(conv)
-
-
-def to_example(conv: dict[str, Any], processor: Any, with_answer: bool) -> Example:
-    """``data.batches.to_example`` in either prompt format (the answer gets the processor's eos)."""
-    prompt, answer = prompt_and_answer(conv, processor)
-    b = processor(prompt, images=conv["images"], audio=conv["audio"], answers=answer if with_answer else None)
-    labels = b["labels"][0] if with_answer else torch.full_like(b["input_ids"][0], -100)
-    return Example(b["input_ids"][0], labels, b.get("pixel_values"), b.get("input_features"), answer)
 
 
 def caption_conversation(record: dict[str, Any], question: str = CAPTION_QUESTION) -> dict[str, Any]:
@@ -56,4 +37,4 @@ def caption_conversations(source: Any, training: bool, question: str = CAPTION_Q
     return captions + (read_source(source, False, training) if with_questions else [])
 
 
-__all__ = ["CAPTION_QUESTION", "caption_conversation", "caption_conversations", "prompt_and_answer", "to_example"]
+__all__ = ["CAPTION_QUESTION", "caption_conversation", "caption_conversations"]

@@ -33,9 +33,9 @@ import torch
 from torch import Tensor
 
 from omnigpt.apps.common import metrics
-from omnigpt.apps.llava.data import caption_conversations, to_example
+from omnigpt.apps.llava.data import caption_conversations
 from omnigpt.checkpoints.state import saved_recipe
-from omnigpt.data.batches import Example, collate
+from omnigpt.data.batches import Example, collate, to_example
 from omnigpt.kernels.precision import autocast
 from omnigpt.text.chat_processor import load_processor
 

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from omnigpt.apps.common.multimodal import build_tokenizer, check_sources
-from omnigpt.apps.llava.data import CAPTION_QUESTION, caption_conversations, to_example
-from omnigpt.data.batches import collate, mixture_indices
+from omnigpt.apps.llava.data import CAPTION_QUESTION, caption_conversations
+from omnigpt.data.batches import collate, mixture_indices, to_example
 from omnigpt.models.lora import LoRAConfig, LoRAWeights, lora_parameters
 from omnigpt.models.multimodal import MultimodalConfig, MultimodalGPT, ProjectorConfig
 from omnigpt.text.chat_processor import ChatProcessor
