@@ -4,8 +4,8 @@ Data: the 563 Asterisk prompts with transcripts (Debian ``asterisk-core-sounds-e
 one speaker, 8 kHz telephone audio) and the 5 LibriVox read-speech clips of Debian ``pocketsphinx-testdata``
 (16 kHz). Both systems get the same 16 kHz waveform (omnigpt's resampler), greedy decoding, one temperature, no
 timestamps, the same thread count; the run reports corpus WER (``train.metrics.word_error_rate`` on normalised text:
-jiwer's figure, tests/test_whisper_finetune.py checks; unlike jiwer it takes a reference that normalises to nothing,
-the Asterisk silence clips under ``english``) under three normalisations and the real-time
+jiwer's figure, tests/apps/asr/test_whisper_finetune.py checks; unlike jiwer it takes a reference that normalises to
+nothing, the Asterisk silence clips under ``english``) under three normalisations and the real-time
 factor (processing seconds / audio seconds, model loading excluded) of each, plus how many transcripts are
 token-for-token identical.
 
