@@ -21,6 +21,7 @@ from omnigpt.apps import load_recipe
 from omnigpt.apps.lm.task import LMLoss
 from omnigpt.checkpoints.state import latest_checkpoint, load_model
 from omnigpt.data import prepare_data
+from omnigpt.files import workers
 from omnigpt.kernels.losses import fused_linear_cross_entropy, reference_cross_entropy
 from omnigpt.train.recipe import RecipeError
 from omnigpt.train.schedule import build_optimizer
@@ -333,12 +334,21 @@ def test_two_processes_match_one_process(tmp_path, parallelism):
     one = write_recipe(tmp_path, "one.yaml", **common, out_dir=str(tmp_path / "one"))
     two = write_recipe(tmp_path, "two.yaml", **common, out_dir=str(tmp_path / "two"))
     popen = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=train_env(), cwd=ROOT, text=True)
-    single = subprocess.Popen(train_cmd(one), **popen)  # both at once: 3 one-thread processes
-    ddp = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "omnigpt", "train", str(two)],
-                           **popen)
-    for proc in (single, ddp):
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-3000:]
+    single = workers.popen(train_cmd(one), **popen)  # both at once: 3 one-thread processes
+    ddp = workers.popen([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "omnigpt", "train", str(two)],
+                        **popen)
+    try:
+        for proc in (single, ddp):
+            try:
+                _, err = proc.communicate(timeout=300)
+            except subprocess.TimeoutExpired:  # a hang (once: gloo's exit): say which run, with its output
+                workers.kill_group(proc)
+                _, err = proc.communicate()
+                pytest.fail(f"{proc.args[:4]} did not end in 300 s; stderr:\n{err[-3000:]}")
+            assert proc.returncode == 0, err[-3000:]
+    finally:  # nothing outlives the test, the ranks torchrun started included
+        workers.kill_group(single)
+        workers.kill_group(ddp)
 
     def curve(run: str) -> tuple[list[float], list[float]]:
         rows = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]

@@ -33,6 +33,7 @@ torchtitan (``Trainer`` with model-specific hooks, FSDP2 ``fully_shard``, signal
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -451,6 +452,11 @@ def train(recipe: Recipe, resume: bool = False) -> TrainResult:
             return trainer.fit()
     finally:
         if dist.is_initialized():
+            # DDP's reducer goes first, while the process group is still registered: were the reducer the last owner,
+            # the group's destructor would run holding the GIL and join a gloo thread that waits for the GIL (an
+            # intermittent hang at exit, pytorch/pytorch#56297). The group's own Python handle releases the GIL.
+            trainer.wrapped = trainer.train_module
+            gc.collect()
             dist.destroy_process_group()
 
 
