@@ -11,7 +11,8 @@ kind overrides the batch and the loss, never the loop):
 * ``evaluate(limit, dtype, loss_module)`` — validation metrics (``val_loss`` among them); ``limit=None`` is the
   full evaluation at the end of a run.
 
-Registered tasks (``TASKS``; each module's docstring says what it trains and how it is scored):
+Registered tasks (``APPS``, one line per application folder, flattened into ``TASKS`` and ``PIPELINES``; each
+task module's docstring says what it trains and how it is scored):
 
 * language: ``lm`` (causal LM), ``sft`` (chat fine-tuning), ``classify`` (sequence classification),
   ``seq2seq`` (summarization, translation);
@@ -29,26 +30,48 @@ from __future__ import annotations
 
 import functools
 import importlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omnigpt.train.recipe import Recipe, parse_recipe
 from omnigpt.train.task import LossOf, Task, register_task, task_class
 
-TASKS: dict[str, str] = {
-    "lm": "omnigpt.apps.lm.task:LMTask",
-    "multimodal": "omnigpt.apps.multimodal.task:MultimodalTask",
-    "contrastive": "omnigpt.apps.contrastive.task:ContrastiveTask",
-    "sft": "omnigpt.apps.sft.task:SFTTask",
-    "classify": "omnigpt.apps.classify.task:ClassifyTask",
-    "seq2seq": "omnigpt.apps.seq2seq.task:Seq2SeqTask",
-    "image-classify": "omnigpt.apps.image_classify.task:ImageClassifyTask",
-    "igpt": "omnigpt.apps.igpt.task:IGPTTask",
-    "detect": "omnigpt.apps.detect.task:DetectTask",
-    "audio-classify": "omnigpt.apps.voice_commands.task:AudioClassifyTask",
-    "llava": "omnigpt.apps.llava.task:LlavaTask",
-    "asr-whisper": "omnigpt.apps.asr.task:WhisperFinetuneTask",
+
+@dataclass(frozen=True)
+class App:
+    """One application folder's registry line: its tasks (recipe ``task:`` name → ``"module:Class"``, a ``Task``)
+    and its pipelines (transformers task name → ``"module:Class"``, an ``apps.common.pipeline.Pipeline``); module
+    paths are relative to the folder. Adding an application is its folder plus one line here."""
+
+    tasks: dict[str, str] = field(default_factory=dict)
+    pipelines: dict[str, str] = field(default_factory=dict)
+
+
+APPS: dict[str, App] = {  # folder → what it registers
+    "lm": App({"lm": "task:LMTask"}, {"text-generation": "pipeline:TextGenerationPipeline"}),
+    "multimodal": App({"multimodal": "task:MultimodalTask"}),
+    "contrastive": App({"contrastive": "task:ContrastiveTask"}),
+    "sft": App({"sft": "task:SFTTask"}),
+    "classify": App({"classify": "task:ClassifyTask"}, {"text-classification": "pipeline:TextClassificationPipeline"}),
+    "seq2seq": App({"seq2seq": "task:Seq2SeqTask"}, {"summarization": "pipeline:SummarizationPipeline",
+                                                     "translation": "pipeline:TranslationPipeline"}),
+    "image_classify": App({"image-classify": "task:ImageClassifyTask"},
+                          {"image-classification": "pipeline:ImageClassificationPipeline"}),
+    "igpt": App({"igpt": "task:IGPTTask"}, {"text-to-image": "pipeline:TextToImagePipeline"}),
+    "detect": App({"detect": "task:DetectTask"}, {"object-detection": "pipeline:ObjectDetectionPipeline"}),
+    "voice_commands": App({"audio-classify": "task:AudioClassifyTask"},
+                          {"audio-classification": "pipeline:AudioClassificationPipeline"}),
+    "llava": App({"llava": "task:LlavaTask"}),
+    "asr": App({"asr-whisper": "task:WhisperFinetuneTask"},
+               {"automatic-speech-recognition": "pipeline:SpeechRecognitionPipeline"}),
 }
+
+# Flattened, with full module paths: task name → "omnigpt.apps.<folder>.<module>:<Class>", and the same for pipelines.
+TASKS: dict[str, str] = {name: f"omnigpt.apps.{folder}.{target}"
+                         for folder, app in APPS.items() for name, target in app.tasks.items()}
+PIPELINES: dict[str, str] = {name: f"omnigpt.apps.{folder}.{target}"
+                             for folder, app in APPS.items() for name, target in app.pipelines.items()}
 
 
 def _load(target: str) -> type[Task]:
@@ -76,4 +99,4 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
     return recipe
 
 
-__all__ = ["TASKS", "LossOf", "Task", "load_recipe", "sections", "task_class"]
+__all__ = ["APPS", "PIPELINES", "TASKS", "App", "LossOf", "Task", "load_recipe", "sections", "task_class"]

@@ -11,8 +11,9 @@
     [{'generated_text': 'The capital of France is Paris...'}]
 
 Each task's pipeline is a subclass of the one ``Pipeline`` base (``apps/common/pipeline.py``) in its application's
-folder; this module is only the table of task names. ``model`` is a run directory (its newest checkpoint), a
-checkpoint directory or an offline name (``omnigpt.load``). One input gives one result, a list of inputs a list.
+folder, registered by that folder's line in ``omnigpt.apps.APPS``; this module resolves transformers' task names.
+``model`` is a run directory (its newest checkpoint), a checkpoint directory or an offline name (``omnigpt.load``).
+One input gives one result, a list of inputs a list.
 """
 
 from __future__ import annotations
@@ -21,18 +22,8 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-# task name -> "module:class" (a subclass of apps.common.pipeline.Pipeline)
-PIPELINES: dict[str, str] = {
-    "text-classification": "omnigpt.apps.classify.pipeline:TextClassificationPipeline",
-    "summarization": "omnigpt.apps.seq2seq.pipeline:SummarizationPipeline",
-    "translation": "omnigpt.apps.seq2seq.pipeline:TranslationPipeline",
-    "text-generation": "omnigpt.apps.lm.pipeline:TextGenerationPipeline",
-    "automatic-speech-recognition": "omnigpt.apps.asr.pipeline:SpeechRecognitionPipeline",
-    "image-classification": "omnigpt.apps.image_classify.pipeline:ImageClassificationPipeline",
-    "text-to-image": "omnigpt.apps.igpt.pipeline:TextToImagePipeline",
-    "object-detection": "omnigpt.apps.detect.pipeline:ObjectDetectionPipeline",
-    "audio-classification": "omnigpt.apps.voice_commands.pipeline:AudioClassificationPipeline",
-}
+from omnigpt.apps import PIPELINES
+
 ALIASES = {"sentiment-analysis": "text-classification"}
 
 

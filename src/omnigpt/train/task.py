@@ -135,6 +135,24 @@ class LossOf(nn.Module):
         return self.model(**batch).loss
 
 
+class ClassifierLoss(nn.Module):
+    """Cross-entropy of a classifier's logits ``model(**inputs).logits`` (B, K) against ``labels`` (B,), in float32,
+    with optional label smoothing: the train module of every classification task (text, image). ``groups`` names
+    the trained parameters when they are not the model's own groups (LoRA adapters and the head)."""
+
+    def __init__(self, model: nn.Module, label_smoothing: float = 0.0,
+                 groups: Callable[[], dict[str, list[nn.Parameter]]] | None = None) -> None:
+        super().__init__()
+        self.model, self.label_smoothing, self._groups = model, label_smoothing, groups
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return self._groups() if self._groups is not None else module_groups(self.model)
+
+    def forward(self, labels: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        logits = self.model(**inputs).logits  # (B, K)
+        return nn.functional.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+
+
 @contextlib.contextmanager
 def evaluating(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` in eval mode without gradients for the block, then back in the mode it was in. The trainer runs
@@ -166,5 +184,5 @@ def task_class(name: str) -> type[Task]:
     return _REGISTRY[name]()
 
 
-__all__ = ["EpochOrder", "LossOf", "Task", "check_stage_modules", "evaluating", "register_task", "task_class",
-           "task_names"]
+__all__ = ["ClassifierLoss", "EpochOrder", "LossOf", "Task", "check_stage_modules", "evaluating", "register_task",
+           "task_class", "task_names"]

@@ -92,7 +92,7 @@ def test_clipart_splits_are_disjoint_and_stable() -> None:
 def test_frozen_backbone_keeps_its_weights_and_statistics() -> None:
     """freeze all: one optimizer step through the model's parameter groups changes the head only — every backbone
     weight and BatchNorm running statistic stays bit-identical although the model is in train mode."""
-    from omnigpt.apps.image_classify.task import ClassifierLoss
+    from omnigpt.train.task import ClassifierLoss
 
     model = tiny_mobilenet("all")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -102,7 +102,7 @@ def test_frozen_backbone_keeps_its_weights_and_statistics() -> None:
     opt = torch.optim.AdamW(groups["head"], lr=1e-2)
     x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 3
     for _ in range(2):
-        loss = loss_module(x, y)
+        loss = loss_module(pixel_values=x, labels=y)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -36,11 +36,10 @@ from omnigpt.apps.common.text_model import (
 from omnigpt.generate.classify import collate, predict
 from omnigpt.kernels.precision import autocast
 from omnigpt.models.gpt import GPTForSequenceClassification
-from omnigpt.models.lora import LoRAWeights, lora_parameters
+from omnigpt.models.lora import lora_parameters
 from omnigpt.text.task_card import EOT, classification_ids, end_token_id, task_card
 from omnigpt.train.recipe import RecipeError
-from omnigpt.train.schedule import module_groups
-from omnigpt.train.task import EpochOrder, Task, check_stage_modules
+from omnigpt.train.task import ClassifierLoss, EpochOrder, Task, check_stage_modules
 
 
 @dataclass
@@ -51,23 +50,6 @@ class ClassifyDataSpec:
     tokenizer: str = "bpe:8000"  # from scratch: trained on the train split (bpe:VOCAB | char)
     max_tokens: int = 128  # per text, the end token included; longer texts keep their beginning
     limit: int | None = None  # the first N training items (quick runs, tests)
-
-
-class ClassifierLoss(nn.Module):
-    """Cross-entropy of the classifier; with LoRA the adapters and the head are the trained modules."""
-
-    def __init__(self, model: GPTForSequenceClassification, lora: LoRAWeights | None) -> None:
-        super().__init__()
-        self.model = model
-        self.lora = lora
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        if self.lora is not None:
-            return {"lora": lora_parameters(self.model), "score": [self.model.score.weight]}
-        return module_groups(self.model)  # transformer, score
-
-    def forward(self, input_ids: Tensor, sequence_lengths: Tensor, labels: Tensor) -> Tensor:
-        return self.model(input_ids, sequence_lengths=sequence_lengths, labels=labels).loss
 
 
 class ClassifyTask(Task):
@@ -125,7 +107,10 @@ class ClassifyTask(Task):
         self.order = EpochOrder(len(self.train_rows), r.seed)
 
     def train_module(self) -> nn.Module:
-        return ClassifierLoss(self.model, self.lora)
+        if self.lora is None:
+            return ClassifierLoss(self.model)
+        return ClassifierLoss(self.model, groups=lambda: {"lora": lora_parameters(self.model),
+                                                          "score": [self.model.score.weight]})
 
     def batch(self, step: int, start: int, count: int) -> dict[str, Tensor]:
         rows = self.order.rows(step, start, count, self.r.batch_size)
@@ -172,4 +157,4 @@ class ClassifyTask(Task):
                 "baselines": baselines.classification_baselines(card["dataset"], "test", limit)}
 
 
-__all__ = ["ClassifierLoss", "ClassifyDataSpec", "ClassifyTask"]
+__all__ = ["ClassifyDataSpec", "ClassifyTask"]

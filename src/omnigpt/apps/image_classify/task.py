@@ -51,8 +51,7 @@ from omnigpt.models.mobilenet import (
 )
 from omnigpt.models.vision import ImageClassifierConfig, VisionConfig, ViTForImageClassification
 from omnigpt.train.recipe import RecipeError
-from omnigpt.train.schedule import module_groups
-from omnigpt.train.task import Task
+from omnigpt.train.task import ClassifierLoss, Task
 
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530  # the training images' pixel mean and std (in [0, 1])
 
@@ -143,22 +142,6 @@ def augment(images: np.ndarray, keys: list[int], seed: int, max_shift: int, flip
     return out
 
 
-
-
-class ClassifierLoss(nn.Module):
-    """Cross-entropy of ``model``'s logits, with optional label smoothing; the model's parameter groups (a frozen
-    MobileNetV2 backbone names only what trains)."""
-
-    def __init__(self, model: nn.Module, label_smoothing: float = 0.0) -> None:
-        super().__init__()
-        self.model, self.label_smoothing = model, label_smoothing
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        return module_groups(self.model)
-
-    def forward(self, pixel_values: Tensor, labels: Tensor) -> Tensor:
-        logits = self.model(pixel_values).logits  # (B, K)
-        return nn.functional.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
 
 
 def folder_set(data: Any, size: int) -> ImageFolderSet:
@@ -293,5 +276,5 @@ class ImageClassifyTask(Task):
         return res
 
 
-__all__ = ["ClassifierLoss", "ImageClassifyTask", "ImageDataSpec", "ImageModelSpec", "feature_baselines",
+__all__ = ["ImageClassifyTask", "ImageDataSpec", "ImageModelSpec", "feature_baselines",
            "pixel_baselines", "predict", "to_pixels"]
