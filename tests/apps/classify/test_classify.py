@@ -82,8 +82,8 @@ def test_bad_inputs_name_the_input(classify_run):
         clf([3])
     with pytest.raises(ValueError, match="no inputs"):
         clf([])
-    with pytest.raises(ValueError, match="needs model=RUN"):
-        pipeline("text-classification")
+    with pytest.raises(ValueError, match="trained with its own labels"):
+        pipeline("text-classification", model=out, labels=["a", "b"])
     with pytest.raises(OSError, match="missing' is not a local file or directory, not an offline model name"):
         pipeline("text-classification", model=str(out / "missing"))
 

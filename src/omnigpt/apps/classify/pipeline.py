@@ -1,42 +1,85 @@
-"""``pipeline("text-classification" | "sentiment-analysis", model=RUN)``: a ``classify`` run labels texts.
+"""``pipeline("text-classification" | "sentiment-analysis" | "zero-shot-classification", model=...)``.
 
-The run's task card says how a text becomes ids (the training format) and its ``id2label`` names the classes.
-One text returns ``{"label", "score"}`` (the best label; ``top_k=None``: every label, best first), a list of texts
-one result per text — transformers' shapes. There is no default model: train one with
-``configs/tasks/sentiment-zh.yaml`` or ``topic-bbc.yaml``.
+Two kinds of model label texts:
+
+* a ``classify`` run: its task card says how a text becomes ids (the training format), its ``score`` head gives
+  the probabilities and ``id2label`` names the classes;
+* a chat model, zero-shot (``qwen2.5-0.5b-instruct`` when no model is given): it is asked which label fits and the
+  labels compete as its answer (``generate.classify.label_probs``). ``sentiment-analysis`` / ``text-classification``
+  use the labels ``positive`` / ``negative`` unless ``labels=[...]`` is given; ``zero-shot-classification`` takes
+  ``candidate_labels`` per call, as transformers' does.
+
+Outputs have transformers' shapes: text classification gives ``{"label", "score"}`` per text (the best label;
+``top_k=None``: every label, best first); zero-shot classification gives ``{"sequence", "labels", "scores"}``
+(best first) per text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from omnigpt.apps.common.pipeline import TextPipeline
-from omnigpt.generate.classify import predict
-from omnigpt.text.task_card import classification_ids
+from omnigpt.apps.common.pipeline import MULTILINGUAL_CHAT_MODEL, TextPipeline
+from omnigpt.generate.classify import label_probs, predict
+from omnigpt.text.task_card import classification_ids, prompt_ids
+
+SENTIMENT_LABELS = ("positive", "negative")
+INSTRUCTION = "Which of these labels fits the text best: {labels}? Answer with the label only.\n\nText: {text}"
 
 
-class TextClassificationPipeline(TextPipeline):
+def zero_shot_card(labels: Sequence[str], instruction: str = INSTRUCTION, max_source_tokens: int = 512) -> dict:
+    """The task card of a chat model asked to pick one of ``labels`` for a text (``{labels}`` and ``{text}`` in the
+    instruction are filled in)."""
+    labels = [str(x) for x in labels]
+    if len(labels) < 2 or len(set(labels)) != len(labels) or not all(x.strip() for x in labels):
+        raise ValueError(f"labels must be two or more different non-empty names, got {labels!r}")
+    return {"pipeline": "text-classification", "format": "chat", "max_source_tokens": max_source_tokens,
+            "labels": labels, "instruction": instruction.replace("{labels}", ", ".join(labels))}
+
+
+class _ChatScoring(TextPipeline):
+    """A chat model scoring closed-vocabulary answers."""
+
+    default_model = MULTILINGUAL_CHAT_MODEL
+
+    def label_probs(self, card: dict[str, Any], text: str) -> torch.Tensor:
+        """(K,) probabilities of the card's labels as the model's answer for ``text``."""
+        if self.template is None:
+            raise ValueError(f"model {self.name} has no chat template to ask it zero-shot; pass a classify run or a "
+                             f"chat model")
+        prompt = prompt_ids(card, self.tokenizer, text, self.template)
+        return label_probs(self.model, prompt, [self.tokenizer.encode(label) for label in card["labels"]])
+
+
+class TextClassificationPipeline(_ChatScoring):
     task = "text-classification"
     always_list = True
+    batch_size = 32
 
-    def __init__(self, model: str | Path | None = None, device: str | None = None, **defaults: Any) -> None:
-        if model is None:
-            raise ValueError("text-classification needs model=RUN: a run of the classify task (e.g. "
-                             "runs/apps/sentiment-zh; configs/tasks/sentiment-zh.yaml trains one)")
+    def __init__(self, model: str | Path | None = None, device: str | None = None,
+                 labels: Sequence[str] | None = None, **defaults: Any) -> None:
         super().__init__(model, device, **defaults)
-        id2label = self.model.config.extra.get("id2label")
-        if not self.card or not id2label or not hasattr(self.model, "score"):
-            raise ValueError(f"model {self.name} is not a text classifier (no task card with labels and no score "
-                             f"head); train one with the classify task")
-        self.labels = [id2label[str(i)] for i in range(len(id2label))]
+        if self.card:  # a classify run
+            id2label = self.model.config.extra.get("id2label")
+            if not id2label or not hasattr(self.model, "score"):
+                raise ValueError(f"model {self.name} is not a text classifier (no labels or no score head); train "
+                                 f"one with the classify task")
+            if labels is not None:
+                raise ValueError(f"model {self.name} was trained with its own labels; labels= is for chat models")
+            self.labels = [id2label[str(i)] for i in range(len(id2label))]
+        else:  # a chat model, zero-shot
+            self.card = zero_shot_card(labels or SENTIMENT_LABELS)
+            self.labels = self.card["labels"]
 
     def options(self, top_k: int | None = 1) -> dict[str, Any]:
         return {"top_k": top_k}
 
     def forward(self, batch: list[str], **options: Any) -> torch.Tensor:
+        if self.card.get("format") == "chat":
+            return torch.stack([self.label_probs(self.card, t) for t in batch])  # (N, K)
         return predict(self.model, [classification_ids(self.card, self.tokenizer, t) for t in batch])  # (N, K)
 
     def postprocess(self, probs: torch.Tensor, batch: list[str], top_k: int | None) -> list[Any]:
@@ -47,4 +90,33 @@ class TextClassificationPipeline(TextPipeline):
         return out
 
 
-__all__ = ["TextClassificationPipeline"]
+class ZeroShotClassificationPipeline(_ChatScoring):
+    task = "zero-shot-classification"
+    batch_size = 32
+
+    def options(self, candidate_labels: Sequence[str] | str | None = None, multi_label: bool = False) -> dict[str, Any]:
+        if multi_label:
+            raise ValueError("multi_label=True is not supported: the labels compete as one answer of the chat model")
+        if isinstance(candidate_labels, str):  # transformers accepts "a, b, c"
+            candidate_labels = [x.strip() for x in candidate_labels.split(",")]
+        if candidate_labels is None:
+            return {"candidate_labels": None}
+        return {"candidate_labels": zero_shot_card(candidate_labels)["labels"]}
+
+    def forward(self, batch: list[str], candidate_labels: list[str] | None, **options: Any) -> torch.Tensor:
+        if candidate_labels is None:
+            raise ValueError("zero-shot-classification needs candidate_labels=[...]")
+        card = zero_shot_card(candidate_labels)
+        return torch.stack([self.label_probs(card, t) for t in batch])  # (N, K)
+
+    def postprocess(self, probs: torch.Tensor, batch: list[str], candidate_labels: list[str],
+                    **options: Any) -> list[dict[str, Any]]:
+        out = []
+        for text, p in zip(batch, probs, strict=True):
+            order = p.argsort(descending=True).tolist()
+            out.append({"sequence": text, "labels": [candidate_labels[i] for i in order],
+                        "scores": [float(p[i]) for i in order]})
+        return out
+
+
+__all__ = ["SENTIMENT_LABELS", "TextClassificationPipeline", "ZeroShotClassificationPipeline", "zero_shot_card"]

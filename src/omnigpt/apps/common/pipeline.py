@@ -95,7 +95,8 @@ class Pipeline:
         return out[0] if single and not self.always_list else out
 
 
-DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
+DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"  # text generation and chat: small and fast, English
+MULTILINGUAL_CHAT_MODEL = "qwen2.5-0.5b-instruct"  # zero-shot classification, summarization, translation (en/zh/es)
 
 
 class TextPipeline(Pipeline):
@@ -137,4 +138,4 @@ def check_top_k(top_k: Any, n_labels: int, clip: bool = False) -> int:
     return min(top_k, n_labels)
 
 
-__all__ = ["DEFAULT_CHAT_MODEL", "Pipeline", "TextPipeline", "check_top_k", "ranked"]
+__all__ = ["DEFAULT_CHAT_MODEL", "MULTILINGUAL_CHAT_MODEL", "Pipeline", "TextPipeline", "check_top_k", "ranked"]

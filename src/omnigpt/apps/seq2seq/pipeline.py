@@ -1,5 +1,5 @@
 """``pipeline("summarization" | "translation_XX_to_YY", model=...)``: a ``seq2seq`` run, or a chat model prompted
-zero-shot (``smollm2-135m-instruct`` by default).
+zero-shot (``qwen2.5-0.5b-instruct`` by default: English, Chinese, Spanish).
 
 A run's task card says how a source text is prompted (its training format) and how long the output may be; a chat
 model without a card gets an instruction ("Summarize this text in one sentence.", "Translate this English text to
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omnigpt.apps.common.pipeline import TextPipeline
+from omnigpt.apps.common.pipeline import MULTILINGUAL_CHAT_MODEL, TextPipeline
 from omnigpt.generate.decode import greedy_ids
 from omnigpt.text.task_card import prompt_ids, stop_ids
 
@@ -23,6 +23,7 @@ LANGUAGES = {"en": "English", "es": "Spanish", "fr": "French", "de": "German", "
 class _Seq2SeqPipeline(TextPipeline):
     key = ""  # the output's field
     always_list = True
+    default_model = MULTILINGUAL_CHAT_MODEL
 
     def zero_shot_card(self) -> dict[str, Any]:
         raise NotImplementedError
