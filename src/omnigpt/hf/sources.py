@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from omnigpt.checkpoints import registry
-from omnigpt.files.assets import asset_path
 
 
 def locate(name_or_path: str | Path, gguf_file: str | None = None) -> tuple[str, Path]:
@@ -39,10 +38,11 @@ def locate(name_or_path: str | Path, gguf_file: str | None = None) -> tuple[str,
     name = str(name_or_path)
     entry = registry.MODELS.get(name)
     if entry is not None:
-        if entry.loader != registry.GGUF_LOADER or entry.package is None:
+        asset = entry.path() if entry.loader == registry.GGUF_LOADER else None
+        if asset is None:
             raise ValueError(f"{name!r} is not a causal language model ({entry.description}); load it with "
                              f"omnigpt.from_pretrained({name!r})")
-        return "gguf", asset_path(entry.package, entry.file, entry.sha256)
+        return "gguf", asset
     cached = registry.hf_cache_dir(name) if "/" in name or name in registry.GPT2_HUB_NAMES else None
     if cached is not None:
         return "dir", cached

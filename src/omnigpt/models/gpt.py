@@ -4,6 +4,7 @@ GPT-1: post-LN blocks (``LN(x + f(x))``), learned positions ``wpe``, GELU MLP, n
 blocks (``x + f(LN(x))``), a final ``ln_f``, scaled residual init. GPT-3: GPT-2 with alternating dense and locally
 banded (``local_window``) attention layers. Llama (SmolLM2): GPT-2's block with rotary position embeddings instead of
 ``wpe``, RMSNorm, a SwiGLU MLP, grouped-query attention (``n_kv_head`` KV heads, a smaller cache) and no biases.
+Qwen2: Llama with biases on the q/k/v projections (``qkv_bias``; ``c_attn``'s bias is the three stacked).
 
 Top to bottom: rotary embeddings, the attention mask, softmax(QKᵀ/√d_k)V written out (the reference), attention
 (one path: ``scaled_dot_product_attention``), MLP, block, backbone (``GPTModel``), heads (``GPT``,
@@ -104,7 +105,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.head_size, self.n_kv_head = config.n_head, config.head_size, config.kv_heads
         self.kv_size = self.n_kv_head * self.head_size  # width of K (and of V): C under multi-head attention
-        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.kv_size, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.kv_size, bias=config.bias or config.qkv_bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)

