@@ -2,7 +2,7 @@
 (issue 23): the rows the trained models are compared with in docs/language-apps.md.
 
     python benchmarks/zero_shot.py                                   # Qwen2.5 0.5B, every set
-    python benchmarks/zero_shot.py --only sentiment --limit 200      # the first 200 test items of matching sets
+    python benchmarks/zero_shot.py --only sentiment,topic --limit 200  # the first 200 test items of those sets
     python benchmarks/zero_shot.py --model smollm2-135m-instruct
 
 Classification (sentiment-zh, topic-bbc): the pipeline's zero-shot scoring (the labels compete as the model's
@@ -74,7 +74,7 @@ def seq2seq(loaded, name: str, limit: int) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=MULTILINGUAL_CHAT_MODEL)
-    p.add_argument("--only", default="", help="sets whose name contains this")
+    p.add_argument("--only", default="", help="comma-separated: sets whose name contains one of these")
     p.add_argument("--limit", type=int, default=200, help="test items per set")
     p.add_argument("--out", default="runs/apps/zero_shot.jsonl")
     args = p.parse_args()
@@ -84,7 +84,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     print("| set | items | metric | zero-shot | baselines (same items) | seconds |\n|---|---|---|---|---|---|")
     for name in [*CLASSIFICATION, *SEQ2SEQ]:
-        if args.only not in name:
+        if not any(part in name for part in args.only.split(",")):
             continue
         row = classify(loaded, name, args.limit) if name in CLASSIFICATION else seq2seq(loaded, name, args.limit)
         row["model"] = args.model

@@ -322,3 +322,30 @@ def test_health_counts_every_engine(server: str) -> None:
     assert r.status_code == 200
     h = httpx.get(server + "/health", timeout=10).json()
     assert h["model"] == CHAT and h["models"][:3] == [CHAT, "tiny-chat", MM] and h["requests_total"] >= 1
+
+
+@pytest.mark.slow
+def test_qwen_served_by_the_cli_answers_english_and_chinese(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``omnigpt serve --model qwen2.5-0.5b-instruct`` (the multilingual chat model, issue 23) through the official
+    client: English and Chinese answers, streamed equal to whole; /v1/models (the chat page's list) has it."""
+    import uvicorn
+
+    from omnigpt.cli.main import main
+
+    captured: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: captured.update(app=app, **kw))
+    assert main(["serve", "--model", "qwen2.5-0.5b-instruct"]) == 0
+    with running_server(captured["app"]) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        assert c.models.list().data[0].id == "qwen2.5-0.5b-instruct"
+        english = c.chat.completions.create(model="qwen2.5-0.5b-instruct", messages=FRANCE, temperature=0,
+                                            max_tokens=24).choices[0].message.content
+        assert "Paris" in english, english
+        zh = [{"role": "user", "content": "中国的首都是哪里？请用中文回答。"}]
+        chinese = c.chat.completions.create(model="qwen2.5-0.5b-instruct", messages=zh, temperature=0,
+                                            max_tokens=24).choices[0].message.content
+        assert "北京" in chinese, chinese
+        stream = c.chat.completions.create(model="qwen2.5-0.5b-instruct", messages=zh, temperature=0, max_tokens=24,
+                                           stream=True)
+        assert "".join(x.choices[0].delta.content or "" for x in stream if x.choices) == chinese
+        assert "loadModels()" in httpx.get(url + "/", timeout=30).text  # the page's model list is /v1/models
