@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("omnigpt.cli.serve", "OpenAI-compatible HTTP API and chat page for models (directories or names)"),
     "transcribe": ("omnigpt.cli.transcribe", "speech to text with Whisper (whisper-tiny.en, whisper-base)"),
     "classify-image": ("omnigpt.cli.classify_image", "ImageNet top-k classes of an image (mobilenet-v2)"),
+    "detect": ("omnigpt.cli.detect", "COCO objects in an image: boxes, labels, scores (ssd-mobilenet-v2-coco)"),
     "embed": ("omnigpt.cli.embed", "sentence embeddings or their cosine similarities (all-minilm-l6-v2)"),
     "run": ("omnigpt.cli.run", "one pipeline call: sentiment, summarization, translation, text generation, ..."),
     "study": ("omnigpt.cli.study", "GPT-1/2/3/Llama at equal compute, attention heat maps: a regenerable report"),

@@ -1,9 +1,14 @@
-"""``pipeline("object-detection", model=RUN)``: a ``detect`` run (Pix2Seq) finds objects in an image.
+"""``pipeline("object-detection")``: COCO objects in an image (SSD-MobileNetV2 by default), or a ``detect`` run's.
 
-One image returns ``[{"score", "label", "box": {"xmin", "ymin", "xmax", "ymax"}}, ...]`` (best first, in the input
-image's pixels, ``score >= threshold``), a list of images one such list per image — transformers' shapes. The image
-is resized to the model's square input as in training; boxes are scaled back. There is no default model yet (train
-one with ``configs/tasks/detect-scenes.yaml``).
+One image returns ``[{"score", "label", "box": {"xmin", "ymin", "xmax", "ymax"}}, ...]`` (best first, integer
+pixels of the input image, clipped to it, ``score >= threshold``, default 0.5 as in transformers), a list of images
+one such list per image — transformers' shapes.
+
+* Default (``model`` None): ``"ssd-mobilenet-v2-coco"``, the quantized SSD-MobileNetV2 COCO TFLite model run in
+  float32 (``models/ssd.py``): 80 COCO classes, at most 20 detections per image, each image resized to 300×300 by
+  its preprocessor (``checkpoints/ssd.py``); its boxes are fractions of the image, scaled to its pixels here.
+* ``model=RUN``: a Pix2Seq run trained on the composed scenes (``configs/tasks/detect-scenes.yaml``); the image is
+  resized to its square input as in training and the boxes scaled back.
 """
 
 from __future__ import annotations
@@ -16,13 +21,18 @@ from PIL import Image
 
 from omnigpt.apps.common.images import as_pil
 from omnigpt.apps.common.pipeline import Pipeline
-from omnigpt.models.pix2seq import Detections, Pix2Seq
+from omnigpt.models.pix2seq import Pix2Seq
+from omnigpt.models.ssd import SSDMobileNetV2
+
+DEFAULT_DETECTOR = "ssd-mobilenet-v2-coco"
 
 
 class ObjectDetectionPipeline(Pipeline):
     task = "object-detection"
-    model_types = (Pix2Seq,)
-    what, needs = "an object detector", "a detect run directory (omnigpt train configs/tasks/detect-scenes.yaml)"
+    model_types = (SSDMobileNetV2, Pix2Seq)
+    default_model = DEFAULT_DETECTOR
+    what = "an object detector"
+    needs = f"{DEFAULT_DETECTOR!r} (the default) or a detect run directory (configs/tasks/detect-scenes.yaml)"
 
     def options(self, threshold: float = 0.5) -> dict[str, Any]:
         if not isinstance(threshold, int | float) or isinstance(threshold, bool) or not 0 <= threshold <= 1:
@@ -30,29 +40,41 @@ class ObjectDetectionPipeline(Pipeline):
         return {"threshold": threshold}
 
     def preprocess(self, item: Any, index: int, **options: Any) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(3, S, S) float in [0, 1], and the input's (width, height)."""
+        """The model's (3, S, S) input and the image's (width, height)."""
         img = as_pil(item).convert("RGB")
+        if isinstance(self.model, SSDMobileNetV2):
+            x, size = self.preprocessor(img)  # (1, 3, 300, 300) in [-1, 1]
+            return x[0], size
         S = self.model.config.vision.image_size
         small = img.resize((S, S), Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0).permute(2, 0, 1), img.size
+        return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0).permute(2, 0, 1), img.size  # [0, 1]
 
-    def forward(self, batch: list[tuple[torch.Tensor, tuple[int, int]]], **options: Any) -> Detections:
-        return self.model.detect(torch.stack([x for x, _ in batch]).to(self.device))  # (N, 3, S, S) in
+    def forward(self, batch: list[tuple[torch.Tensor, tuple[int, int]]], **options: Any
+                ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per image (boxes (n, 4) as fractions of the image: y0, x0, y1, x1; class indices (n,); scores (n,))."""
+        x = torch.stack([x for x, _ in batch]).to(self.device)  # (N, 3, S, S)
+        if isinstance(self.model, SSDMobileNetV2):
+            return [(d.boxes, d.labels, d.scores) for d in self.model.detect(x)]
+        det, S = self.model.detect(x), self.model.config.vision.image_size
+        return list(zip(det.boxes / S, det.labels, det.scores, strict=True))
 
-    def postprocess(self, det: Detections, batch: list[Any], threshold: float) -> list[Any]:
-        S = self.model.config.vision.image_size
-        classes = self.model.config.classes
+    def postprocess(self, output: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], batch: list[Any],
+                    threshold: float) -> list[Any]:
+        cfg = self.model.config
+        name = cfg.class_name if isinstance(self.model, SSDMobileNetV2) else cfg.classes.__getitem__
         out = []
-        for b, (_, (w, h)) in enumerate(batch):
-            found = []
-            for (y0, x0, y1, x1), c, s in zip(det.boxes[b].tolist(), det.labels[b].tolist(),
-                                              det.scores[b].tolist(), strict=True):
-                if s >= threshold:
-                    found.append({"score": s, "label": classes[c],
-                                  "box": {"xmin": round(x0 * w / S), "ymin": round(y0 * h / S),
-                                          "xmax": round(x1 * w / S), "ymax": round(y1 * h / S)}})
+        for (boxes, labels, scores), (_, (w, h)) in zip(output, batch, strict=True):
+            found = [{"score": s, "label": name(c), "box": {"xmin": _pixel(x0, w), "ymin": _pixel(y0, h),
+                                                            "xmax": _pixel(x1, w), "ymax": _pixel(y1, h)}}
+                     for (y0, x0, y1, x1), c, s in zip(boxes.tolist(), labels.tolist(), scores.tolist(), strict=True)
+                     if s >= threshold]
             out.append(sorted(found, key=lambda d: -d["score"]))
         return out
 
 
-__all__ = ["ObjectDetectionPipeline"]
+def _pixel(fraction: float, size: int) -> int:
+    """A coordinate as a fraction of the image → an integer pixel inside it (SSD's boxes may stray outside)."""
+    return min(max(round(fraction * size), 0), size)
+
+
+__all__ = ["DEFAULT_DETECTOR", "ObjectDetectionPipeline"]
