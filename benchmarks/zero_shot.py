@@ -30,7 +30,7 @@ from omnigpt.apps.common.pipeline import MULTILINGUAL_CHAT_MODEL  # noqa: E402
 from omnigpt.apps.seq2seq.task import INSTRUCTIONS, generate_outputs, pick, score  # noqa: E402
 from omnigpt.checkpoints.registry import load  # noqa: E402
 from omnigpt.data.textsets import load_classification, load_pairs, split_items  # noqa: E402
-from omnigpt.generate.classify import label_probs  # noqa: E402
+from omnigpt.generate.classify import answer_forms, label_probs  # noqa: E402
 from omnigpt.kernels.precision import describe_machine  # noqa: E402
 from omnigpt.text.task_card import prompt_ids  # noqa: E402
 
@@ -43,12 +43,13 @@ SEQ2SEQ = {"summarize-bbc": "configs/tasks/summarize-bbc.yaml", "summarize-wiki"
 def classify(loaded, name: str, limit: int) -> dict:
     labels, items = load_classification(name)
     test = split_items(items, "test")[:limit]
-    card = zero_shot_card(labels, CLASSIFICATION[name] + " Answer with one of: {labels}.\n\nText: {text}")
+    card = zero_shot_card(labels, "Text: {text}\n\n" + CLASSIFICATION[name] + " Answer with one of: {labels}.")
+    forms = [answer_forms(loaded.preprocessor, label) for label in labels]
     t0 = time.perf_counter()
     preds = []
     for x in test:
         prompt = prompt_ids(card, loaded.preprocessor, x.text, loaded.template)
-        probs = label_probs(loaded.model, prompt, [loaded.preprocessor.encode(label) for label in labels])
+        probs = label_probs(loaded.model, prompt, forms)
         preds.append(labels[int(probs.argmax())])
     seconds = time.perf_counter() - t0
     scores = metrics.classification_scores(preds, [x.label for x in test], labels)

@@ -8,15 +8,19 @@ a real token see the padding after it); the ``score`` head reads position ``leng
 
 ``label_probs``: the model is asked the question and the candidate labels compete as its answer, the way
 Whisper's voice-command scorer lets keywords compete as a transcript: p(label | prompt) = ∏ p(token | prompt, the
-label's previous tokens), renormalised over the labels.
+label's previous tokens), summed over the label's surface forms ("politics", " politics", "Politics" ...), and
+renormalised over the labels.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from omnigpt.models.gpt import GPT, GPTForSequenceClassification
+from omnigpt.models.kv_cache import make_kv_cache
 
 
 def collate(rows: list[Tensor], labels: list[int], pad: int) -> dict[str, Tensor]:
@@ -44,29 +48,47 @@ def predict(model: GPTForSequenceClassification, rows: list[list[int]], pad: int
     return probs
 
 
+def answer_forms(tokenizer: Any, label: str) -> list[list[int]]:
+    """The token sequences a chat model may answer ``label`` with: as written, capitalised, each with and without
+    a leading space (BPE spells " politics" and "politics" differently), deduplicated."""
+    forms = dict.fromkeys(f"{space}{text}" for text in (label, label[:1].upper() + label[1:]) for space in ("", " "))
+    seqs: list[list[int]] = []
+    for form in forms:
+        ids = tokenizer.encode(form)
+        if ids and ids not in seqs:
+            seqs.append(ids)
+    return seqs
+
+
 @torch.no_grad()
-def label_probs(model: GPT, prompt: list[int], labels: list[list[int]]) -> Tensor:
-    """(K,) probabilities of the K ``labels`` (token ids each) as the continuation of ``prompt``.
+def label_probs(model: GPT, prompt: list[int], labels: list[list[list[int]]]) -> Tensor:
+    """(K,) probabilities of the K ``labels`` as the continuation of ``prompt``; each label is one or more token
+    sequences (its surface forms, ``answer_forms``), and p(label) = Σ_forms ∏_j p(token_j | prompt, tokens_<j),
+    renormalised over the labels.
 
-    When the labels' first tokens all differ, the first token decides and one forward of the prompt suffices (its
-    next-token distribution restricted to those K tokens); otherwise each label's summed log-probability over all
-    its tokens is computed, one row per label (right-padded, causal: padding is never seen)."""
-    if not labels or any(not ids for ids in labels):
-        raise ValueError("label_probs needs at least one label, each of at least one token")
+    The prompt runs once into a KV cache; the cache is copied to one row per form and every form's tokens after
+    its first run in one right-padded batch (causal: a row never sees its padding)."""
+    forms = [(k, ids) for k, seqs in enumerate(labels) for ids in seqs]
+    if not labels or any(not seqs for seqs in labels) or any(not ids for _, ids in forms):
+        raise ValueError("label_probs needs at least one label, each with at least one non-empty token sequence")
     dev = next(model.parameters()).device
-    firsts = [ids[0] for ids in labels]
-    if len(set(firsts)) == len(firsts):
-        logits = model(torch.tensor([prompt], device=dev)).logits[0, -1].float()  # (V,)
-        return logits.log_softmax(-1)[firsts].softmax(-1).cpu()
-    rows = [prompt + ids for ids in labels]
-    T = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), T, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-    logp = model(ids.to(dev)).logits.float().log_softmax(-1).cpu()  # (K, T, V)
-    total = torch.stack([sum(logp[k, len(prompt) - 1 + j, t] for j, t in enumerate(label))
-                         for k, label in enumerate(labels)])
-    return total.softmax(-1)
+    longest = max(len(ids) for _, ids in forms)
+    caches = make_kv_cache(model.config, len(prompt) + longest)
+    first = model(torch.tensor([prompt], device=dev), past_key_values=caches).logits[0, -1].float().log_softmax(-1)
+    logp = torch.stack([first[ids[0]] for _, ids in forms]).cpu()  # (F,) log p(first token | prompt)
+    if longest > 1:
+        for cache in caches:
+            cache.reorder(torch.zeros(len(forms), dtype=torch.long, device=dev))  # (1, ...) → (F, ...)
+        rest = torch.zeros(len(forms), longest - 1, dtype=torch.long)
+        for f, (_, ids) in enumerate(forms):
+            rest[f, : len(ids) - 1] = torch.tensor(ids[:-1])
+        cont = model(rest.to(dev), past_key_values=caches).logits.float().log_softmax(-1).cpu()  # (F, L-1, V)
+        for f, (_, ids) in enumerate(forms):
+            logp[f] += sum(cont[f, j - 1, t] for j, t in enumerate(ids) if j > 0)
+    per_label = torch.full((len(labels),), float("-inf"))
+    for f, (k, _) in enumerate(forms):
+        per_label[k] = torch.logaddexp(per_label[k], logp[f])
+    return per_label.softmax(-1)
 
 
-__all__ = ["collate", "label_probs", "predict"]
+__all__ = ["answer_forms", "collate", "label_probs", "predict"]

@@ -1,9 +1,10 @@
 """Zero-shot classification by a chat model (issue 23): the labels compete as the model's answer.
 
-``label_probs`` is checked against the definition (the product of the labels' conditional token probabilities,
-each prefix run on its own) on a tiny random GPT, for labels that share a first token (every token counts) and
-labels that don't (the first token decides). The pipelines' shapes and bad input use SmolLM2 (small, offline);
-the real default (Qwen2.5 0.5B) on Chinese and English reviews is the slow test.
+``label_probs`` is checked against the definition (the product of each form's conditional token probabilities,
+each prefix run on its own, summed over a label's forms) on a tiny random GPT, with labels of several forms and
+lengths that share first tokens (the KV-cached batch must equal one forward per prefix). The pipelines' shapes and
+bad input use SmolLM2 (small, offline); the real default (Qwen2.5 0.5B) on Chinese and English reviews is the slow
+test.
 """
 
 from __future__ import annotations
@@ -26,29 +27,33 @@ def tiny() -> GPT:
     return GPT(GPTConfig.from_name("tiny-gpt2", initializer_range=0.3, wpe_initializer_range=0.3)).eval()
 
 
-def by_definition(model: GPT, prompt: list[int], labels: list[list[int]]) -> torch.Tensor:
-    """p(label | prompt) ∝ ∏_j p(label_j | prompt, label_<j), each conditional from its own forward."""
-    logps = []
-    for label in labels:
+def by_definition(model: GPT, prompt: list[int], labels: list[list[list[int]]]) -> torch.Tensor:
+    """p(label | prompt) ∝ Σ_forms ∏_j p(form_j | prompt, form_<j), each conditional from its own forward."""
+    probs = []
+    for forms in labels:
         total = 0.0
-        for j, t in enumerate(label):
-            ids = torch.tensor([prompt + label[:j]])
-            total += float(model(ids).logits[0, -1].float().log_softmax(-1)[t])
-        logps.append(total)
-    return torch.tensor(logps).softmax(-1)
+        for form in forms:
+            p = 1.0
+            for j, t in enumerate(form):
+                ids = torch.tensor([prompt + form[:j]])
+                p *= float(model(ids).logits[0, -1].double().softmax(-1)[t])
+            total += p
+        probs.append(total)
+    probs = torch.tensor(probs)
+    return (probs / probs.sum()).float()
 
 
 @torch.no_grad()
 def test_label_probs_is_the_product_of_token_probabilities():
     model = tiny()
-    shared_first = [[7, 8, 9], [7, 20], [30]]  # 7 twice: every token of each label counts
-    torch.testing.assert_close(label_probs(model, PROMPT, shared_first), by_definition(model, PROMPT, shared_first),
-                               rtol=1e-4, atol=1e-5)
-    distinct = [[7], [20], [30]]  # one token each: the first token decides, one forward
-    torch.testing.assert_close(label_probs(model, PROMPT, distinct), by_definition(model, PROMPT, distinct),
-                               rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="at least one token"):
-        label_probs(model, PROMPT, [[7], []])
+    labels = [[[7, 8, 9], [40]], [[7, 20]], [[30], [31, 7]]]  # forms of 1-3 tokens, first tokens shared
+    torch.testing.assert_close(label_probs(model, PROMPT, labels), by_definition(model, PROMPT, labels),
+                               rtol=1e-4, atol=1e-6)
+    single = [[[7]], [[20]], [[30]]]  # one token each: the prompt's forward alone
+    torch.testing.assert_close(label_probs(model, PROMPT, single), by_definition(model, PROMPT, single),
+                               rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="non-empty token sequence"):
+        label_probs(model, PROMPT, [[[7]], [[]]])
 
 
 def test_pipelines_shapes_and_bad_input():

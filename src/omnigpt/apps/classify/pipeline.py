@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from omnigpt.apps.common.pipeline import MULTILINGUAL_CHAT_MODEL, TextPipeline
-from omnigpt.generate.classify import label_probs, predict
+from omnigpt.generate.classify import answer_forms, label_probs, predict
 from omnigpt.text.task_card import classification_ids, prompt_ids
 
 SENTIMENT_LABELS = ("positive", "negative")
@@ -51,7 +51,7 @@ class _ChatScoring(TextPipeline):
             raise ValueError(f"model {self.name} has no chat template to ask it zero-shot; pass a classify run or a "
                              f"chat model")
         prompt = prompt_ids(card, self.tokenizer, text, self.template)
-        return label_probs(self.model, prompt, [self.tokenizer.encode(label) for label in card["labels"]])
+        return label_probs(self.model, prompt, [answer_forms(self.tokenizer, label) for label in card["labels"]])
 
 
 class TextClassificationPipeline(_ChatScoring):
@@ -71,6 +71,9 @@ class TextClassificationPipeline(_ChatScoring):
                 raise ValueError(f"model {self.name} was trained with its own labels; labels= is for chat models")
             self.labels = [id2label[str(i)] for i in range(len(id2label))]
         else:  # a chat model, zero-shot
+            if self.template is None:
+                raise ValueError(f"model {self.name} is not a text classifier: not a classify run, and no chat "
+                                 f"template to ask it zero-shot")
             self.card = zero_shot_card(labels or SENTIMENT_LABELS)
             self.labels = self.card["labels"]
 
