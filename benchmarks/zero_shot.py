@@ -43,7 +43,7 @@ SEQ2SEQ = {"summarize-bbc": "configs/tasks/summarize-bbc.yaml", "summarize-wiki"
 def classify(loaded, name: str, limit: int) -> dict:
     labels, items = load_classification(name)
     test = split_items(items, "test")[:limit]
-    card = zero_shot_card(labels, "Text: {text}\n\n" + CLASSIFICATION[name] + " Answer with one of: {labels}.")
+    card = zero_shot_card(labels, CLASSIFICATION[name] + " Answer with one of: {labels}.\n\nText: {text}")
     forms = [answer_forms(loaded.preprocessor, label) for label in labels]
     t0 = time.perf_counter()
     preds = []

@@ -65,6 +65,7 @@ APPS: dict[str, App] = {  # folder → what it registers
     "voice_commands": App({"audio-classify": "task:AudioClassifyTask"},
                           {"audio-classification": "pipeline:AudioClassificationPipeline"}),
     "llava": App({"llava": "task:LlavaTask"}),
+    "embed": App(pipelines={"feature-extraction": "pipeline:FeatureExtractionPipeline"}),
     "asr": App({"asr-whisper": "task:WhisperFinetuneTask"},
                {"automatic-speech-recognition": "pipeline:SpeechRecognitionPipeline"}),
 }
