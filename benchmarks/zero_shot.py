@@ -34,8 +34,7 @@ from omnigpt.generate.classify import answer_forms, label_probs  # noqa: E402
 from omnigpt.kernels.precision import describe_machine  # noqa: E402
 from omnigpt.text.task_card import prompt_ids  # noqa: E402
 
-CLASSIFICATION = {"sentiment-zh": "Is the sentiment of this product review positive or negative?",
-                  "topic-bbc": "Which section of a news site is this article from?"}
+CLASSIFICATION = ("sentiment-zh", "topic-bbc")  # asked with seq2seq's INSTRUCTIONS["<set>-answer"]
 SEQ2SEQ = {"summarize-bbc": "configs/tasks/summarize-bbc.yaml", "summarize-wiki": "configs/tasks/summarize-wiki.yaml",
            "translate-en-es": "configs/tasks/translate-en-es-smollm2.yaml"}
 
@@ -43,7 +42,7 @@ SEQ2SEQ = {"summarize-bbc": "configs/tasks/summarize-bbc.yaml", "summarize-wiki"
 def classify(loaded, name: str, limit: int) -> dict:
     labels, items = load_classification(name)
     test = split_items(items, "test")[:limit]
-    card = zero_shot_card(labels, CLASSIFICATION[name] + " Answer with one of: {labels}.\n\nText: {text}")
+    card = zero_shot_card(labels, INSTRUCTIONS[f"{name}-answer"])  # what a model fine-tuned to answer is asked
     forms = [answer_forms(loaded.preprocessor, label) for label in labels]
     t0 = time.perf_counter()
     preds = []

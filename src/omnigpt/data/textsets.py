@@ -269,6 +269,12 @@ def _translate(src: str, tgt: str) -> Callable[[], list[TextPair]]:
     return lambda: [TextPair(r["id"], r[src], r[tgt], r["book"]) for r in bible_verses()]
 
 
+def _answers(name: str) -> Callable[[], list[TextPair]]:
+    """Classification set ``name`` as text → label-name pairs (same ids, so the same splits): what a chat model
+    fine-tuned to answer with the label learns."""
+    return lambda: [TextPair(x.id, x.text, x.label, x.id) for x in load_classification(name)[1]]
+
+
 # ---------------------------------------------------------------------------------------------------- registry
 
 CLASSIFICATION_SETS: dict[str, str] = {
@@ -285,12 +291,15 @@ PAIR_SETS: dict[str, str] = {
     "translate-en-es": "Bible verses, World English Bible → Reina-Valera 1909 (Debian sword-text-web, "
                        "sword-text-sparv, libsword-utils; 31,062 aligned verses, held out by book; public domain)",
     "translate-es-en": "Bible verses, Reina-Valera 1909 → World English Bible (the same pairs reversed)",
+    "sentiment-zh-answer": "sentiment-zh as review → its label word (a chat model fine-tuned to answer)",
+    "topic-bbc-answer": "topic-bbc as article → its label word (a chat model fine-tuned to answer)",
 }
 _CLASSIFICATION: dict[str, Callable[[], tuple[list[str], list[LabeledText]]]] = {
     "sentiment-zh": _sentiment_zh, "topic-bbc": _topic_bbc}
 _PAIRS: dict[str, Callable[[], list[TextPair]]] = {
     "summarize-bbc": _summarize_bbc, "summarize-wiki": _summarize_wiki,
-    "translate-en-es": _translate("en", "es"), "translate-es-en": _translate("es", "en")}
+    "translate-en-es": _translate("en", "es"), "translate-es-en": _translate("es", "en"),
+    "sentiment-zh-answer": _answers("sentiment-zh"), "topic-bbc-answer": _answers("topic-bbc")}
 
 
 @functools.cache

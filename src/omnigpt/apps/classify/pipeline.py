@@ -1,9 +1,11 @@
 """``pipeline("text-classification" | "sentiment-analysis" | "zero-shot-classification", model=...)``.
 
-Two kinds of model label texts:
+Three kinds of model label texts:
 
 * a ``classify`` run: its task card says how a text becomes ids (the training format), its ``score`` head gives
   the probabilities and ``id2label`` names the classes;
+* a chat model fine-tuned (``seq2seq`` on a ``*-answer`` set) to answer with a label: asked as in training, scored
+  as zero-shot;
 * a chat model, zero-shot (``qwen2.5-0.5b-instruct`` when no model is given): it is asked which label fits and the
   labels compete as its answer (``generate.classify.label_probs``). ``sentiment-analysis`` / ``text-classification``
   use the labels ``positive`` / ``negative`` unless ``labels=[...]`` is given; ``zero-shot-classification`` takes
@@ -62,7 +64,11 @@ class TextClassificationPipeline(_ChatScoring):
     def __init__(self, model: str | Path | None = None, device: str | None = None,
                  labels: Sequence[str] | None = None, **defaults: Any) -> None:
         super().__init__(model, device, **defaults)
-        if self.card:  # a classify run
+        if self.card.get("format") == "chat":  # a chat model fine-tuned to answer with a label (seq2seq, *-answer)
+            if labels is not None:
+                raise ValueError(f"model {self.name} was trained with its own labels; labels= is for chat models")
+            self.labels = self.card["labels"]
+        elif self.card:  # a classify run
             id2label = self.model.config.extra.get("id2label")
             if not id2label or not hasattr(self.model, "score"):
                 raise ValueError(f"model {self.name} is not a text classifier (no labels or no score head); train "

@@ -48,6 +48,12 @@ INSTRUCTIONS = {  # chat format: the user turn around the source (data.instructi
     "summarize-wiki": "Describe the subject of this Wikipedia text in a few words.\n\n{text}",
     "translate-en-es": "Translate this English text to Spanish.\n\n{text}",
     "translate-es-en": "Translate this Spanish text to English.\n\n{text}",
+    # a classification set answered by the label's name ({labels}: the set's labels): the zero-shot prompt of
+    # benchmarks/zero_shot.py, so a fine-tuned model and the base model zero-shot are asked the same question
+    "sentiment-zh-answer": "Is the sentiment of this product review positive or negative? Answer with one of: "
+                           "{labels}.\n\nText: {text}",
+    "topic-bbc-answer": "Which section of a news site is this article from? Answer with one of: {labels}.\n\n"
+                        "Text: {text}",
 }
 
 
@@ -80,7 +86,12 @@ def sep_example(tok: Any, card: dict[str, Any], source: str, target: str) -> Exa
     return Example(torch.tensor(ids), torch.tensor([-100] * len(prompt) + tgt), prompt, source, target)
 
 
-def translate_card(dataset: str) -> dict[str, str]:
+def translate_card(dataset: str) -> dict[str, Any]:
+    """What a model trained on ``dataset`` is for: its pipeline, and its languages or labels."""
+    if dataset.endswith("-answer"):
+        from omnigpt.data.textsets import load_classification
+
+        return {"pipeline": "text-classification", "labels": list(load_classification(dataset[:-7])[0])}
     if dataset.startswith("translate-"):
         src, tgt = dataset.removeprefix("translate-").split("-")
         return {"pipeline": "translation", "src_lang": src, "tgt_lang": tgt}
@@ -103,6 +114,8 @@ def score(dataset: str, outputs: list[str], references: list[str]) -> dict[str, 
 
     if dataset.startswith("summarize-"):
         return metrics.rouge_scores(outputs, references)
+    if dataset.endswith("-answer"):
+        return {"exact_match": metrics.exact_match(outputs, references)}
     return metrics.translation_scores(outputs, references)
 
 
@@ -145,7 +158,9 @@ class Seq2SeqTask(Task):
                 "max_source_tokens": d.max_source_tokens, "max_target_tokens": d.max_target_tokens,
                 "max_new_tokens": d.max_new_tokens}
         if self.format == "chat":
-            card |= {"instruction": d.instruction or INSTRUCTIONS[d.dataset], "base": r.model.init_from}
+            instruction = d.instruction or INSTRUCTIONS[d.dataset]
+            card |= {"instruction": instruction.replace("{labels}", ", ".join(card.get("labels", []))),
+                     "base": r.model.init_from}
         with_card(base, card)
         self.model, self.preprocessor, self.tokenizer, self.template = base, tok, tok, template
         self.config, self.card = base.config, card
@@ -208,6 +223,8 @@ class Seq2SeqTask(Task):
 
         model, tok, template = load(checkpoint)[:3]
         card = task_card(model.config)
+        if card.get("pipeline") == "text-classification" and card.get("format") == "chat":
+            return answer_accuracy(model, tok, template, card, out, limit)
         if card.get("pipeline") not in ("summarization", "translation"):
             raise ValueError(f"{checkpoint}: not a summarization or translation model (task card {card})")
         dataset = card["dataset"]
@@ -236,4 +253,38 @@ class Seq2SeqTask(Task):
         return result
 
 
-__all__ = ["INSTRUCTIONS", "Seq2SeqDataSpec", "Seq2SeqTask", "generate_outputs", "pick", "score", "sep_example"]
+def answer_accuracy(model: GPT, tok: Any, template: str, card: dict[str, Any], out: Path, limit: int | None,
+                    ) -> dict[str, Any]:
+    """A chat model fine-tuned on a ``*-answer`` set, scored as a classifier on the first ``limit`` test items
+    (the items ``classify``'s evaluation takes): the labels compete as its answer (``label_probs``), beside the
+    classification baselines and the base model asked the same question zero-shot."""
+    from omnigpt.apps.common import baselines, figures, metrics
+    from omnigpt.checkpoints.registry import from_pretrained
+    from omnigpt.data.textsets import load_classification, split_items
+    from omnigpt.generate.classify import answer_forms, label_probs
+
+    labels, items = load_classification(card["dataset"][:-7])
+    test = split_items(items, "test")[:limit]
+    forms = [answer_forms(tok, label) for label in labels]
+
+    def predictions(m: GPT) -> list[str]:
+        with autocast():
+            return [labels[int(label_probs(m, prompt_ids(card, tok, x.text, template), forms).argmax())]
+                    for x in test]
+
+    targets = [x.label for x in test]
+    t0 = time.perf_counter()
+    preds = predictions(model)
+    result = {"dataset": card["dataset"], "split": "test", "items": len(test),
+              **metrics.classification_scores(preds, targets, labels), "seconds": round(time.perf_counter() - t0, 1),
+              "baselines": baselines.classification_baselines(card["dataset"][:-7], "test", limit)}
+    figures.confusion_png(metrics.confusion(preds, targets, labels), labels, out / "confusion.png",
+                          f"{card['dataset']} test, {len(test)} items\naccuracy {result['accuracy']:.3f}")
+    if card.get("base"):
+        zero = predictions(from_pretrained(card["base"]).model)
+        result["baselines"][f"{card['base']}_zero_shot"] = metrics.classification_scores(zero, targets, labels)
+    return result
+
+
+__all__ = ["INSTRUCTIONS", "Seq2SeqDataSpec", "Seq2SeqTask", "answer_accuracy", "generate_outputs", "pick", "score",
+           "sep_example"]
