@@ -15,7 +15,8 @@ article). Evaluation: val loss during training; greedy outputs on ``data.generat
 ``evaluate_run`` (``omnigpt eval RUN``) generates for test pairs and scores them with rouge-score (summaries:
 ``rouge1/2/L``) or sacreBLEU (translations: ``bleu_sacrebleu``, ``chrf``), beside the baselines of
 ``apps/common/baselines.py`` on the same pairs and, for a model fine-tuned from a chat model, that model's
-zero-shot output with the same prompt.
+zero-shot output with the same prompt. On a ``*-answer`` set (a classification set as text → label name) the run is
+a ``text-classification`` model, scored by ``answer_accuracy`` (the labels compete as its answer).
 """
 
 from __future__ import annotations
@@ -86,12 +87,13 @@ def sep_example(tok: Any, card: dict[str, Any], source: str, target: str) -> Exa
     return Example(torch.tensor(ids), torch.tensor([-100] * len(prompt) + tgt), prompt, source, target)
 
 
-def translate_card(dataset: str) -> dict[str, Any]:
+def purpose_card(dataset: str) -> dict[str, Any]:
     """What a model trained on ``dataset`` is for: its pipeline, and its languages or labels."""
     if dataset.endswith("-answer"):
         from omnigpt.data.textsets import load_classification
 
-        return {"pipeline": "text-classification", "labels": list(load_classification(dataset[:-7])[0])}
+        return {"pipeline": "text-classification",
+                "labels": list(load_classification(dataset.removesuffix("-answer"))[0])}
     if dataset.startswith("translate-"):
         src, tgt = dataset.removeprefix("translate-").split("-")
         return {"pipeline": "translation", "src_lang": src, "tgt_lang": tgt}
@@ -154,7 +156,7 @@ class Seq2SeqTask(Task):
         d = r.data
         base, tok, template = load_base(r, [EOT, SEP] if r.model.config is not None else [])
         self.format = "sep" if template is None else "chat"
-        card = {**translate_card(d.dataset), "dataset": d.dataset, "format": self.format,
+        card = {**purpose_card(d.dataset), "dataset": d.dataset, "format": self.format,
                 "max_source_tokens": d.max_source_tokens, "max_target_tokens": d.max_target_tokens,
                 "max_new_tokens": d.max_new_tokens}
         if self.format == "chat":
@@ -263,7 +265,8 @@ def answer_accuracy(model: GPT, tok: Any, template: str, card: dict[str, Any], o
     from omnigpt.data.textsets import load_classification, split_items
     from omnigpt.generate.classify import answer_forms, label_probs
 
-    labels, items = load_classification(card["dataset"][:-7])
+    classes = card["dataset"].removesuffix("-answer")  # the classification set the answers come from
+    labels, items = load_classification(classes)
     test = split_items(items, "test")[:limit]
     forms = [answer_forms(tok, label) for label in labels]
 
@@ -277,7 +280,7 @@ def answer_accuracy(model: GPT, tok: Any, template: str, card: dict[str, Any], o
     preds = predictions(model)
     result = {"dataset": card["dataset"], "split": "test", "items": len(test),
               **metrics.classification_scores(preds, targets, labels), "seconds": round(time.perf_counter() - t0, 1),
-              "baselines": baselines.classification_baselines(card["dataset"][:-7], "test", limit)}
+              "baselines": baselines.classification_baselines(classes, "test", limit)}
     figures.confusion_png(metrics.confusion(preds, targets, labels), labels, out / "confusion.png",
                           f"{card['dataset']} test, {len(test)} items\naccuracy {result['accuracy']:.3f}")
     if card.get("base"):
