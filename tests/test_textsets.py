@@ -150,7 +150,8 @@ def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="train, val, test"):
         split_items([], "dev")
     assert set(CLASSIFICATION_SETS) == {"sentiment-zh", "topic-bbc"}
-    assert set(PAIR_SETS) == {"summarize-bbc", "summarize-wiki", "translate-en-es", "translate-es-en"}
+    assert set(PAIR_SETS) == {"summarize-bbc", "summarize-wiki", "translate-en-es", "translate-es-en",
+                              "sentiment-zh-answer", "topic-bbc-answer"}
 
 
 def test_chinese_lm_corpora():

@@ -1,0 +1,37 @@
+"""Process memory: keep freed tensor memory returnable to the system (glibc).
+
+glibc serves a large ``malloc`` from its own ``mmap`` (returned to the system on ``free``) only above a threshold,
+and it *raises* that threshold each time such a block is freed (up to 32 MiB). After a few steps of a training run,
+tensors of varying sizes (variable-length batches) come from the heap instead, which fragments and keeps its pages:
+a Qwen2.5-0.5B LoRA run on 200-token translation batches grew from 7 to 21 GB resident in 40 steps and was killed
+by the kernel's OOM killer, while the same steps with the threshold fixed stayed at 5–6 GB between steps. Setting
+the threshold once (``mallopt(M_MMAP_THRESHOLD, …)``) turns the adjustment off. Elsewhere (musl, macOS) nothing is
+done.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+DEFAULT_THRESHOLD = 128 * 1024  # glibc's initial value, kept fixed
+
+
+@functools.cache
+def fix_mmap_threshold(nbytes: int = DEFAULT_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold at ``nbytes`` for this process (once); False where libc is not glibc."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(M_MMAP_THRESHOLD, nbytes) == 1
+
+
+__all__ = ["fix_mmap_threshold"]
