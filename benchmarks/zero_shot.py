@@ -30,9 +30,8 @@ from omnigpt.apps.common.pipeline import MULTILINGUAL_CHAT_MODEL  # noqa: E402
 from omnigpt.apps.seq2seq.task import INSTRUCTIONS, generate_outputs, pick, score  # noqa: E402
 from omnigpt.checkpoints.registry import load  # noqa: E402
 from omnigpt.data.textsets import load_classification, load_pairs, split_items  # noqa: E402
-from omnigpt.generate.classify import answer_forms, label_probs  # noqa: E402
+from omnigpt.generate.classify import ask_labels  # noqa: E402
 from omnigpt.kernels.precision import describe_machine  # noqa: E402
-from omnigpt.text.task_card import prompt_ids  # noqa: E402
 
 CLASSIFICATION = ("sentiment-zh", "topic-bbc")  # asked with seq2seq's INSTRUCTIONS["<set>-answer"]
 SEQ2SEQ = {"summarize-bbc": "configs/tasks/summarize-bbc.yaml", "summarize-wiki": "configs/tasks/summarize-wiki.yaml",
@@ -43,13 +42,9 @@ def classify(loaded, name: str, limit: int) -> dict:
     labels, items = load_classification(name)
     test = split_items(items, "test")[:limit]
     card = zero_shot_card(labels, INSTRUCTIONS[f"{name}-answer"])  # what a model fine-tuned to answer is asked
-    forms = [answer_forms(loaded.preprocessor, label) for label in labels]
     t0 = time.perf_counter()
-    preds = []
-    for x in test:
-        prompt = prompt_ids(card, loaded.preprocessor, x.text, loaded.template)
-        probs = label_probs(loaded.model, prompt, forms)
-        preds.append(labels[int(probs.argmax())])
+    probs = ask_labels(loaded.model, loaded.preprocessor, loaded.template, card, [x.text for x in test])  # (N, K)
+    preds = [labels[int(i)] for i in probs.argmax(-1)]
     seconds = time.perf_counter() - t0
     scores = metrics.classification_scores(preds, [x.label for x in test], labels)
     return {"dataset": name, "items": len(test), **scores, "seconds": round(seconds, 1),

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from omnigpt.models.gpt import GPT, GPTForSequenceClassification
 from omnigpt.models.kv_cache import make_kv_cache
+from omnigpt.text.task_card import prompt_ids
 
 
 def collate(rows: list[Tensor], labels: list[int], pad: int) -> dict[str, Tensor]:
@@ -91,4 +92,11 @@ def label_probs(model: GPT, prompt: list[int], labels: list[list[list[int]]]) ->
     return per_label.softmax(-1)
 
 
-__all__ = ["answer_forms", "collate", "label_probs", "predict"]
+def ask_labels(model: GPT, tokenizer: Any, template: str | None, card: dict[str, Any], texts: list[str]) -> Tensor:
+    """(N, K) probabilities of ``card["labels"]`` as a chat model's answer for each text, asked as the chat-format
+    ``card`` says (``prompt_ids``); each label's forms are encoded once."""
+    forms = [answer_forms(tokenizer, label) for label in card["labels"]]
+    return torch.stack([label_probs(model, prompt_ids(card, tokenizer, text, template), forms) for text in texts])
+
+
+__all__ = ["answer_forms", "ask_labels", "collate", "label_probs", "predict"]

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from omnigpt.apps.common.pipeline import MULTILINGUAL_CHAT_MODEL, TextPipeline
-from omnigpt.generate.classify import answer_forms, label_probs, predict
-from omnigpt.text.task_card import classification_ids, prompt_ids
+from omnigpt.generate.classify import ask_labels, predict
+from omnigpt.text.task_card import classification_ids
 
 SENTIMENT_LABELS = ("positive", "negative")
 INSTRUCTION = "Which of these labels fits the text best: {labels}? Answer with the label only.\n\nText: {text}"
@@ -47,13 +47,12 @@ class _ChatScoring(TextPipeline):
 
     default_model = MULTILINGUAL_CHAT_MODEL
 
-    def label_probs(self, card: dict[str, Any], text: str) -> torch.Tensor:
-        """(K,) probabilities of the card's labels as the model's answer for ``text``."""
+    def label_probs(self, card: dict[str, Any], texts: list[str]) -> torch.Tensor:
+        """(N, K) probabilities of the card's labels as the model's answer for each text."""
         if self.template is None:
             raise ValueError(f"model {self.name} has no chat template to ask it zero-shot; pass a classify run or a "
                              f"chat model")
-        prompt = prompt_ids(card, self.tokenizer, text, self.template)
-        return label_probs(self.model, prompt, [answer_forms(self.tokenizer, label) for label in card["labels"]])
+        return ask_labels(self.model, self.tokenizer, self.template, card, texts)
 
 
 class TextClassificationPipeline(_ChatScoring):
@@ -64,17 +63,15 @@ class TextClassificationPipeline(_ChatScoring):
     def __init__(self, model: str | Path | None = None, device: str | None = None,
                  labels: Sequence[str] | None = None, **defaults: Any) -> None:
         super().__init__(model, device, **defaults)
+        if self.card and labels is not None:
+            raise ValueError(f"model {self.name} was trained with its own labels; labels= is for chat models")
         if self.card.get("format") == "chat":  # a chat model fine-tuned to answer with a label (seq2seq, *-answer)
-            if labels is not None:
-                raise ValueError(f"model {self.name} was trained with its own labels; labels= is for chat models")
             self.labels = self.card["labels"]
         elif self.card:  # a classify run
             id2label = self.model.config.extra.get("id2label")
             if not id2label or not hasattr(self.model, "score"):
                 raise ValueError(f"model {self.name} is not a text classifier (no labels or no score head); train "
                                  f"one with the classify task")
-            if labels is not None:
-                raise ValueError(f"model {self.name} was trained with its own labels; labels= is for chat models")
             self.labels = [id2label[str(i)] for i in range(len(id2label))]
         else:  # a chat model, zero-shot
             if self.template is None:
@@ -88,7 +85,7 @@ class TextClassificationPipeline(_ChatScoring):
 
     def forward(self, batch: list[str], **options: Any) -> torch.Tensor:
         if self.card.get("format") == "chat":
-            return torch.stack([self.label_probs(self.card, t) for t in batch])  # (N, K)
+            return self.label_probs(self.card, batch)  # (N, K)
         return predict(self.model, [classification_ids(self.card, self.tokenizer, t) for t in batch])  # (N, K)
 
     def postprocess(self, probs: torch.Tensor, batch: list[str], top_k: int | None) -> list[Any]:
@@ -115,8 +112,7 @@ class ZeroShotClassificationPipeline(_ChatScoring):
     def forward(self, batch: list[str], candidate_labels: list[str] | None, **options: Any) -> torch.Tensor:
         if candidate_labels is None:
             raise ValueError("zero-shot-classification needs candidate_labels=[...]")
-        card = zero_shot_card(candidate_labels)
-        return torch.stack([self.label_probs(card, t) for t in batch])  # (N, K)
+        return self.label_probs(zero_shot_card(candidate_labels), batch)  # (N, K)
 
     def postprocess(self, probs: torch.Tensor, batch: list[str], candidate_labels: list[str],
                     **options: Any) -> list[dict[str, Any]]:

@@ -263,17 +263,15 @@ def answer_accuracy(model: GPT, tok: Any, template: str, card: dict[str, Any], o
     from omnigpt.apps.common import baselines, figures, metrics
     from omnigpt.checkpoints.registry import from_pretrained
     from omnigpt.data.textsets import load_classification, split_items
-    from omnigpt.generate.classify import answer_forms, label_probs
+    from omnigpt.generate.classify import ask_labels
 
     classes = card["dataset"].removesuffix("-answer")  # the classification set the answers come from
     labels, items = load_classification(classes)
     test = split_items(items, "test")[:limit]
-    forms = [answer_forms(tok, label) for label in labels]
 
     def predictions(m: GPT) -> list[str]:
         with autocast():
-            return [labels[int(label_probs(m, prompt_ids(card, tok, x.text, template), forms).argmax())]
-                    for x in test]
+            return [labels[int(i)] for i in ask_labels(m, tok, template, card, [x.text for x in test]).argmax(-1)]
 
     targets = [x.label for x in test]
     t0 = time.perf_counter()
