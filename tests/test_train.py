@@ -174,6 +174,28 @@ def test_fused_loss_reuses_its_logits_buffer_but_never_shares_it():
     assert lent <= {b.data_ptr() for b in _WORKSPACE.free[key]}  # …and back, not reallocated
 
 
+
+def test_fused_loss_workspace_stays_bounded_over_variable_lengths():
+    """Variable-length batches (a new (N, V) logits shape every step) reuse the pooled buffers instead of keeping
+    one per shape: the pool holds at most ``keep`` buffers, none larger than the largest step, and gradients stay
+    exact when a smaller step borrows a larger buffer's prefix."""
+    from omnigpt.kernels.losses import _WORKSPACE
+
+    torch.manual_seed(0)
+    _WORKSPACE.free.clear()
+    w = torch.randn(300, 32, requires_grad=True)
+    for n in (40, 70, 55, 65, 30, 70, 45):
+        h, y = torch.randn(n, 32, requires_grad=True), torch.randint(0, 300, (n,))
+        y[:3] = -100
+        got = torch.autograd.grad(fused_linear_cross_entropy(h, w, y), [h, w])
+        want = torch.autograd.grad(reference_cross_entropy(h, w, y), [h, w])
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    bufs = [b for pool in _WORKSPACE.free.values() for b in pool]
+    assert 1 <= len(bufs) <= _WORKSPACE.keep
+    assert max(b.numel() for b in bufs) == 70 * 300  # the largest step's logits; nothing per shape
+
+
 # ------------------------------------------------------------------------------------------------------------
 # In-process runs
 

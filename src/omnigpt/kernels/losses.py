@@ -39,24 +39,47 @@ class _Workspace:
     bf16 copy of the 50,257 × 768 head weight, its bf16 gradient). Allocations that size are handed back to the
     OS when freed, so every step used to pay tens of thousands of page faults to touch them again (~0.1 s of a
     3 s CPU step). A buffer is lent either to one autograd graph (returned when the graph is freed: after
-    backward, or when it is dropped unused — two live graphs never share one) or for one call (``give_back``)."""
+    backward, or when it is dropped unused — two live graphs never share one) or for one call (``give_back``).
 
-    def __init__(self, keep: int = 2) -> None:
-        self.free: dict[tuple, list[Tensor]] = {}
-        self.keep = keep  # free buffers kept per shape
+    Buffers are flat storage, lent as a view of their first ``prod(shape)`` elements, and pooled by dtype and
+    device, not by shape: with variable-length batches the logits' shape (B·T, V) changes every step, and a pool
+    per shape kept one ~0.5 GB buffer for every length seen (a Qwen2.5 LoRA run on translation batches grew by
+    about that much per step, to 21 GB). Now at most ``keep`` buffers per dtype are kept — the largest — so the
+    pool is bounded by the largest step, and a request takes the smallest free buffer that holds it."""
+
+    def __init__(self, keep: int = 3) -> None:
+        self.free: dict[tuple, list[Tensor]] = {}  # (dtype, device) → flat buffers
+        self.keep = keep  # free buffers kept per dtype and device: the head's weight copy, logits, weight gradient
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, ctx=None) -> Tensor:
-        key = (tuple(shape), dtype, device)
-        pool = self.free.get(key)
-        buf = pool.pop() if pool else torch.empty(shape, dtype=dtype, device=device)
+        n = 1
+        for d in shape:
+            n *= d
+        pool = self.free.setdefault((dtype, torch.device(device)), [])
+        fits = [i for i, b in enumerate(pool) if b.numel() >= n]
+        if fits:
+            flat = pool.pop(min(fits, key=lambda i: pool[i].numel()))
+        else:
+            if len(pool) >= self.keep:  # the new buffer will take the smallest one's place
+                pool.pop(self._smallest(pool))
+            flat = torch.empty(n, dtype=dtype, device=device)
         if ctx is not None:
-            weakref.finalize(ctx, self.give_back, buf)  # back in the pool when the graph is gone
-        return buf
+            weakref.finalize(ctx, self._put, flat)  # back in the pool when the graph is gone
+        return flat[:n].view(shape)  # a view even when n fills it, so give_back finds the flat buffer as ._base
 
     def give_back(self, buf: Tensor) -> None:
-        pool = self.free.setdefault((tuple(buf.shape), buf.dtype, buf.device), [])
-        if len(pool) < self.keep:
-            pool.append(buf)
+        """Return a buffer lent for one call (``take`` without ``ctx``)."""
+        self._put(buf._base if buf._base is not None else buf)
+
+    def _put(self, flat: Tensor) -> None:
+        pool = self.free.setdefault((flat.dtype, flat.device), [])
+        pool.append(flat)
+        if len(pool) > self.keep:
+            pool.pop(self._smallest(pool))
+
+    @staticmethod
+    def _smallest(pool: list[Tensor]) -> int:
+        return min(range(len(pool)), key=lambda i: pool[i].numel())  # by index: ``==`` on tensors is elementwise
 
 
 _WORKSPACE = _Workspace()
