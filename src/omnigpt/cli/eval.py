@@ -120,9 +120,6 @@ def application_task(ckpt: Path) -> type | None:
 
 
 def run_application(args: argparse.Namespace, ckpt: Path, task: type) -> int:
-    from omnigpt.files.memory import fix_mmap_threshold
-
-    fix_mmap_threshold()  # generation over batches of varying sizes: keep freed memory returnable
     out = Path(args.out) if args.out else run_dir_of(ckpt)
     out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": str(ckpt), "task": task.name, **task.evaluate_run(ckpt, out, args.limit),

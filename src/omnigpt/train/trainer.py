@@ -52,7 +52,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from omnigpt.checkpoints import state as ts
-from omnigpt.files.memory import fix_mmap_threshold
 from omnigpt.kernels import matmul
 from omnigpt.kernels.attention import use_fp32_backward_attention
 from omnigpt.kernels.precision import resolve_dtype
@@ -447,7 +446,6 @@ class Trainer:
 
 def train(recipe: Recipe, resume: bool = False) -> TrainResult:
     """Build a ``Trainer`` from ``recipe`` and run it (the library entry point behind ``omnigpt train``)."""
-    fix_mmap_threshold()  # freed activations go back to the system, not to a fragmenting heap (files/memory.py)
     trainer = Trainer(recipe, resume=resume)
     try:
         with warnings.catch_warnings():
