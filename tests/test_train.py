@@ -388,9 +388,10 @@ def test_two_processes_match_one_process(tmp_path, parallelism):
     assert not list((tmp_path / "two").glob("checkpoints/.*tmp*"))  # only rank 0 wrote, and it committed
 
 
-@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_load(config):
-    """Every recipe in configs/ passes the schema (the demo's default among them)."""
+    """Every recipe in configs/ and configs/tasks/ passes the schema and its task's checks (the demo's default among
+    them)."""
     from omnigpt.cli.demo import DEFAULT_CONFIG
 
     assert DEFAULT_CONFIG.is_file()
