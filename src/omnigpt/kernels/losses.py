@@ -15,6 +15,7 @@ Reference: Liger-Kernel's FusedLinearCrossEntropy, Apple's Cut Cross-Entropy (Wi
 """
 from __future__ import annotations
 
+import math
 import weakref
 
 import torch
@@ -52,10 +53,8 @@ class _Workspace:
         self.keep = keep  # free buffers kept per dtype and device: the head's weight copy, logits, weight gradient
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, ctx=None) -> Tensor:
-        n = 1
-        for d in shape:
-            n *= d
-        pool = self.free.setdefault((dtype, torch.device(device)), [])
+        n = math.prod(shape)
+        pool = self.free.setdefault((dtype, device), [])  # device: a tensor's (cuda:0, not cuda), as _put keys it
         fits = [i for i, b in enumerate(pool) if b.numel() >= n]
         if fits:
             flat = pool.pop(min(fits, key=lambda i: pool[i].numel()))
